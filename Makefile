@@ -1,0 +1,32 @@
+# Two entry points (see README): `make run` starts the app on the offline default,
+# `make test` runs the whole test suite. Both set up the virtual environment first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup browser bench clean-cache
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $(STAMP)
+
+# Headless Chromium for the browser test, from Debian's packages (never a browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+run: setup
+	GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app.py
+
+test: setup browser
+	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench
+
+clean-cache:
+	rm -rf .cache
