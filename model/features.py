@@ -1,0 +1,92 @@
+"""Step 1 of training and of index building: embed every study once with the frozen backbone.
+
+Features are cached on disk under a key made of the backbone id, its preprocessing and the
+data version, in fixed-size chunks written atomically: an interrupted run resumes at the first
+missing chunk instead of recomputing finished batches.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from data.dataset import atomic_write_bytes, atomic_write_json, studies_fingerprint
+from data.images import load_radiograph
+from data.paths import cache_root
+from data.records import Study
+
+CHUNK = 256  # studies per cache chunk
+
+
+def feature_cache_dir(backbone, studies: Sequence[Study], root: Path | None = None) -> Path:
+    """Cache folder for this backbone × preprocessing × data version."""
+    key = json.dumps([backbone.backbone_id, backbone.preprocess_id, studies_fingerprint(studies)])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(root or cache_root() / "features") / digest
+
+
+def embed_studies(
+    backbone,
+    studies: Sequence[Study],
+    cache_dir: Path | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frozen image and report features of every study, row-aligned with ``studies``."""
+    folder = Path(cache_dir) if cache_dir is not None else feature_cache_dir(backbone, studies)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        folder / "key.json",
+        {"backbone_id": backbone.backbone_id, "preprocess_id": backbone.preprocess_id,
+         "data_version": studies_fingerprint(studies), "n": len(studies)},
+    )
+    n_chunks = (len(studies) + CHUNK - 1) // CHUNK
+    images, texts = [], []
+    bar = tqdm(total=len(studies), desc=f"embedding ({backbone.name})", unit="study", disable=not progress)
+    for c in range(n_chunks):
+        chunk = studies[c * CHUNK : (c + 1) * CHUNK]
+        path = folder / f"chunk{c:05d}.npz"
+        cached = _read_chunk(path, len(chunk))
+        if cached is None:
+            cached = (
+                _embed_images(backbone, chunk, batch_size),
+                backbone.encode_texts([s.report_text for s in chunk]).numpy().astype(np.float32),
+            )
+            _write_chunk(path, *cached)
+        images.append(cached[0])
+        texts.append(cached[1])
+        bar.update(len(chunk))
+    bar.close()
+    return np.concatenate(images), np.concatenate(texts)
+
+
+def _embed_images(backbone, studies: Sequence[Study], batch_size: int) -> np.ndarray:
+    out = []
+    for start in range(0, len(studies), batch_size):
+        batch = studies[start : start + batch_size]
+        pixels = torch.stack([backbone.preprocess(load_radiograph(s.image_path).image) for s in batch])
+        out.append(backbone.encode_image_batch(pixels).numpy().astype(np.float32))
+    return np.concatenate(out)
+
+
+def _read_chunk(path: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            image, text = z["image"], z["text"]
+    except (OSError, ValueError, KeyError):
+        return None  # damaged chunk: recompute it
+    return (image, text) if len(image) == n and len(text) == n else None
+
+
+def _write_chunk(path: Path, image: np.ndarray, text: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, image=image, text=text)
+    atomic_write_bytes(path, buffer.getvalue())

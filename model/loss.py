@@ -1,0 +1,133 @@
+"""The composite training objective: CLIP InfoNCE + supervised contrastive + BCE.
+
+* :func:`clip_loss` aligns each study's image with its own report (and vice versa).
+* :func:`supcon_loss` (Khosla et al. 2020) pulls together everything sharing a label -
+  image with image, report with report and image with report - so that two different
+  normal studies are not pushed apart just because they are different pairs.
+* BCE trains the shared abnormality classifier on the projected embeddings.
+
+``LOSS_PRESETS`` name the ablations of the ``--loss`` switch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.head import MAX_LOGIT_SCALE
+
+LOSS_PRESETS: dict[str, tuple[float, float, float]] = {
+    "clip": (1.0, 0.0, 0.0),
+    "clip+supcon": (1.0, 1.0, 0.0),
+    "clip+supcon+bce": (1.0, 1.0, 1.0),
+}
+
+
+def clip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float) -> Tensor:
+    """Symmetric InfoNCE: mean of image->text and text->image cross-entropy, targets = arange.
+
+    ``logit_scale`` is in LOG space, log(1/temperature), exactly as stored in
+    ``RetrievalHead.logit_scale``; it is clamped to <= log(100) and exponentiated here.
+    Embeddings are expected L2-normalised (the head's outputs are).
+    """
+    if image_emb.shape != text_emb.shape:
+        raise ValueError(f"image and text embeddings differ in shape: {tuple(image_emb.shape)} vs {tuple(text_emb.shape)}")
+    scale = torch.as_tensor(logit_scale, dtype=image_emb.dtype, device=image_emb.device).clamp(max=MAX_LOGIT_SCALE).exp()
+    logits = scale * image_emb @ text_emb.T
+    targets = torch.arange(len(image_emb), device=image_emb.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+def supcon_loss(features: Tensor, labels: Tensor, temperature: float = 0.1) -> Tensor:
+    """Supervised contrastive loss L^sup_out of Khosla et al. (2020).
+
+    For each anchor i with positives P(i) = {p != i : label_p == label_i}:
+
+        l_i = -1/|P(i)| * sum_{p in P(i)} log( exp(z_i.z_p / t) / sum_{a != i} exp(z_i.z_a / t) )
+
+    and the loss is the mean of l_i over anchors that HAVE positives. An anchor whose class
+    has a single member in the batch has no positive; the paper's formula would divide by
+    |P(i)| = 0, so such anchors are excluded (if no anchor has a positive the loss is 0,
+    still connected to the graph). Features are L2-normalised here (a no-op for the head's
+    outputs).
+    """
+    if features.ndim != 2 or labels.shape[0] != features.shape[0]:
+        raise ValueError(f"features (M,d) and labels (M,) expected, got {tuple(features.shape)} and {tuple(labels.shape)}")
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0")
+    z = F.normalize(features, dim=-1)
+    n = z.shape[0]
+    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+    sim = (z @ z.T) / temperature
+    # log-softmax over a != i: exclude self by setting it to -inf before the logsumexp
+    log_denominator = torch.logsumexp(sim.masked_fill(self_mask, float("-inf")), dim=1, keepdim=True)
+    log_prob = sim - log_denominator
+    labels = labels.reshape(-1)
+    positives = (labels[:, None] == labels[None, :]) & ~self_mask
+    n_pos = positives.sum(dim=1)
+    has_pos = n_pos > 0
+    if not bool(has_pos.any()):
+        return features.sum() * 0.0
+    mean_log_prob_pos = (log_prob * positives).sum(dim=1)[has_pos] / n_pos[has_pos]
+    return -mean_log_prob_pos.mean()
+
+
+class CompositeLoss(nn.Module):
+    """w_clip * InfoNCE + w_supcon * SupCon(images ++ texts) + w_bce * BCE(image & text logits).
+
+    A term whose weight is 0 is not computed at all (and is absent from ``parts``).
+    """
+
+    def __init__(self, w_clip: float = 1.0, w_supcon: float = 1.0, w_bce: float = 1.0, supcon_temperature: float = 0.1) -> None:
+        super().__init__()
+        weights = (float(w_clip), float(w_supcon), float(w_bce))
+        if any(w < 0 or not math.isfinite(w) for w in weights):
+            raise ValueError(f"loss weights must be finite and >= 0, got {weights}")
+        if not any(weights):
+            raise ValueError("all loss weights are 0: nothing to train")
+        self.w_clip, self.w_supcon, self.w_bce = weights
+        self.supcon_temperature = float(supcon_temperature)
+
+    @classmethod
+    def from_preset(cls, name: str, supcon_temperature: float = 0.1) -> "CompositeLoss":
+        if name not in LOSS_PRESETS:
+            raise ValueError(f"unknown loss preset {name!r}; choose from {', '.join(LOSS_PRESETS)}")
+        return cls(*LOSS_PRESETS[name], supcon_temperature=supcon_temperature)
+
+    def forward(
+        self,
+        outputs: Mapping[str, Tensor],
+        labels: Tensor,
+        supcon_labels: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, float]]:
+        """``outputs`` is ``RetrievalHead.forward(image_feats, text_feats)``: image_emb, text_emb,
+        logit_scale, image_logit and (optionally) text_logit. ``labels`` are 0/1 (normal/abnormal)
+        per study; ``supcon_labels`` optionally gives finer class ids for SupCon (default: labels).
+
+        Returns the differentiable total and a dict of the computed terms (unweighted) and total.
+        """
+        image_emb, text_emb = outputs["image_emb"], outputs["text_emb"]
+        labels = labels.reshape(-1)
+        parts: dict[str, float] = {}
+        total = image_emb.new_zeros(())
+        if self.w_clip:
+            term = clip_loss(image_emb, text_emb, outputs["logit_scale"])
+            parts["clip"] = float(term.detach())
+            total = total + self.w_clip * term
+        if self.w_supcon:
+            group = (supcon_labels if supcon_labels is not None else labels).reshape(-1)
+            term = supcon_loss(torch.cat([image_emb, text_emb]), torch.cat([group, group]), self.supcon_temperature)
+            parts["supcon"] = float(term.detach())
+            total = total + self.w_supcon * term
+        if self.w_bce:
+            target = labels.to(image_emb.dtype)
+            term = F.binary_cross_entropy_with_logits(outputs["image_logit"], target)
+            if outputs.get("text_logit") is not None:
+                term = 0.5 * (term + F.binary_cross_entropy_with_logits(outputs["text_logit"], target))
+            parts["bce"] = float(term.detach())
+            total = total + self.w_bce * term
+        parts["total"] = float(total.detach())
+        return total, parts

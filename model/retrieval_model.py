@@ -1,0 +1,105 @@
+"""Backbone + trained head: the one object the index builder and the app embed with."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model.backbones import Backbone
+from model.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_config
+from model.head import RetrievalHead
+
+
+def _as_tensor(feats: np.ndarray | torch.Tensor, dim: int, what: str) -> torch.Tensor:
+    if not isinstance(feats, torch.Tensor):
+        feats = np.asarray(feats, dtype=np.float32)
+    x = torch.as_tensor(feats, dtype=torch.float32)
+    if x.ndim == 1:
+        x = x[None]
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"{what} must have shape (N,{dim}), got {tuple(x.shape)}")
+    return x
+
+
+class RetrievalModel:
+    """Frozen backbone features -> trained head -> L2-normalised ``embed_dim`` vectors (numpy).
+
+    The head is put in eval mode (dropout off): this object is for inference only.
+    """
+
+    def __init__(self, backbone: Backbone, head: RetrievalHead, config: dict[str, Any] | None = None) -> None:
+        self.config = dict(config or {})
+        saved_id = self.config.get("backbone_id")
+        if saved_id is not None and saved_id != backbone.backbone_id:
+            raise CheckpointError(
+                f"head was trained on backbone '{saved_id}' but the given backbone is '{backbone.backbone_id}'"
+            )
+        if (head.image_dim, head.text_dim) != (backbone.image_dim, backbone.text_dim):
+            raise ValueError(
+                f"head expects features of {head.image_dim}/{head.text_dim} dims (image/text), "
+                f"backbone {backbone.backbone_id} gives {backbone.image_dim}/{backbone.text_dim}"
+            )
+        self.backbone = backbone
+        self.head = head.eval()
+        self.backbone_id: str = backbone.backbone_id
+        self.embed_dim: int = head.embed_dim
+        self.head_checksum: str = str(self.config.get("head_sha256", ""))
+
+    # --- frozen features -> head space -------------------------------------------------
+    def project_image_features(self, feats: np.ndarray) -> np.ndarray:
+        """(N,image_dim) backbone features (e.g. from the embedding cache) -> (N,embed_dim)."""
+        x = _as_tensor(feats, self.head.image_dim, "image features")
+        with torch.inference_mode():
+            return self.head.encode_image(x).numpy().astype(np.float32, copy=True)
+
+    def project_text_features(self, feats: np.ndarray) -> np.ndarray:
+        """(N,text_dim) backbone features -> (N,embed_dim)."""
+        x = _as_tensor(feats, self.head.text_dim, "text features")
+        with torch.inference_mode():
+            return self.head.encode_text(x).numpy().astype(np.float32, copy=True)
+
+    # --- raw inputs -> head space --------------------------------------------------------
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """PIL images (any mode) -> (N,embed_dim) float32 L2-normalised."""
+        if len(images) == 0:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        return self.project_image_features(self.backbone.encode_images(images))
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts -> (N,embed_dim) float32 L2-normalised (truncated to the backbone's context)."""
+        if isinstance(texts, str):
+            raise TypeError("embed_texts takes a sequence of strings, not one string")
+        if len(texts) == 0:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        return self.project_text_features(self.backbone.encode_texts(texts))
+
+    def abnormal_probability(self, image_emb: np.ndarray) -> np.ndarray:
+        """sigmoid(classifier) per row of projected image embeddings -> (N,) float32 in [0,1]."""
+        x = _as_tensor(image_emb, self.embed_dim, "image embeddings")
+        with torch.inference_mode():
+            return torch.sigmoid(self.head.classify(x)).numpy().astype(np.float32, copy=True)
+
+    # --- loading -------------------------------------------------------------------------
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: Path | str,
+        backbone: Backbone | None = None,
+        backbone_path: str | None = None,
+    ) -> "RetrievalModel":
+        """Load a trained run: create the backbone its config names (unless one is given, in
+        which case its id must match) and the head, verified against its checksum."""
+        config = read_checkpoint_config(run_dir)
+        if backbone is None:
+            from model.factory import create_backbone
+
+            backbone = create_backbone(config["backbone_name"], path=backbone_path)
+        head, config = load_checkpoint(run_dir, expected_backbone_id=backbone.backbone_id)
+        return cls(backbone, head, config)
+
+    def __repr__(self) -> str:
+        head = self.head_checksum[:12] or "unsaved"
+        return f"RetrievalModel(backbone_id={self.backbone_id!r}, embed_dim={self.embed_dim}, head={head})"

@@ -1,0 +1,277 @@
+"""Train the projector head on frozen-backbone features, evaluate it, write a run folder.
+
+    python train.py                      # offline backbone on the offline demo dataset
+    python train.py --backbone biomedclip --manifest my.csv --out runs/biomedclip
+
+Three plain steps, nanoGPT style:
+  1. embed every study once with the frozen backbone (cached on disk, resumable);
+  2. train the MLP head with the composite loss (w_clip·InfoNCE + w_supcon·SupCon + w_bce·BCE)
+     with AdamW, warm-up + cosine schedule and early stopping on the validation split;
+  3. evaluate frozen vs fine-tuned on the held-out patient-level test split.
+
+The run folder holds head.safetensors, config.json, eval.json (+ eval.md), curves.png,
+embedding_map.json and split.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from data.dataset import atomic_write_bytes, atomic_write_json, studies_fingerprint
+from data.paths import cache_root
+from data.sources import add_data_arguments, load_source
+from data.split import load_or_create_split, split_hash
+from model.checkpoint import save_checkpoint
+from model.embedding_map import build_embedding_maps
+from model.evaluate import evaluate_embeddings, format_table
+from model.factory import available_backbones, create_backbone
+from model.features import embed_studies
+from model.head import RetrievalHead
+from model.loss import LOSS_PRESETS, CompositeLoss
+
+log = logging.getLogger("train")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--out", metavar="DIR", help="run folder (default: .cache/runs/<backbone>-<data>)")
+    g = p.add_argument_group("backbone (frozen)")
+    g.add_argument("--backbone", default="offline", help=f"one of {', '.join(available_backbones())}")
+    g.add_argument("--backbone-path", metavar="DIR", help="local folder/file with the backbone weights (no hub)")
+    g.add_argument("--cache-dir", metavar="DIR", help="hub cache folder for backbone downloads")
+    g.add_argument("--embed-batch-size", type=int, default=32, help="images per forward pass when embedding")
+    add_data_arguments(p)
+    g = p.add_argument_group("head")
+    g.add_argument("--embed-dim", type=int, default=256, help="shared embedding width")
+    g.add_argument("--hidden-dim", type=int, default=512, help="MLP hidden width")
+    g.add_argument("--dropout", type=float, default=0.1)
+    g.add_argument("--no-residual", action="store_true", help="drop the linear skip path of the projector")
+    g = p.add_argument_group("loss")
+    g.add_argument("--loss", default="clip+supcon+bce", choices=sorted(LOSS_PRESETS), help="ablation preset")
+    g.add_argument("--w-clip", type=float, help="override the preset's InfoNCE weight")
+    g.add_argument("--w-supcon", type=float, help="override the preset's SupCon weight")
+    g.add_argument("--w-bce", type=float, help="override the preset's BCE weight")
+    g.add_argument("--supcon-temperature", type=float, default=0.1)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=60, help="maximum epochs")
+    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--warmup-epochs", type=int, default=2)
+    g.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (validation score)")
+    g.add_argument("--seed", type=int, default=0, help="seeds the split, the head init and batch order")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% intervals (0 = none)")
+    g.add_argument("--no-maps", action="store_true", help="skip the t-SNE/UMAP export")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def loss_weights(args: argparse.Namespace) -> dict[str, float]:
+    w_clip, w_supcon, w_bce = LOSS_PRESETS[args.loss]
+    return {
+        "w_clip": w_clip if args.w_clip is None else args.w_clip,
+        "w_supcon": w_supcon if args.w_supcon is None else args.w_supcon,
+        "w_bce": w_bce if args.w_bce is None else args.w_bce,
+    }
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    t_start = time.time()
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+
+    # ---- data and split --------------------------------------------------------------
+    source = load_source(args)
+    studies = source.studies
+    split = load_or_create_split(source.split_path(args.seed), studies, seed=args.seed)
+    index_of = {s.study_id: i for i, s in enumerate(studies)}
+    rows = {k: np.array([index_of[i] for i in split[k]], dtype=np.int64) for k in split}
+    labels = np.array([s.label for s in studies], dtype=np.int64)
+    log.info("data: %s, %d studies (train %d / val %d / test %d)", source.name, len(studies),
+             *(len(rows[k]) for k in ("train", "val", "test")))
+    out = Path(args.out) if args.out else cache_root() / "runs" / f"{args.backbone.replace(':', '-')}-{source.name}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    # ---- step 1: frozen features (cached) --------------------------------------------
+    backbone = create_backbone(args.backbone, path=args.backbone_path, cache_dir=args.cache_dir)
+    t0 = time.time()
+    image_feats, text_feats = embed_studies(backbone, studies, batch_size=args.embed_batch_size, progress=not args.quiet)
+    t_embed = time.time() - t0
+    log.info("features: image %s, text %s (%.1fs)", image_feats.shape, text_feats.shape, t_embed)
+    Xi, Xt, y = torch.from_numpy(image_feats), torch.from_numpy(text_feats), torch.from_numpy(labels).float()
+
+    # ---- step 2: train the head ------------------------------------------------------
+    weights = loss_weights(args)
+    head = RetrievalHead(backbone.image_dim, backbone.text_dim, embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
+                         dropout=args.dropout, residual=not args.no_residual)
+    untrained = {k: v.clone() for k, v in head.state_dict().items()}
+    criterion = CompositeLoss(**weights, supcon_temperature=args.supcon_temperature)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    train_rows = torch.from_numpy(rows["train"])
+    steps_per_epoch = max(1, math.ceil(len(train_rows) / args.batch_size))
+    total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, warmup_steps, total_steps))
+    generator = torch.Generator().manual_seed(args.seed)
+    history: list[dict[str, float]] = []
+    best_score, best_state, best_epoch, bad_epochs = -1.0, None, 0, 0
+    t0 = time.time()
+    for epoch in range(args.epochs):
+        head.train()
+        epoch_parts: dict[str, float] = {}
+        order = train_rows[torch.randperm(len(train_rows), generator=generator)]
+        for start in range(0, len(order), args.batch_size):
+            batch = order[start : start + args.batch_size]
+            if len(batch) < 2:
+                continue
+            loss, parts = compute_loss(head, criterion, Xi[batch], Xt[batch], y[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            for k, v in parts.items():
+                epoch_parts[k] = epoch_parts.get(k, 0.0) + v / steps_per_epoch
+        score = validation_score(head, Xi[rows["val"]], Xt[rows["val"]], labels[rows["val"]])
+        history.append({"epoch": epoch + 1, "val_score": score, "lr": schedule.get_last_lr()[0], **epoch_parts})
+        if score > best_score:
+            best_score, best_epoch, bad_epochs = score, epoch + 1, 0
+            best_state = {k: v.clone() for k, v in head.state_dict().items()}
+        else:
+            bad_epochs += 1
+        if not args.quiet:
+            log.info("epoch %3d  loss %.4f  val %.4f%s", epoch + 1, epoch_parts.get("total", float("nan")), score,
+                     "  *" if bad_epochs == 0 else "")
+        if bad_epochs >= args.patience:
+            log.info("early stop: no validation gain for %d epochs (best epoch %d)", args.patience, best_epoch)
+            break
+    t_train = time.time() - t0
+    head.load_state_dict(best_state)
+    head.eval()
+
+    # ---- step 3: evaluate on the held-out test split ----------------------------------
+    test = rows["test"]
+    report = evaluate_models(backbone, head, untrained, Xi, Xt, labels, test, args.bootstrap)
+    report.update({"n_test": int(len(test)), "split_hash": split_hash(split), "data": source.name,
+                   "best_epoch": best_epoch, "timings_s": {"embed": round(t_embed, 1), "train_head": round(t_train, 1)}})
+
+    config = {
+        "backbone_name": backbone.name, "backbone_id": backbone.backbone_id, "preprocess_id": backbone.preprocess_id,
+        "image_dim": backbone.image_dim, "text_dim": backbone.text_dim, "shared_space": backbone.shared_space,
+        "loss": args.loss, "loss_weights": weights, "supcon_temperature": args.supcon_temperature,
+        "optim": {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "patience")},
+        "best_epoch": best_epoch, "seed": args.seed, "data": source.name,
+        "data_version": studies_fingerprint(studies), "split_hash": split_hash(split),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+    }
+    save_checkpoint(out, head, config)
+    atomic_write_json(out / "eval.json", report)
+    atomic_write_bytes(out / "eval.md", (format_table(report) + "\n").encode())
+    atomic_write_json(out / "split.json", split)
+    atomic_write_json(out / "history.json", history)
+    plot_curves(history, out / "curves.png")
+    if not args.no_maps:
+        t0 = time.time()
+        spaces = {"frozen": image_feats, "finetuned": project(head, Xi, "image")}
+        maps = build_embedding_maps(spaces, [s.study_id for s in studies], labels.tolist(), seed=args.seed)
+        atomic_write_json(out / "embedding_map.json", maps)
+        log.info("embedding maps: %.1fs", time.time() - t0)
+    log.info("\n%s\n\nrun folder: %s  (%.0fs in all)", format_table(report), out, time.time() - t_start)
+    return out
+
+
+def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def compute_loss(head: RetrievalHead, criterion: CompositeLoss, xi: torch.Tensor, xt: torch.Tensor, y: torch.Tensor):
+    return criterion(head(xi, xt), y)
+
+
+@torch.no_grad()
+def project(head: RetrievalHead, feats: torch.Tensor, modality: str) -> np.ndarray:
+    head.eval()
+    fn = head.encode_image if modality == "image" else head.encode_text
+    return fn(feats).numpy()
+
+
+def validation_score(head: RetrievalHead, xi: torch.Tensor, xt: torch.Tensor, labels: np.ndarray) -> float:
+    """Mean of R@10 and class-aware P@10 over both directions: what early stopping maximises."""
+    was_training = head.training
+    m = evaluate_embeddings(project(head, xi, "image"), project(head, xt, "text"), labels, n_bootstrap=0)
+    head.train(was_training)
+    return float(np.mean([m[d][k] for d in ("i2t", "t2i") for k in ("R@10", "P@10")]))
+
+
+def evaluate_models(backbone, head, untrained_state, Xi, Xt, labels, test, n_bootstrap) -> dict:
+    """Frozen backbone (zero-shot) vs backbone + fine-tuned head on the test split."""
+    name = backbone.name
+    models = {}
+    notes = {}
+    frozen_i, frozen_t = Xi[test].numpy(), Xt[test].numpy()
+    if backbone.shared_space:
+        models[f"{name} (frozen)"] = evaluate_embeddings(frozen_i, frozen_t, labels[test], n_bootstrap)
+    else:
+        # No shared image-text space: cross-modal zero-shot is the untrained projection (chance);
+        # image->image uses the raw frozen image features, which is meaningful.
+        fresh = RetrievalHead(**head.config)
+        fresh.load_state_dict(untrained_state)
+        fresh.eval()
+        cross = evaluate_embeddings(project(fresh, Xi[test], "image"), project(fresh, Xt[test], "text"), labels[test], n_bootstrap)
+        i2i = evaluate_embeddings(frozen_i, None, labels[test], n_bootstrap)
+        models[f"{name} (frozen)"] = {"i2t": cross["i2t"], "t2i": cross["t2i"], "i2i": i2i["i2i"]}
+        notes[f"{name} (frozen)"] = ("towers have no shared space: i2t/t2i use the untrained projection "
+                                     "(chance level); i2i uses the frozen image features")
+    zi, zt = project(head, Xi[test], "image"), project(head, Xt[test], "text")
+    tuned = evaluate_embeddings(zi, zt, labels[test], n_bootstrap)
+    with torch.no_grad():
+        prob = torch.sigmoid(head.classify(torch.from_numpy(zi))).numpy()
+    if len(set(labels[test].tolist())) == 2:
+        tuned["abnormal_auroc"] = float(roc_auc_score(labels[test], prob))
+    models[f"{name} + head (fine-tuned)"] = tuned
+    return {"models": models, "notes": notes}
+
+
+def plot_curves(history: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key in sorted(k for k in history[0] if k not in ("epoch", "val_score", "lr")):
+        ax_loss.plot(epochs, [h.get(key, np.nan) for h in history], label=key)
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss")
+    ax_loss.legend()
+    ax_val.plot(epochs, [h["val_score"] for h in history], color="tab:green")
+    ax_val.set(xlabel="epoch", ylabel="mean R@10 / P@10", title="Validation score")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)
