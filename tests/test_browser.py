@@ -1,0 +1,64 @@
+"""A person's path through the app in headless Chromium: upload, see results, switch tabs."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
+
+
+@pytest.fixture(scope="module")
+def app_url(demo_built):
+    from tests.app_server import running_app
+
+    with running_app() as (url, _proc, _seconds):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def page():
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is not installed; `make test` installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        yield page
+        browser.close()
+
+
+def test_upload_search_switch_tabs_and_screenshot(page, app_url, pediatric_films, tmp_path):
+    shots = Path(os.environ.get("CXR_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    page.goto(app_url)
+    page.get_by_text("Chest X-ray retrieval").first.wait_for(timeout=60_000)
+    page.locator("input[type=file]").first.set_input_files(str(pediatric_films[0]))
+    page.get_by_text("similar studies from").first.wait_for(timeout=120_000)
+    page.wait_for_function("document.querySelectorAll('img').length >= 6", timeout=60_000)
+    assert page.get_by_text("Closest reports").first.is_visible()
+    assert page.locator(".cxr-card").count() >= 5
+    page.screenshot(path=str(shots / "image_search.png"), full_page=True)
+
+    page.get_by_role("tab", name="Search by text").click()
+    page.get_by_label("Findings phrase").fill("small left pleural effusion")
+    page.get_by_label("Findings phrase").press("Enter")
+    page.get_by_text("radiographs from").first.wait_for(timeout=60_000)
+    assert page.locator(".cxr-card mark").count() >= 1
+    page.screenshot(path=str(shots / "text_search.png"), full_page=True)
+
+    page.get_by_role("tab", name="Embedding map").click()
+    page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+    assert page.locator(".js-plotly-plot").count() == 2
+    page.screenshot(path=str(shots / "embedding_map.png"), full_page=True)
+
+    page.get_by_role("tab", name="Model").click()
+    page.get_by_text("not a medical device").first.wait_for(timeout=10_000)
+    page.screenshot(path=str(shots / "model.png"), full_page=True)

@@ -1,0 +1,69 @@
+"""The offline default: data -> trained head -> index, built once and reused.
+
+``python app.py`` with no options serves this. Each step is cached (phantoms, frozen
+features, the run folder, the index), so a second start only loads, and a start after an
+interrupted build resumes where it stopped.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from data.paths import cache_root
+
+log = logging.getLogger(__name__)
+
+
+def default_run_dir() -> Path:
+    """Where ``python train.py`` (no arguments) writes its run: the app's default model."""
+    return cache_root() / "runs" / "offline-demo"
+
+
+def default_index_dir() -> Path:
+    return cache_root() / "indexes" / "offline-demo"
+
+
+def ensure_demo(run_dir: Path | None = None, index_dir: Path | None = None, train_args: list[str] | None = None) -> tuple[Path, Path]:
+    """Build whatever of the offline demo is missing; returns (run_dir, index_dir)."""
+    run_dir = Path(run_dir or default_run_dir())
+    index_dir = Path(index_dir or default_index_dir())
+    if not (run_dir / "config.json").is_file():
+        log.info("[1/2] training the projector head on the offline demo (first start only) -> %s", run_dir)
+        import train
+
+        train.main(["--out", str(run_dir), *(train_args or [])])
+    if not (index_dir / "manifest.json").is_file():
+        log.info("[2/2] building the search index -> %s", index_dir)
+        build_index_for_run(run_dir, index_dir)
+    return run_dir, index_dir
+
+
+def build_index_for_run(run_dir: Path, index_dir: Path, studies=None, progress: bool = True) -> None:
+    """Index a run's gallery from the cached frozen features (no second backbone pass)."""
+    import json
+
+    from data.demo import demo_dir, load_demo_dataset
+    from index.build import build_index, encoder_identity
+    from model.features import embed_studies
+    from model.retrieval_model import RetrievalModel
+
+    config = json.loads((Path(run_dir) / "config.json").read_text())
+    model = RetrievalModel.from_run(run_dir)
+    data_root = None
+    if studies is None:
+        if not str(config.get("data", "")).startswith("demo"):
+            raise ValueError(f"run {run_dir} was trained on {config.get('data')!r}; build its index with "
+                             "`python -m index build --run RUN --data DIR`")
+        limit = int(config["data"][4:]) if config["data"][4:].isdigit() else None
+        studies = load_demo_dataset(limit=limit)
+        data_root = demo_dir()
+    image_feats, text_feats = embed_studies(model.backbone, studies, progress=progress)
+    build_index(
+        index_dir,
+        model.project_image_features(image_feats),
+        model.project_text_features(text_feats),
+        studies,
+        encoder_identity(model),
+        data_root=data_root,
+        run_dir=run_dir,
+    )

@@ -1,0 +1,96 @@
+"""Turn search hits into what the page shows: gallery captions and report cards.
+
+All report text is HTML-escaped before any markup is added, so a report or query holding
+``<script>`` is shown as text, never run.
+"""
+from __future__ import annotations
+
+import html
+import re
+from typing import Any, Iterable, Sequence
+
+SIDES = ("left", "right", "bilateral")
+_STOP = {"the", "a", "an", "of", "and", "or", "with", "in", "on", "at", "to", "is", "are", "no", "not", "there",
+         "small", "large", "mild", "moderate", "severe", "lung", "lungs", "chest", "seen", "present", "evidence"}
+
+
+def badge(label_name: str) -> str:
+    return "🟥 abnormal" if label_name == "abnormal" else "🟩 normal"
+
+
+def gallery_caption(hit: Any) -> str:
+    return f"#{hit.rank} · {hit.study_id} · {badge(hit.label_name)} · sim {hit.score:.2f}"
+
+
+def query_terms(query: str, vocabulary: Iterable[str]) -> list[str]:
+    """Finding terms a typed query names: vocabulary entries it contains, their head words, and sides."""
+    q = query.lower()
+    terms: list[str] = []
+    for name in vocabulary:
+        if name and re.search(rf"\b{re.escape(name)}\b", q):
+            terms.append(name)
+    for word in re.findall(r"[a-z]{4,}", q):
+        if word not in _STOP:
+            terms.append(word)
+    terms += [s for s in SIDES if re.search(rf"\b{s}\b", q)]
+    return _dedupe(terms)
+
+
+def hit_terms(finding_names: Sequence[str], tags: Sequence[str]) -> list[str]:
+    """Terms to highlight in a retrieved report: its own findings, their head words and sides."""
+    terms: list[str] = []
+    for name in finding_names:
+        terms.append(name)
+        terms += [w for w in re.findall(r"[a-z]{4,}", name) if w not in _STOP]
+    for tag in tags:
+        terms += [part.strip().lower() for part in tag.split("/")[1:] if part.strip().lower() in SIDES]
+    return _dedupe(terms)
+
+
+def highlight(text: str, terms: Sequence[str]) -> str:
+    """Escape ``text`` and wrap each occurrence of any term in <mark> (longest terms first)."""
+    escaped = html.escape(text or "")
+    words = sorted({html.escape(t) for t in terms if t and t.strip()}, key=len, reverse=True)
+    if not words:
+        return escaped
+    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+    return pattern.sub(r"<mark>\1</mark>", escaped)
+
+
+def report_cards(hits: Sequence[Any], terms_for_hit) -> str:
+    """HTML report cards for ranked hits; ``terms_for_hit(hit)`` picks the terms to highlight."""
+    if not hits:
+        return "<p class='cxr-empty'>No matching studies. Try removing a filter.</p>"
+    cards = []
+    for hit in hits:
+        terms = terms_for_hit(hit)
+        tags = ", ".join(html.escape(t) for t in hit.tags) or "—"
+        cards.append(
+            f"<div class='cxr-card cxr-{hit.label_name}'>"
+            f"<div class='cxr-card-head'><b>#{hit.rank} {html.escape(hit.study_id)}</b>"
+            f"<span class='cxr-badge'>{badge(hit.label_name)}</span>"
+            f"<span class='cxr-score'>similarity {hit.score:.3f}</span>"
+            f"{'<span class=cxr-view>' + html.escape(hit.view) + '</span>' if hit.view else ''}</div>"
+            f"<p><b>Findings:</b> {highlight(hit.findings, terms) or '—'}</p>"
+            f"<p><b>Impression:</b> {highlight(hit.impression, terms) or '—'}</p>"
+            f"<p class='cxr-tags'>Tags: {tags}</p></div>"
+        )
+    return "\n".join(cards)
+
+
+def hits_as_records(hits: Sequence[Any]) -> list[dict[str, Any]]:
+    """Plain JSON records of hits: what the named API endpoints return to scripts."""
+    return [
+        {"rank": h.rank, "study_id": h.study_id, "score": round(float(h.score), 4), "label": h.label_name,
+         "view": h.view, "finding_names": list(h.finding_names), "tags": list(h.tags),
+         "findings": h.findings, "impression": h.impression}
+        for h in hits
+    ]
+
+
+def _dedupe(items: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for item in items:
+        if item not in out:
+            out.append(item)
+    return out
