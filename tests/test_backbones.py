@@ -101,11 +101,11 @@ def test_registry_names():
 
 
 def test_offline_dims_and_identity(offline):
-    assert (offline.image_dim, offline.text_dim) == (1280, 384)
+    assert (offline.image_dim, offline.text_dim) == (5120, 384)
     assert offline.shared_space is False
     assert offline.context_length == 256
     assert offline.name == "offline"
-    assert offline.backbone_id == "offline:efficientnet_lite0-imagenet+all-MiniLM-L6-v2"
+    assert offline.backbone_id == "offline:efficientnet_lite0-imagenet-grid2x2+all-MiniLM-L6-v2"
     assert "224" in offline.preprocess_id and "0.485" in offline.preprocess_id
     assert not any(p.requires_grad for p in offline.image_model.parameters())
     assert not offline.image_model.training
@@ -115,13 +115,13 @@ def test_offline_image_embeddings_are_unit_deterministic_and_batch_independent(o
     images = [Image.fromarray(skdata.camera()), Image.fromarray(skdata.chelsea()), Image.fromarray(skdata.coffee())]
     first = offline.encode_images(images, batch_size=2)
     again = offline.encode_images(images, batch_size=3)
-    assert first.shape == (3, 1280) and first.dtype == torch.float32
+    assert first.shape == (3, 5120) and first.dtype == torch.float32
     assert torch.allclose(first.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert torch.allclose(first, again, atol=1e-5)
     single = offline.encode_images(images[:1])
     assert torch.allclose(single[0], first[0], atol=1e-5)
     assert not first.is_inference() and not first.requires_grad  # usable in autograd downstream
-    assert offline.encode_images([]).shape == (0, 1280)
+    assert offline.encode_images([]).shape == (0, 5120)
 
 
 @pytest.mark.parametrize("image_name, expected", [
