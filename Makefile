@@ -13,6 +13,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/python -m data.pediatric  # real example films, fetched at set-up (never by the app)
 	touch $(STAMP)
 
 # Headless Chromium for the browser test, from Debian's packages (never a browser download).

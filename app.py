@@ -79,16 +79,13 @@ def load_service(args: argparse.Namespace):
 
 
 def example_uploads() -> list[str]:
-    """Real pediatric films (if obtainable) and a few demo phantoms, for one-click tries."""
-    examples: list[str] = []
-    try:
-        from data.pediatric import fetch_pediatric_films
+    """Real pediatric films (fetched at set-up by `python -m data.pediatric`; never downloaded here)."""
+    from data.pediatric import cached_pediatric_films
 
-        films = fetch_pediatric_films()
-        examples += [str(p) for p in films if "NORMAL" in p.parts][:2] + [str(p) for p in films if "PNEUMONIA" in p.parts][:2]
-    except Exception as exc:  # offline with no package registry: the app still works
-        log.warning("pediatric example films unavailable: %s", exc)
-    return examples
+    films = cached_pediatric_films()
+    if not films:
+        log.info("no example films cached; run `python -m data.pediatric` to add them")
+    return [str(p) for p in films if "NORMAL" in p.parts][:2] + [str(p) for p in films if "PNEUMONIA" in p.parts][:2]
 
 
 def build_ui(service, examples: list[str], phantom_examples: list[str]):
@@ -203,12 +200,25 @@ def phantom_examples(service, n: int = 2) -> list[str]:
     return picks[:n]
 
 
+def startup_errors() -> tuple[type[BaseException], ...]:
+    """Bad or mismatched run/index folders and unavailable weights: one line, no traceback."""
+    from index.__main__ import known_errors
+
+    return known_errors()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="cxr-gradio-"))
     t0 = time.time()
-    service = load_service(args)
+    from model.threads import configure_serving
+
+    configure_serving(args.concurrency)  # 1 torch thread per query on 2 cores: no thread thrash
+    try:
+        service = load_service(args)
+    except startup_errors() as exc:
+        raise SystemExit(f"error: {exc}") from None
     examples = example_uploads()
     demo = build_ui(service, examples, phantom_examples(service))
     demo.queue(default_concurrency_limit=args.concurrency, max_size=64)

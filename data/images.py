@@ -62,6 +62,7 @@ def _looks_like_dicom(data: bytes) -> bool:
 
 
 def _load_raster(data: bytes) -> LoadedImage:
+    fmt = "image"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -82,8 +83,11 @@ def _load_raster(data: bytes) -> LoadedImage:
         ) from None
     except UnidentifiedImageError:
         raise ImageLoadError("This file is not a readable image (expected PNG, JPEG or DICOM).") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"The image file is damaged or truncated and cannot be decoded ({exc}).") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+        detail = str(exc).split("\n")[0][:120]
+        raise ImageLoadError(
+            f"The {fmt} file is damaged or truncated and cannot be decoded ({detail}); please export it again."
+        ) from None
     notes: list[str] = []
     if img.size[0] < 32 or img.size[1] < 32:
         raise ImageLoadError(f"The image is only {img.size[0]}×{img.size[1]} pixels; a radiograph is needed.")
@@ -100,12 +104,18 @@ def to_grayscale_8bit(img: Image.Image, notes: list[str] | None = None) -> Image
         arr = np.asarray(img, dtype=np.float64)
         notes.append(f"{img.mode} image rescaled to 8 bits by its intensity range.")
         return Image.fromarray(_window_to_uint8(arr, float(arr.min()), float(arr.max())), mode="L")
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA"):
-        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(background, img.convert("RGBA"))
-        notes.append("Transparency removed (composited on black).")
+    if img.mode in ("P", "PA"):
+        has_alpha = img.mode == "PA" or "transparency" in img.info
+        img = img.convert("RGBA" if has_alpha else "RGB")
+    if img.mode in ("RGBA", "LA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        if rgba.getchannel("A").getextrema()[0] < 255:  # some pixel is actually see-through
+            background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+            rgba = Image.alpha_composite(background, rgba)
+            notes.append("Transparency removed (composited on black).")
+        img = rgba.convert("RGB")
+    if img.mode not in ("L", "RGB"):
+        img = img.convert("RGB")  # CMYK, YCbCr, 1-bit, ...
     return img.convert("L")
 
 
@@ -139,8 +149,13 @@ def _load_dicom(data: bytes) -> LoadedImage:
         raise ImageLoadError("The DICOM file has no image (no pixel data); it may be a report or structured document.")
     try:
         pixels = ds.pixel_array
-    except Exception as exc:  # pydicom raises many types for missing codecs
+    except Exception:  # pydicom raises many types for missing codecs and short data
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if syntax is not None and not getattr(syntax, "is_compressed", True):
+            raise ImageLoadError(
+                "The DICOM pixel data is damaged or truncated (shorter than its image size); "
+                "please export the image again."
+            ) from None
         name = getattr(syntax, "name", str(syntax)) if syntax is not None else "unknown"
         raise ImageLoadError(
             f"The DICOM pixel data is compressed as '{name}', which this server cannot decode; "

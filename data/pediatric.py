@@ -46,3 +46,13 @@ def fetch_pediatric_films(dest: Path | None = None) -> list[Path]:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(wheel.read(name))
     return sorted(dest.glob("*/*.jpeg"))
+
+
+def cached_pediatric_films() -> list[Path]:
+    """The films if already fetched, else []: the app never downloads at start-up."""
+    films = sorted(pediatric_dir().glob("*/*.jpeg"))
+    return films if len(films) >= 16 else []
+
+
+if __name__ == "__main__":  # `python -m data.pediatric`: fetch once at set-up time
+    print(f"{len(fetch_pediatric_films())} pediatric films in {pediatric_dir()} ({CREDIT})")

@@ -63,47 +63,73 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """An error as the single line the CLI prints (no traceback: these are the user's inputs)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def known_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by the inputs (missing/damaged/mismatched files, unavailable weights):
+    reported in one line with exit status 2. Anything else is a bug and keeps its traceback."""
+    from model.backbones import BackboneUnavailableError
+    from model.checkpoint import CheckpointError
+    from index.manifest import IndexLoadError
+
+    return (IndexLoadError, CheckpointError, BackboneUnavailableError, ValueError, OSError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    from index.build import add_from_encoder, build_from_encoder
-    from index.manifest import IndexLoadError, read_manifest, verify_files
-
     try:
-        if args.command == "info":
-            manifest = read_manifest(Path(args.index))
-            verify_files(Path(args.index), manifest)
-            print(json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
-            return 0
-        from data.sources import load_source
-
-        source = load_source(args)
-        if args.command == "build":
-            encoder = _load_encoder(args.run)
-            manifest = build_from_encoder(
-                args.out,
-                encoder,
-                source.studies,
-                data_root=_data_root(args, source.studies),
-                batch_size=args.batch_size,
-                run_dir=args.run,
-                M=args.M,
-                ef_construction=args.ef_construction,
-                ef=args.ef,
-            )
-            print(f"built {args.out}: {manifest.count} studies, backbone {manifest.backbone_id}")
-        else:
-            run_dir = args.run or read_manifest(Path(args.index)).run_dir
-            if not run_dir:
-                raise SystemExit("the index does not record its run folder; pass --run RUN_DIR")
-            encoder = _load_encoder(run_dir)
-            manifest, added = add_from_encoder(
-                args.index, encoder, source.studies, batch_size=args.batch_size
-            )
-            print(f"added {added} studies to {args.index}: now {manifest.count}")
-    except (IndexLoadError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        return _run(args)
+    except known_errors() as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except SystemExit as exc:  # data.sources reports unusable data options this way
+        if isinstance(exc.code, str):
+            print(f"error: {one_line(exc)}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
+    from index.build import add_from_encoder, build_from_encoder
+    from index.manifest import read_manifest, verify_files
+
+    if args.command == "info":
+        manifest = read_manifest(Path(args.index))
+        verify_files(Path(args.index), manifest)
+        print(json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
+        return 0
+    from data.sources import load_source
+
+    source = load_source(args)
+    if args.command == "build":
+        encoder = _load_encoder(args.run)
+        manifest = build_from_encoder(
+            args.out,
+            encoder,
+            source.studies,
+            data_root=_data_root(args, source.studies),
+            batch_size=args.batch_size,
+            run_dir=args.run,
+            M=args.M,
+            ef_construction=args.ef_construction,
+            ef=args.ef,
+        )
+        skipped = f" ({len(source.skipped)} rows skipped, listed above)" if source.skipped else ""
+        print(f"built {args.out}: {manifest.count} studies{skipped}, backbone {manifest.backbone_id}")
+    else:
+        run_dir = args.run or read_manifest(Path(args.index)).run_dir
+        if not run_dir:
+            raise SystemExit("the index does not record its run folder; pass --run RUN_DIR")
+        encoder = _load_encoder(run_dir)
+        manifest, added = add_from_encoder(
+            args.index, encoder, source.studies, batch_size=args.batch_size
+        )
+        print(f"added {added} studies to {args.index}: now {manifest.count}")
     return 0
 
 

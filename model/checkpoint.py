@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from data.dataset import atomic_write_bytes, atomic_write_json
 from model.head import RetrievalHead
 
 HEAD_FILE = "head.safetensors"
+PENDING_SUFFIX = ".pending"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 
@@ -57,13 +59,34 @@ def save_checkpoint(run_dir: Path | str, head: RetrievalHead, config: dict[str, 
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in head.state_dict().items()}
     payload = safetensors.torch.save(state, metadata={"format_version": str(FORMAT_VERSION)})
-    atomic_write_bytes(run_dir / HEAD_FILE, payload)
+    # Commit protocol: new weights go to a pending file, config.json (naming their sha256) is
+    # the single commit point, then the pending file is renamed over head.safetensors. A kill
+    # before the config rename leaves the previous run intact; a kill after it is completed by
+    # the next load (see _recover_pending_head).
+    pending = run_dir / (HEAD_FILE + PENDING_SUFFIX)
+    atomic_write_bytes(pending, payload)
     info.update({
         "head": dict(head.config),
         "head_sha256": _sha256_bytes(payload),
         "format_version": FORMAT_VERSION,
     })
     atomic_write_json(run_dir / CONFIG_FILE, info)
+    os.replace(pending, run_dir / HEAD_FILE)
+
+
+def _recover_pending_head(run_dir: Path, expected_sha256: str) -> bytes | None:
+    """The weights of a save killed after its commit point, moved into place; else None."""
+    pending = run_dir / (HEAD_FILE + PENDING_SUFFIX)
+    if not pending.is_file():
+        return None
+    payload = pending.read_bytes()
+    if _sha256_bytes(payload) != expected_sha256:
+        return None
+    try:
+        os.replace(pending, run_dir / HEAD_FILE)
+    except OSError:  # read-only run folder: use the pending weights as they are
+        pass
+    return payload
 
 
 def read_checkpoint_config(run_dir: Path | str) -> dict[str, Any]:
@@ -104,9 +127,11 @@ def load_checkpoint(run_dir: Path | str, expected_backbone_id: str | None = None
             f"{config['backbone_name']}) or retrain"
         )
     path = run_dir / HEAD_FILE
-    if not path.is_file():
+    payload = path.read_bytes() if path.is_file() else None
+    if payload is None or _sha256_bytes(payload) != config["head_sha256"]:
+        payload = _recover_pending_head(run_dir, str(config["head_sha256"])) or payload
+    if payload is None:
         raise CheckpointError(f"checkpoint folder {run_dir} has {CONFIG_FILE} but no {HEAD_FILE}")
-    payload = path.read_bytes()
     try:
         state = safetensors.torch.load(payload)
     except Exception as exc:  # safetensors raises its own error types for bad headers/lengths

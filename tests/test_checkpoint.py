@@ -217,3 +217,31 @@ def test_from_run_creates_the_backbone_named_in_config(saved_run, monkeypatch):
     loaded = RetrievalModel.from_run(saved_run, backbone_path="/models/biomedclip")
     assert calls == [("tiny", "/models/biomedclip")]
     assert loaded.backbone_id == "tiny:v1"
+
+
+def test_save_killed_after_its_commit_point_is_completed_by_the_next_load(tmp_path, monkeypatch):
+    """config.json is the commit point: weights left pending behind it are moved into place on load."""
+    import os as _os
+
+    from model.checkpoint import HEAD_FILE, PENDING_SUFFIX, load_checkpoint, save_checkpoint
+    from model.head import RetrievalHead
+
+    cfg = {"backbone_id": "b", "backbone_name": "offline"}
+    torch.manual_seed(0)
+    first, second = RetrievalHead(8, 4, embed_dim=6, hidden_dim=16), RetrievalHead(8, 4, embed_dim=6, hidden_dim=16)
+    save_checkpoint(tmp_path, first, cfg)
+    real_replace = _os.replace
+
+    def die_on_final_rename(src, dst):
+        if str(dst).endswith(HEAD_FILE) and str(src).endswith(PENDING_SUFFIX):
+            raise KeyboardInterrupt("killed between the config commit and the weights rename")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(_os, "replace", die_on_final_rename)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, second, cfg)
+    monkeypatch.setattr(_os, "replace", real_replace)
+    loaded, _ = load_checkpoint(tmp_path)
+    for name, tensor in second.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    assert not (tmp_path / (HEAD_FILE + PENDING_SUFFIX)).exists()

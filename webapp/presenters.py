@@ -49,12 +49,20 @@ def hit_terms(finding_names: Sequence[str], tags: Sequence[str]) -> list[str]:
 
 def highlight(text: str, terms: Sequence[str]) -> str:
     """Escape ``text`` and wrap each occurrence of any term in <mark> (longest terms first)."""
-    escaped = html.escape(text or "")
-    words = sorted({html.escape(t) for t in terms if t and t.strip()}, key=len, reverse=True)
+    text = text or ""
+    words = sorted({t for t in terms if t and t.strip()}, key=len, reverse=True)
     if not words:
-        return escaped
+        return html.escape(text)
+    # Match on the raw text and escape each piece: matching escaped text could split an
+    # entity ("&quot;" contains the word "quot") and never sees the characters the user sees.
     pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
-    return pattern.sub(r"<mark>\1</mark>", escaped)
+    out, last = [], 0
+    for match in pattern.finditer(text):
+        out.append(html.escape(text[last:match.start()]))
+        out.append(f"<mark>{html.escape(match.group(0))}</mark>")
+        last = match.end()
+    out.append(html.escape(text[last:]))
+    return "".join(out)
 
 
 def report_cards(hits: Sequence[Any], terms_for_hit) -> str:

@@ -3,24 +3,28 @@ bad input gets a clear sentence, unexpected failures get a reference number whil
 traceback goes to the server log only. Uploaded files are deleted once read."""
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
+import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data.images import ImageLoadError, load_radiograph
+from data.images import ImageLoadError, LoadedImage, load_radiograph
 from index.engine import SearchEngine
 from webapp.plots import EmbeddingMaps
 from webapp.presenters import gallery_caption, hit_terms, hits_as_records, query_terms, report_cards
-from webapp.queries import QueryError, clean_query
+from webapp.queries import LABEL_CHOICES, QueryError, clean_query, parse_choice, parse_k
 
 log = logging.getLogger(__name__)
 
 FRONTAL = {"PA", "AP", ""}
 ANY = "any"
+RECENT_UPLOADS = 8  # decoded uploads kept in memory so "Search" again (new filters) needs no file
 
 
 @dataclass
@@ -51,6 +55,11 @@ class SearchService:
         self.vocabulary = list(engine.findings())
         self.views = engine.views()
         self.context_length = int(getattr(engine.encoder.backbone, "context_length", 0) or 0)
+        # Uploads are deleted once read; the decoded (de-identified) pixels of the last few
+        # stay in memory, keyed by the upload's path, so changing a filter re-searches them.
+        self._recent: OrderedDict[str, LoadedImage] = OrderedDict()
+        self._recent_lock = threading.Lock()
+        self._path_locks = [threading.Lock() for _ in range(16)]
 
     # ---- image -> studies and reports ---------------------------------------------
     def search_image(self, upload: str | None, k: int, label: str, view: str, finding: str):
@@ -60,16 +69,20 @@ class SearchService:
             return (*empty[:4], "⬆️ Drop a chest X-ray (PNG, JPEG or DICOM) to search.", *empty[5:])
         try:
             loaded = self._read_upload(upload)
-            result = self.engine.search_by_image(loaded.image, k=int(k), filters=_filters(label, view, finding))
-        except ImageLoadError as exc:
+            k, notes = parse_k(k)
+            filters = self._filters(label, view, finding)
+            result = self.engine.search_by_image(loaded.image, k=k, filters=filters)
+        except (ImageLoadError, QueryError) as exc:
             return (*empty[:4], f"⚠️ {exc}", *empty[5:])
         except Exception:
             return (*empty[:4], self._unexpected("image search"), *empty[5:])
-        notes = list(loaded.notes)
+        notes = list(loaded.notes) + notes
+        warnings = []
         if loaded.view and loaded.view not in FRONTAL and all(v in FRONTAL for v in self.views):
-            notes.append(f"This looks like a {loaded.view} view, but only frontal views are indexed: results may be poor.")
+            warnings.append(f"This looks like a {_plain(loaded.view)} (non-frontal) view, but only frontal views "
+                            "are indexed: results may be poor.")
         prob = result.abnormal_probability
-        status = _status(f"{len(result.hits)} similar studies from {result.n_candidates:,} candidates.", notes)
+        status = _status(f"{len(result.hits)} similar studies from {result.n_candidates:,} candidates.", notes, warnings)
         gallery = [(h.image_path, gallery_caption(h)) for h in result.hits]
         reports = report_cards(result.reports, lambda h: hit_terms(h.finding_names, h.tags))
         records = {"hits": hits_as_records(result.hits), "reports": hits_as_records(result.reports),
@@ -82,10 +95,10 @@ class SearchService:
         """Returns (gallery, reports_html, status, records, query_state)."""
         try:
             query, notes = clean_query(text)
-            tokens = self.engine.encoder.backbone.text_token_count(query)
-            if self.context_length and tokens > self.context_length:
-                notes.append(f"The query is {tokens} tokens; the text model reads only the first {self.context_length}.")
-            result = self.engine.search_by_text(query, k=int(k), filters=_filters(label, view, finding))
+            k, k_notes = parse_k(k)
+            filters = self._filters(label, view, finding)
+            notes += k_notes + self._context_notes(query)
+            result = self.engine.search_by_text(query, k=k, filters=filters)
         except QueryError as exc:
             return [], "", f"⚠️ {exc}", {"hits": []}, None
         except Exception:
@@ -104,21 +117,63 @@ class SearchService:
         return tuple(self.maps.figure(space, method, query_state) for space in ("frozen", "finetuned"))
 
     # ---- helpers --------------------------------------------------------------------
-    def _read_upload(self, upload: str):
-        """Decode then delete the server's copy of the upload (unless keeping was asked for)."""
-        path = Path(upload)
+    def _read_upload(self, upload: str | os.PathLike) -> LoadedImage:
+        """Decode then delete the server's copy of the upload (unless keeping was asked for).
+
+        The file is deleted whether or not it decodes. A path already read by an earlier
+        request (same upload, new filters) is answered from the in-memory copy. Requests for
+        one path take turns, so a second one never finds the file half-deleted."""
+        if isinstance(upload, dict):  # a FileData payload from an API client
+            upload = upload.get("path") or ""
+        key = str(upload)
+        path = Path(key)
+        with self._path_locks[hash(key) % len(self._path_locks)]:
+            try:
+                if path.is_file():
+                    loaded = load_radiograph(path)
+                    with self._recent_lock:
+                        self._recent[key] = loaded
+                        while len(self._recent) > RECENT_UPLOADS:
+                            self._recent.popitem(last=False)
+                    return loaded
+                with self._recent_lock:
+                    if key in self._recent:
+                        self._recent.move_to_end(key)
+                        return self._recent[key]
+                raise ImageLoadError("The uploaded file is no longer on the server (uploads are deleted once "
+                                     "read); please upload it again.")
+            finally:
+                if not self.keep_uploads:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+
+    def _filters(self, label: Any, view: Any, finding: Any) -> dict[str, str | None]:
+        """Dropdown values checked against the choices offered, so an API call with a typo
+        gets a message instead of silently matching nothing."""
+        return _filters(parse_choice(label, LABEL_CHOICES, "label"),
+                        parse_choice(view, self.views, "view"),
+                        parse_choice(finding, self.vocabulary, "finding"))
+
+    def _context_notes(self, query: str) -> list[str]:
+        """Tell the user when the text tower will only read the start of the query."""
+        if not self.context_length:
+            return []
         try:
-            return load_radiograph(path)
-        finally:
-            if not self.keep_uploads:
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+            tokens = int(self.engine.encoder.backbone.text_token_count(query))
+        except (AttributeError, NotImplementedError):
+            return []
+        if tokens <= self.context_length:
+            return []
+        return [f"The query is {tokens:,} tokens long; it was truncated to the text model's context of "
+                f"{self.context_length} tokens, so the rest was ignored."]
 
     @staticmethod
     def _query_state(label: str, hits) -> dict[str, Any]:
-        return {"label": label, "neighbour_ids": [h.study_id for h in hits], "scores": [h.score for h in hits]}
+        # The label becomes plotly hover text, which renders a subset of HTML: escape it.
+        return {"label": html.escape(label), "neighbour_ids": [h.study_id for h in hits],
+                "scores": [h.score for h in hits]}
 
     @staticmethod
     def _unexpected(what: str) -> str:
@@ -131,5 +186,11 @@ def _filters(label: str, view: str, finding: str) -> dict[str, str | None]:
     return {k: (None if (v is None or v == ANY) else v) for k, v in (("label", label), ("view", view), ("finding", finding))}
 
 
-def _status(headline: str, notes: list[str]) -> str:
-    return "\n".join([f"✅ {headline}", *(f"- ℹ️ {n}" for n in notes)])
+def _status(headline: str, notes: list[str], warnings: list[str] | None = None) -> str:
+    lines = [f"✅ {headline}", *(f"- ⚠️ {w}" for w in warnings or []), *(f"- ℹ️ {n}" for n in notes)]
+    return "\n".join(lines)
+
+
+def _plain(text: str) -> str:
+    """A value read from a file (e.g. a DICOM tag) made safe to show in Markdown."""
+    return "".join(ch for ch in str(text) if ch.isalnum() or ch in " -_")[:16]

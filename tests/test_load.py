@@ -1,0 +1,96 @@
+"""Under load: 50 concurrent mixed image/text queries against the real app on loopback.
+
+Eight client threads (each with its own gradio_client) send 25 text and 25 image queries
+through the app's named endpoints; gradio's queue runs ``--concurrency 2`` of them at once
+and holds the rest (max 64 waiting). Every answer must be a success; p50/p95 latency as the
+client sees it (queue wait included) is printed, not asserted.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.app_server import running_app
+from tests.test_bad_inputs import ensure_small_demo
+from tests.test_privacy import seed_example_films
+
+pytestmark = pytest.mark.load
+
+N_QUERIES = 50
+WORKERS = 8
+BUDGET_S = 60  # the whole burst must be answered within this (a hang guard, not a benchmark)
+PHRASES = ["large right pleural effusion", "small left pleural effusion", "cardiomegaly", "right upper lobe opacity",
+           "left lower lobe atelectasis", "right pneumothorax", "calcified granuloma",
+           "no acute cardiopulmonary abnormality"]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    _, run, index = ensure_small_demo()
+    tmp = tmp_path_factory.mktemp("load-app")
+    seed_example_films(tmp / "cache")  # so start-up never tries to fetch the example films
+    env = {"CXR_CACHE": str(tmp / "cache"), "GRADIO_TEMP_DIR": str(tmp / "gradio")}
+    with running_app(["--run", str(run), "--index", str(index), "--concurrency", "2"], env=env, timeout=300) as (url, _, s):
+        print(f"\napp up in {s:.1f}s")
+        yield url
+
+
+def test_fifty_concurrent_mixed_queries_all_succeed(app_url, tmp_path):
+    from gradio_client import Client, handle_file
+
+    images = sorted((ensure_small_demo()[0] / "images").glob("*.png"))
+    rng = random.Random(0)
+    jobs = []
+    for i in range(N_QUERIES):
+        k = rng.choice([3, 5, 8])
+        label = rng.choice(["any", "any", "normal", "abnormal"])
+        if i % 2:
+            upload = Path(shutil.copy(images[i % len(images)], tmp_path / f"query{i}.png"))
+            jobs.append(("image", upload, k, label))
+        else:
+            jobs.append(("text", rng.choice(PHRASES), k, label))
+
+    local = threading.local()
+
+    def run(job):
+        kind, payload, k, label = job
+        if not hasattr(local, "client"):
+            local.client = Client(app_url, verbose=False, download_files=False)
+        started = time.perf_counter()
+        if kind == "text":
+            _, _, status, records, *_ = local.client.predict(payload, k, label, "any", "any", api_name="/search_text")
+        else:
+            *_, status, records = local.client.predict(handle_file(str(payload)), k, label, "any", "any",
+                                                       api_name="/search_image")[:6]
+        seconds = time.perf_counter() - started
+        hits = records["hits"]
+        ok = status.startswith("✅") and 1 <= len(hits) <= k and (label == "any" or all(h["label"] == label for h in hits))
+        return kind, seconds, ok, status
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        futures = [pool.submit(run, job) for job in jobs]
+        done, pending = wait(futures, timeout=BUDGET_S)
+        for future in pending:
+            future.cancel()
+    wall = time.perf_counter() - started
+    assert not pending, f"{len(pending)} of {N_QUERIES} queries unanswered after {BUDGET_S}s"
+
+    results = [f.result() for f in futures]  # re-raises any client-side exception
+    failures = [(kind, status) for kind, _, ok, status in results if not ok]
+    latencies = np.array([seconds for _, seconds, _, _ in results])
+    by_kind = {kind: np.array([s for kd, s, _, _ in results if kd == kind]) for kind in ("text", "image")}
+    print(f"\n{N_QUERIES} queries ({WORKERS} client threads, app concurrency 2) in {wall:.1f}s "
+          f"= {N_QUERIES / wall:.1f} queries/s; latency p50 {np.percentile(latencies, 50):.2f}s, "
+          f"p95 {np.percentile(latencies, 95):.2f}s")
+    for kind, values in by_kind.items():
+        print(f"  {kind}: p50 {np.percentile(values, 50):.2f}s, p95 {np.percentile(values, 95):.2f}s (n={len(values)})")
+    assert failures == [], failures
+    assert len(results) == N_QUERIES
