@@ -2,6 +2,8 @@
 
     python -m bench.search            # ~2-3 minutes on 2 cores
     python bench/search.py --big-n 20000   # quicker, smaller large case
+    python -m bench.search --suite [--with-1m]   # what `python -m bench` reports (10k, 100k[, 1M])
+    python -m bench.search --ef-construction-sweep   # build time vs recall at 100k (~5 min)
 
 (a) a demo-sized gallery (4,000 x 256, 40 clusters): hnsw ef sweep (and M sweep) ->
     recall@10 against exact search, median / p95 single-query latency;
@@ -108,6 +110,14 @@ def demo_case(n: int, dim: int, n_queries: int) -> dict[str, Any]:
 
 
 def _maxrss_mb() -> float:
+    """Peak RSS of this process. Linux: VmHWM, which starts afresh in a spawned child
+    (``ru_maxrss`` survives exec, so a child would report its parent's peak if larger)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 if platform.system() == "Linux" else kb / 2**20  # macOS reports bytes
 
@@ -210,14 +220,160 @@ def run_isolated(fn_kwargs: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def synthetic_studies(n: int) -> list:
+    """Minimal metadata rows for ``index.build.build_index`` (the store is part of a build)."""
+    from data.records import Study
+
+    return [Study(study_id=f"s{i:07d}", patient_id=f"p{i // 2:07d}", image_paths=(f"images/s{i:07d}.png",),
+                  findings="", impression="no acute disease" if i % 3 else "small left pleural effusion",
+                  label=int(i % 3 == 0), tags=() if i % 3 else ("Pleural Effusion/left/small",), view="PA")
+            for i in range(n)]
+
+
+def scale_case(n: int, dim: int = 512, n_queries: int = 300, exact_queries: int | None = None,
+               full_index: bool = False) -> dict[str, Any]:
+    """One gallery size, in its own process (peak RSS is this case's): build time and memory,
+    recall@10 at the default ef, single-query latency of hnsw vs exact numpy.
+
+    ``full_index=True`` times the project's whole ``index.build.build_index`` (two graphs,
+    images and reports, both given this gallery, + the SQLite store + manifest with
+    checksums), then queries through the saved index as the engine loads it.
+    """
+    import tempfile
+
+    gallery, queries = clustered_gallery(n, n_queries, dim, n_clusters=200, seed=2)
+    rss_data = _rss_mb() and round(_rss_mb(), 1)
+    out: dict[str, Any] = {"n": n, "dim": dim, "n_queries": n_queries, "clusters": 200,
+                           "M": DEFAULT_M, "ef_construction": DEFAULT_EF_CONSTRUCTION, "ef": DEFAULT_EF,
+                           "build_threads": mp.cpu_count(), "rss_mb_with_data": rss_data}
+    started = time.perf_counter()
+    if full_index:
+        from index.build import build_index
+        from index.engine import SearchEngine
+
+        studies = synthetic_studies(n)
+        folder = Path(tempfile.mkdtemp(prefix="bench-index-")) / "index"
+        graph_s: list[float] = []
+        descriptor, create = HnswIndex.__dict__["create"], HnswIndex.create
+
+        def timed_create(*args, **kwargs):  # time each graph inside build_index
+            t0 = time.perf_counter()
+            made = create(*args, **kwargs)
+            graph_s.append(round(time.perf_counter() - t0, 2))
+            return made
+
+        HnswIndex.create = timed_create  # the class index.build uses
+        rss_data = _rss_mb() and round(_rss_mb(), 1)
+        started = time.perf_counter()
+        try:
+            build_index(folder, gallery, gallery, studies, {"backbone_id": "bench", "head_checksum": "", "embed_dim": dim})
+        finally:
+            HnswIndex.create = descriptor
+        out["what_is_built"] = "index.build.build_index: 2 hnsw graphs (images, reports) + SQLite store + manifest"
+        out["build_s"] = round(time.perf_counter() - started, 2)
+        out["build_s_per_graph"] = graph_s
+        out["index_mb_on_disk"] = round(sum(f.stat().st_size for f in folder.iterdir()) / 2**20, 1)
+        engine = SearchEngine.load(folder, None)
+        graph = engine._graphs["images"]
+        load_start = time.perf_counter()
+        SearchEngine.load(folder, None)
+        out["index_load_s"] = round(time.perf_counter() - load_start, 2)
+    else:
+        graph = HnswIndex.create(gallery, M=DEFAULT_M, ef_construction=DEFAULT_EF_CONSTRUCTION)
+        out["what_is_built"] = "one hnsw graph"
+        out["build_s"] = round(time.perf_counter() - started, 2)
+    out["rss_mb_after_build"] = _rss_mb() and round(_rss_mb(), 1)
+    out["peak_rss_mb"] = round(_maxrss_mb(), 1)  # whole process: data + graph(s) + build scratch
+    out["rss_mb_growth_from_build"] = rss_data and out["rss_mb_after_build"] and round(out["rss_mb_after_build"] - rss_data, 1)
+    graph.set_ef(DEFAULT_EF)
+    truth = exact_top_k(gallery, queries, K).ids
+    found = np.concatenate([graph.search(q, K).ids for q in queries])
+    out["recall_at_10"] = round(recall_at_k(found, truth), 4)
+    hnsw_ms, hnsw_p95 = per_query_ms(lambda q: graph.search(q, K), queries)
+    exact_set = queries[: exact_queries or n_queries]
+    exact_ms, exact_p95 = per_query_ms(lambda q: exact_top_k(gallery, q, K), exact_set)
+    out.update({
+        "hnsw_median_ms": round(hnsw_ms, 4), "hnsw_p95_ms": round(hnsw_p95, 4),
+        "exact_median_ms": round(exact_ms, 4), "exact_p95_ms": round(exact_p95, 4),
+        "exact_queries_timed": len(exact_set),
+        "exact_over_hnsw": round(exact_ms / hnsw_ms, 1),
+    })
+    if full_index:
+        engine_ms, engine_p95 = per_query_ms(lambda q: engine.search_by_image_vector(q, k=K), queries[:100])
+        out["engine_vector_query_median_ms"] = round(engine_ms, 4)  # hnsw + metadata rows -> hits
+        out["engine_vector_query_p95_ms"] = round(engine_p95, 4)
+    return out
+
+
+def suite(sizes=(10_000, 100_000), with_1m: bool = False, n_queries: int = 300) -> dict[str, Any]:
+    """The figures ``python -m bench`` reports: one isolated process per gallery size.
+
+    The largest case (100k) builds the full index (both graphs + store): it is also the index-build
+    benchmark (target < 60 s, peak RSS reported). 1M x 512 (2 GB of vectors; the build
+    takes many minutes on 2 cores) runs only with ``with_1m``.
+    """
+    from bench.common import log, run_isolated
+
+    cases: dict[str, Any] = {}
+    for n in (*sizes, *((1_000_000,) if with_1m else ())):
+        log(f"search: {n:,} x 512 ...")
+        cases[str(n)] = run_isolated(
+            scale_case, n=n, n_queries=n_queries if n < 1_000_000 else 100,
+            exact_queries=None if n < 1_000_000 else 30, full_index=(n == max(sizes)))
+        c = cases[str(n)]
+        log(f"search: {n:,}: build {c['build_s']}s, recall@10 {c['recall_at_10']}, "
+            f"hnsw {c['hnsw_median_ms']} ms vs exact {c['exact_median_ms']} ms")
+    if not with_1m:
+        cases["1000000"] = "skipped: opt-in (python -m bench --with-1m / python -m bench.search --suite --with-1m)"
+    return {"k": K, "defaults": {"M": DEFAULT_M, "ef_construction": DEFAULT_EF_CONSTRUCTION, "ef": DEFAULT_EF},
+            "cases": cases}
+
+
+def ef_construction_case(n: int = 100_000, dim: int = 512, n_queries: int = 300,
+                         values=(64, 100, 128, 200), efs=(32, 48, 64, 96)) -> dict[str, Any]:
+    """Build time vs recall: the same 100k gallery built with each ef_construction (M fixed),
+    recall@10 and latency at several query ef. What chose DEFAULT_EF_CONSTRUCTION."""
+    gallery, queries = clustered_gallery(n, n_queries, dim, n_clusters=200, seed=2)
+    truth = exact_top_k(gallery, queries, K).ids
+    rows = []
+    for ef_c in values:
+        start = time.perf_counter()
+        graph = HnswIndex.create(gallery, M=DEFAULT_M, ef_construction=ef_c)
+        build_s = time.perf_counter() - start
+        sweep = ef_sweep(graph, queries, truth, efs=efs)
+        rows.append({"ef_construction": ef_c, "M": DEFAULT_M, "build_s": round(build_s, 2),
+                     "smallest_ef_recall_0.98": smallest_ef(sweep), "sweep": sweep})
+        print(f"ef_construction {ef_c}: build {build_s:.1f}s, "
+              + ", ".join(f"ef {r['ef']}: {r['recall_at_10']}" for r in sweep), file=sys.stderr, flush=True)
+        del graph
+    return {"n": n, "dim": dim, "n_queries": n_queries, "build_threads": mp.cpu_count(), "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--demo-n", type=int, default=4000)
     parser.add_argument("--big-n", type=int, default=100_000)
     parser.add_argument("--small-n", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--suite", action="store_true",
+                        help="only the figures python -m bench reports: 10k and 100k (full index build) cases")
+    parser.add_argument("--with-1m", action="store_true", help="with --suite: add the 1M x 512 case (2 GB, long build)")
+    parser.add_argument("--ef-construction-sweep", action="store_true",
+                        help="build the big gallery with several ef_construction values: build time vs recall")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    if args.suite or args.ef_construction_sweep:
+        from bench.common import emit, machine, run_isolated
+
+        report: dict[str, Any] = {"machine": machine()}
+        if args.suite:
+            report["search"] = suite(sizes=(args.small_n, args.big_n), with_1m=args.with_1m, n_queries=args.queries)
+        else:
+            report["ef_construction_sweep"] = run_isolated(ef_construction_case, n=args.big_n, n_queries=args.queries)
+        report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        report["total_seconds"] = round(time.perf_counter() - started, 1)
+        emit(report)
+        return
     import hnswlib  # noqa: F401  (version below)
     from importlib.metadata import version
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import zipfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,15 +21,33 @@ from data.dataset import atomic_write_bytes, atomic_write_json, studies_fingerpr
 from data.images import load_radiograph
 from data.paths import cache_root
 from data.records import Study
+from model.threads import bulk_threads
 
 CHUNK = 256  # studies per cache chunk
 
 
 def feature_cache_dir(backbone, studies: Sequence[Study], root: Path | None = None) -> Path:
-    """Cache folder for this backbone × preprocessing × data version."""
-    key = json.dumps([backbone.backbone_id, backbone.preprocess_id, studies_fingerprint(studies)])
+    """Cache folder for this backbone × preprocessing × data version × image files.
+
+    The image files enter by size and modification time, so re-rendered or replaced images
+    (same names, new pixels) never reuse stale features.
+    """
+    key = json.dumps([backbone.backbone_id, backbone.preprocess_id, studies_fingerprint(studies),
+                      images_signature(studies)])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return Path(root or cache_root() / "features") / digest
+
+
+def images_signature(studies: Sequence[Study]) -> str:
+    """Hash of (size, mtime) of every study's image: cheap (no pixel reads) yet content-sensitive."""
+    h = hashlib.sha256()
+    for s in studies:
+        try:
+            st = Path(s.image_path).stat()
+            h.update(f"{st.st_size}:{st.st_mtime_ns};".encode())
+        except OSError:
+            h.update(b"missing;")
+    return h.hexdigest()[:16]
 
 
 def embed_studies(
@@ -54,10 +73,11 @@ def embed_studies(
         path = folder / f"chunk{c:05d}.npz"
         cached = _read_chunk(path, len(chunk))
         if cached is None:
-            cached = (
-                _embed_images(backbone, chunk, batch_size),
-                backbone.encode_texts([s.report_text for s in chunk]).numpy().astype(np.float32),
-            )
+            with bulk_threads():  # every core for bulk work, even inside a serving process
+                cached = (
+                    _embed_images(backbone, chunk, batch_size),
+                    backbone.encode_texts([s.report_text for s in chunk]).numpy().astype(np.float32),
+                )
             _write_chunk(path, *cached)
         images.append(cached[0])
         texts.append(cached[1])
@@ -81,8 +101,8 @@ def _read_chunk(path: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             image, text = z["image"], z["text"]
-    except (OSError, ValueError, KeyError):
-        return None  # damaged chunk: recompute it
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # damaged or truncated chunk: recompute it
     return (image, text) if len(image) == n and len(text) == n else None
 
 

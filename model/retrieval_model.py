@@ -1,6 +1,7 @@
 """Backbone + trained head: the one object the index builder and the app embed with."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -11,6 +12,8 @@ from PIL import Image
 from model.backbones import Backbone
 from model.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_config
 from model.head import RetrievalHead
+
+TEXT_CACHE_SIZE = 1024  # text queries remembered per model (a few MB at 256-512 dims)
 
 
 def _as_tensor(feats: np.ndarray | torch.Tensor, dim: int, what: str) -> torch.Tensor:
@@ -47,6 +50,8 @@ class RetrievalModel:
         self.backbone_id: str = backbone.backbone_id
         self.embed_dim: int = head.embed_dim
         self.head_checksum: str = str(self.config.get("head_sha256", ""))
+        # per instance (a class-level lru_cache would keep every model alive); thread-safe
+        self._embed_one_text = functools.lru_cache(maxsize=TEXT_CACHE_SIZE)(self._embed_one_text_uncached)
 
     # --- frozen features -> head space -------------------------------------------------
     def project_image_features(self, feats: np.ndarray) -> np.ndarray:
@@ -69,12 +74,27 @@ class RetrievalModel:
         return self.project_image_features(self.backbone.encode_images(images))
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Texts -> (N,embed_dim) float32 L2-normalised (truncated to the backbone's context)."""
+        """Texts -> (N,embed_dim) float32 L2-normalised (truncated to the backbone's context).
+
+        A single text (what a text query is) is served from an LRU cache of the last
+        ``TEXT_CACHE_SIZE`` phrases: the example phrases and repeated queries cost nothing
+        after their first run. The model is frozen, so a cached vector never goes stale.
+        """
         if isinstance(texts, str):
             raise TypeError("embed_texts takes a sequence of strings, not one string")
         if len(texts) == 0:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
+        if len(texts) == 1:
+            return self._embed_one_text(str(texts[0]))[None].copy()
+        return self._embed_texts_uncached(texts)
+
+    def _embed_texts_uncached(self, texts: Sequence[str]) -> np.ndarray:
         return self.project_text_features(self.backbone.encode_texts(texts))
+
+    def _embed_one_text_uncached(self, text: str) -> np.ndarray:
+        vector = self._embed_texts_uncached([text])[0]
+        vector.setflags(write=False)  # shared by every later hit: callers get copies
+        return vector
 
     def abnormal_probability(self, image_emb: np.ndarray) -> np.ndarray:
         """sigmoid(classifier) per row of projected image embeddings -> (N,) float32 in [0,1]."""

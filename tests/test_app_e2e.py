@@ -24,7 +24,8 @@ def client(app_url):
 
 
 def _text_search(client, text, k=5, label="any", view="any", finding="any"):
-    gallery, reports_html, status, records, _state = client.predict(text, k, label, view, finding, api_name="/search_text")
+    # The session State output stays server-side: API clients get the four visible outputs.
+    gallery, reports_html, status, records = client.predict(text, k, label, view, finding, api_name="/search_text")
     return gallery, reports_html, status, records
 
 
@@ -49,7 +50,7 @@ def test_text_filters_are_applied(client):
 
 def test_image_query_with_a_real_pediatric_film(client, pediatric_films):
     film = pediatric_films[0]
-    preview, gallery, reports_html, probability, status, records, _ = client.predict(
+    preview, gallery, reports_html, probability, status, records = client.predict(
         handle_file(str(film)), 5, "any", "any", "any", api_name="/search_image")
     assert status.startswith("✅"), status
     assert len(records["hits"]) == 5 and len(records["reports"]) == 5
@@ -60,7 +61,7 @@ def test_image_query_with_a_real_pediatric_film(client, pediatric_films):
 
 def test_image_query_with_a_phantom_finds_itself_first(client, demo_studies):
     study = next(s for s in demo_studies if "pleural effusion" in s.finding_names)
-    _, _, _, _, status, records, _ = client.predict(handle_file(study.image_path), 3, "any", "any", "any", api_name="/search_image")
+    _, _, _, _, status, records = client.predict(handle_file(study.image_path), 3, "any", "any", "any", api_name="/search_image")
     assert records["hits"][0]["study_id"] == study.study_id
     assert records["hits"][0]["score"] > 0.99
 
@@ -68,7 +69,7 @@ def test_image_query_with_a_phantom_finds_itself_first(client, demo_studies):
 def test_bad_upload_gets_a_message_and_the_app_keeps_serving(client, tmp_path):
     fake = tmp_path / "scan.png"
     fake.write_bytes(b"this is not an image at all" * 20)
-    _, gallery, _, _, status, records, _ = client.predict(handle_file(str(fake)), 5, "any", "any", "any", api_name="/search_image")
+    _, gallery, _, _, status, records = client.predict(handle_file(str(fake)), 5, "any", "any", "any", api_name="/search_image")
     assert status.startswith("⚠️") and "not a readable image" in status
     assert gallery == [] and records["hits"] == []
     _, _, status, records = _text_search(client, "cardiomegaly")

@@ -49,7 +49,7 @@ def test_upload_search_switch_tabs_and_screenshot(page, app_url, pediatric_films
 
     page.get_by_role("tab", name="Search by text").click()
     page.get_by_label("Findings phrase").fill("small left pleural effusion")
-    page.get_by_label("Findings phrase").press("Enter")
+    page.get_by_role("button", name="Search", exact=True).locator("visible=true").click()
     page.get_by_text("radiographs from").first.wait_for(timeout=60_000)
     assert page.locator(".cxr-card mark").count() >= 1
     page.screenshot(path=str(shots / "text_search.png"), full_page=True)

@@ -1,0 +1,177 @@
+"""Embedding throughput: the bare backbone vs the project's full ingest path. Prints ONE JSON document.
+
+    python -m bench.embed                 # 96 demo phantoms, batch 32, offline backbone (~1-2 min on 2 cores)
+    python -m bench.embed --n 256 --backbone openclip-random:ViT-B-16
+
+* bare: ``encode_image_batch`` on tensors preprocessed beforehand, and ``encode_texts`` on the
+  report strings in the chunks ``embed_studies`` uses;
+* full: ``model.features.embed_studies`` into a fresh cache folder: decode PNG -> preprocess ->
+  embed images and reports -> write the cache chunks.
+
+Same images, same batch size, same thread count (``model.threads.bulk_threads``), measured
+alternately (bare, full, bare, full) so drift in machine load hits both; the medians give
+the overhead ratio (target: full <= 1.5x bare). Side-by-side extras: the bare image pass at
+1 thread vs the bulk thread count (the thread policy), and the offline image tower in NCHW
+vs channels_last (before/after of that optimisation).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import emit, log, machine, setup_environment, stopwatch, target
+
+
+def run(n: int = 96, batch_size: int = 32, backbone_name: str = "offline", reps: int = 2) -> dict[str, Any]:
+    setup_environment()
+    import torch
+
+    from data.dataset import load_dataset
+    from data.demo import build_demo_dataset
+    from data.images import load_radiograph
+    from model.factory import create_backbone
+    from model.features import CHUNK, embed_studies
+    from model.threads import bulk_threads, torch_threads
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-embed-"))
+    with stopwatch() as t_render:
+        folder = build_demo_dataset(out_dir=tmp / "demo", limit=n, progress=False)
+    studies = load_dataset(folder)
+    log(f"embed: {len(studies)} phantoms rendered in {t_render['s']:.1f}s (not part of any timing)")
+    with stopwatch() as t_load:
+        backbone = create_backbone(backbone_name)
+    batches = [
+        torch.stack([backbone.preprocess(load_radiograph(s.image_path).image) for s in studies[i : i + batch_size]])
+        for i in range(0, len(studies), batch_size)
+    ]
+    report_chunks = [[s.report_text for s in studies[i : i + CHUNK]] for i in range(0, len(studies), CHUNK)]
+
+    def bare_images() -> float:
+        with stopwatch() as t:
+            for pixels in batches:
+                backbone.encode_image_batch(pixels)
+        return t["s"]
+
+    def bare_texts() -> float:
+        with stopwatch() as t:
+            for texts in report_chunks:
+                backbone.encode_texts(texts)
+        return t["s"]
+
+    def full(rep: int) -> float:
+        cache = tmp / f"features-{rep}"  # fresh every time: the cache must not short-circuit
+        with stopwatch() as t:
+            embed_studies(backbone, studies, cache_dir=cache, batch_size=batch_size, progress=False)
+        return t["s"]
+
+    with bulk_threads() as threads:
+        backbone.encode_image_batch(batches[0][:2])  # warm-up (first-call allocations)
+        backbone.encode_texts(report_chunks[0][:2])
+        img_s, txt_s, full_s = [], [], []
+        for rep in range(reps):
+            img_s.append(bare_images())
+            txt_s.append(bare_texts())
+            full_s.append(full(rep))
+            log(f"embed rep {rep + 1}/{reps}: bare images {img_s[-1]:.1f}s + reports {txt_s[-1]:.1f}s, full {full_s[-1]:.1f}s")
+    bare = float(np.median(img_s) + np.median(txt_s))
+    full_median = float(np.median(full_s))
+    ratio = full_median / bare
+    out: dict[str, Any] = {
+        "backbone": backbone.backbone_id,
+        "n_studies": len(studies),
+        "batch_size": batch_size,
+        "threads": threads,
+        "reps": reps,
+        "model_load_s": round(t_load["s"], 1),
+        "demo_render_s_excluded": round(t_render["s"], 1),
+        "bare": {
+            "images_s": round(float(np.median(img_s)), 2),
+            "reports_s": round(float(np.median(txt_s)), 2),
+            "images_per_s": round(len(studies) / float(np.median(img_s)), 2),
+            "reports_per_s": round(len(studies) / float(np.median(txt_s)), 2),
+        },
+        "full_pipeline": {
+            "seconds": round(full_median, 2),
+            "studies_per_s": round(len(studies) / full_median, 2),
+            "all_runs_s": [round(x, 2) for x in full_s],
+        },
+        "overhead_ratio": target(round(ratio, 3), 1.5, "max", "x"),
+    }
+    out["thread_policy"] = _thread_comparison(backbone, batches, threads, torch_threads)
+    if backbone_name == "offline":
+        out["channels_last"] = _layout_comparison(backbone, batches)
+    return out
+
+
+def _thread_comparison(backbone, batches, bulk: int, torch_threads) -> dict[str, Any]:
+    """Bare image throughput at 1 thread and at the bulk count, alternately, same batches."""
+    rates: dict[int, list[float]] = {1: [], bulk: []}
+    n = sum(len(b) for b in batches)
+    for _ in range(2):
+        for threads in rates:
+            with torch_threads(threads):
+                start = time.perf_counter()
+                for pixels in batches:
+                    backbone.encode_image_batch(pixels)
+                rates[threads].append(n / (time.perf_counter() - start))
+    return {f"images_per_s_{k}_thread{'s' if k > 1 else ''}": round(float(np.median(v)), 2) for k, v in rates.items()}
+
+
+def _layout_comparison(backbone, batches) -> dict[str, Any]:
+    """Offline image tower, 1 thread: NCHW (the code before) vs channels_last (now), alternately."""
+    import torch
+
+    from model.threads import torch_threads
+
+    from model.backbones import OFFLINE_GRID
+
+    model = backbone.image_model
+    n = sum(len(b) for b in batches)
+
+    def features(pixels, memory_format):  # OfflineBackbone._image_features with a chosen layout
+        fmap = model.forward_features(pixels.contiguous(memory_format=memory_format))
+        return torch.nn.functional.adaptive_avg_pool2d(fmap, OFFLINE_GRID).flatten(1)
+
+    def rate(memory_format) -> float:
+        model.to(memory_format=memory_format)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for pixels in batches:
+                features(pixels, memory_format)
+        return n / (time.perf_counter() - start)
+
+    before, after = [], []
+    with torch_threads(1):
+        with torch.inference_mode():
+            reference = backbone._image_features(batches[0][:4])
+            model.to(memory_format=torch.contiguous_format)
+            old = features(batches[0][:4], torch.contiguous_format)
+        for _ in range(2):
+            before.append(rate(torch.contiguous_format))
+            after.append(rate(torch.channels_last))
+    model.to(memory_format=torch.channels_last)
+    b, a = float(np.median(before)), float(np.median(after))
+    return {"threads": 1, "images_per_s_nchw_before": round(b, 2), "images_per_s_channels_last_after": round(a, 2),
+            "speedup": round(a / b, 2), "max_abs_feature_diff": float((reference - old).abs().max())}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=96, help="demo phantoms to embed")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--backbone", default="offline")
+    p.add_argument("--reps", type=int, default=2)
+    args = p.parse_args(argv)
+    report = {"machine": machine(), "embed": run(args.n, args.batch_size, args.backbone, args.reps)}
+    report["machine"]["load_average_at_end"] = machine()["load_average"]
+    emit(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()

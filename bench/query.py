@@ -1,0 +1,238 @@
+"""End-to-end query latency through the engine. Prints ONE JSON document.
+
+    python -m bench.query                              # offline + ViT-B/16 (random weights), ~3 min on 2 cores
+    python -m bench.query --backbones offline          # one backbone only
+
+For each backbone: an untrained ``RetrievalHead`` and an index of 4,000 random gallery vectors
+(``index.build.build_index``), loaded by ``SearchEngine.load`` as the app does, then
+
+* image query: upload BYTES -> ``data.images.load_radiograph`` -> ``engine.search_by_image``
+  (embed, abnormal probability, image and report graphs, hits with metadata); for a 256 px
+  phantom PNG and a 2048 px JPEG (a typical export), with a stage breakdown;
+* text query: ``engine.search_by_text`` on distinct phrases (first time: no cache) and again
+  (the LRU cache of ``RetrievalModel.embed_texts``), and the code before (padded text pass,
+  no cache) side by side;
+* thread policy: the same image queries with 1 vs 2 intra-op threads, one at a time and two
+  at once (gradio concurrency 2).
+
+All in the serving setting of ``model.threads.configure_serving(2)`` unless stated. Latency
+is reported as wall-clock median / p95 and the calling thread's CPU time (with one intra-op
+thread the forward runs on that thread, so on a shared machine CPU time approximates what an
+idle one would show). Targets (ViT-B/16 on 2 cores): image p50 < 300 ms, text p50 < 100 ms.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import emit, log, machine, setup_environment, stopwatch, summary, target, time_calls
+
+VIT = "openclip-random:ViT-B-16"
+PHRASES = [
+    "large right pleural effusion", "small left pleural effusion", "cardiomegaly", "right upper lobe opacity",
+    "left lower lobe atelectasis", "right pneumothorax", "calcified granuloma", "no acute cardiopulmonary abnormality",
+    "mild cardiomegaly with pulmonary vascular congestion", "bilateral interstitial opacities",
+    "left basilar airspace disease", "hyperinflated lungs consistent with emphysema", "degenerative changes of the spine",
+    "right middle lobe pneumonia", "small bilateral pleural effusions", "enlarged cardiac silhouette",
+    "postoperative changes of sternotomy", "nodular opacity in the right upper lobe", "clear lungs, normal heart size",
+    "elevated right hemidiaphragm", "tortuous thoracic aorta", "healed rib fractures on the left",
+    "patchy opacity in the lingula", "pulmonary edema",
+]
+
+
+def make_uploads(tmp: Path, n: int = 6) -> dict[str, list[bytes]]:
+    """Phantom PNGs as rendered (256 px) and the same films as 2048 px JPEG exports."""
+    from PIL import Image
+
+    from data.dataset import load_dataset
+    from data.demo import build_demo_dataset
+
+    studies = load_dataset(build_demo_dataset(out_dir=tmp / "demo", limit=n, workers=1, progress=False))
+    pngs = [Path(s.image_path).read_bytes() for s in studies]
+    jpegs = []
+    for data in pngs:
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(data)).convert("L").resize((2048, 2048), Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
+        jpegs.append(buffer.getvalue())
+    return {"png_256px": pngs, "jpeg_2048px": jpegs}
+
+
+def build_engine(backbone_name: str, folder: Path, n_gallery: int = 4000):
+    """Untrained head + index of random unit vectors, loaded as the app loads one."""
+    import torch
+
+    from bench.search import synthetic_studies
+    from index.build import build_index, encoder_identity
+    from index.engine import SearchEngine
+    from model.factory import create_backbone
+    from model.head import RetrievalHead
+    from model.retrieval_model import RetrievalModel
+
+    with stopwatch() as t:
+        backbone = create_backbone(backbone_name)
+    torch.manual_seed(0)
+    model = RetrievalModel(backbone, RetrievalHead(backbone.image_dim, backbone.text_dim))
+    rng = np.random.default_rng(0)
+    gallery = rng.standard_normal((2, n_gallery, model.embed_dim)).astype(np.float32)
+    build_index(folder, gallery[0], gallery[1], synthetic_studies(n_gallery), encoder_identity(model))
+    return SearchEngine.load(folder, model), round(t["s"], 1)
+
+
+def image_query(engine, data: bytes):
+    from data.images import load_radiograph
+
+    return engine.search_by_image(load_radiograph(data).image, k=10)
+
+
+def stage_breakdown(engine, data: bytes, reps: int = 5) -> dict[str, Any]:
+    """Median ms of each stage of one image query (decode, preprocess, forward, the rest)."""
+    from data.images import load_radiograph
+    from index.ann import normalise
+
+    backbone, model = engine.encoder.backbone, engine.encoder
+    times: dict[str, list[float]] = {"decode": [], "preprocess": [], "forward": [], "head_and_search": []}
+    for _ in range(reps + 1):
+        t0 = time.perf_counter()
+        image = load_radiograph(data).image
+        t1 = time.perf_counter()
+        pixels = backbone.preprocess(image)[None]
+        t2 = time.perf_counter()
+        feats = backbone.encode_image_batch(pixels)
+        t3 = time.perf_counter()
+        emb = normalise(model.project_image_features(feats))
+        model.abnormal_probability(emb)
+        engine.search_by_image_vector(emb, k=10, target="images")
+        engine.search_by_image_vector(emb, k=10, target="reports")
+        t4 = time.perf_counter()
+        for key, (a, b) in zip(times, ((t0, t1), (t1, t2), (t2, t3), (t3, t4))):
+            times[key].append((b - a) * 1e3)
+    return {k: round(float(np.median(v[1:])), 2) for k, v in times.items()}  # first rep = warm-up
+
+
+def text_queries(engine, phrases: list[str]) -> dict[str, Any]:
+    """Distinct phrases (cache misses), then the same again (hits); and the code before."""
+    model, backbone = engine.encoder, engine.encoder.backbone
+    model._embed_one_text.cache_clear()
+    engine.search_by_text("warm up the text tower")
+    first = time_calls(lambda p: engine.search_by_text(p, k=10), phrases, warmup=0)
+    cached = time_calls(lambda p: engine.search_by_text(p, k=10), phrases, warmup=0)
+    out: dict[str, Any] = {"new_phrase": first, "repeated_phrase_cached": cached}
+    if hasattr(backbone, "trim_text_padding"):
+        # before: the padded text pass and no cache, on the same phrases, same process
+        def uncached_padded(p: str):
+            model._embed_one_text.cache_clear()
+            return engine.search_by_text(p, k=10)
+
+        backbone.trim_text_padding = False
+        before = time_calls(uncached_padded, phrases[: max(6, len(phrases) // 2)], warmup=1)
+        backbone.trim_text_padding = True
+        after = time_calls(uncached_padded, phrases[: max(6, len(phrases) // 2)], warmup=1)
+        probe = phrases[:4]
+        backbone.trim_text_padding = False
+        padded = backbone.encode_texts(probe)
+        backbone.trim_text_padding = True
+        trimmed = backbone.encode_texts(probe)
+        out["before_after_trim_padding"] = {
+            "before_padded_to_context_ms": before["median_ms"], "after_trimmed_ms": after["median_ms"],
+            "before_cpu_ms": before["cpu"]["median_ms"], "after_cpu_ms": after["cpu"]["median_ms"],
+            "speedup": round(before["median_ms"] / after["median_ms"], 2),
+            "max_abs_feature_diff": float((padded - trimmed).abs().max()),
+        }
+    model._embed_one_text.cache_clear()
+    return out
+
+
+def thread_policy(engine, uploads: list[bytes], n_each: int) -> dict[str, Any]:
+    """Image queries with 1 vs 2 intra-op threads, sequential and two at once."""
+    from model.threads import torch_threads
+
+    out: dict[str, Any] = {}
+    for threads in (1, 2):
+        with torch_threads(threads):
+            out[f"sequential_{threads}_thread"] = time_calls(lambda b: image_query(engine, b), uploads[:n_each], warmup=1)
+            per_query: list[float] = []
+
+            def worker(items: list[bytes]) -> None:
+                for b in items:
+                    t0 = time.perf_counter()
+                    image_query(engine, b)
+                    per_query.append((time.perf_counter() - t0) * 1e3)
+
+            start = time.perf_counter()
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(worker, [uploads[:n_each], uploads[::-1][:n_each]]))
+            total = time.perf_counter() - start
+            out[f"two_at_once_{threads}_thread"] = {**summary(per_query), "queries_per_s": round(len(per_query) / total, 2)}
+    return out
+
+
+def run_backbone(name: str, uploads: dict[str, list[bytes]], tmp: Path, n_image: int, n_policy: int) -> dict[str, Any]:
+    from model.threads import configure_serving
+
+    threads = configure_serving(2)
+    engine, load_s = build_engine(name, tmp / f"index-{name.replace(':', '-')}")
+    log(f"query: {name} loaded in {load_s}s; serving threads {threads}")
+    png, jpeg = uploads["png_256px"], uploads["jpeg_2048px"]
+    reps = max(1, n_image // len(png))
+    image_png = time_calls(lambda b: image_query(engine, b), (png * reps)[:n_image], warmup=1)
+    image_jpeg = time_calls(lambda b: image_query(engine, b), (jpeg * reps)[: max(3, n_image // 2)], warmup=0)
+    log(f"query: {name} image p50 {image_png['median_ms']} ms (png), {image_jpeg['median_ms']} ms (2048 px jpeg)")
+    texts = text_queries(engine, PHRASES)
+    log(f"query: {name} text p50 {texts['new_phrase']['median_ms']} ms new, "
+        f"{texts['repeated_phrase_cached']['median_ms']} ms repeated")
+    out: dict[str, Any] = {
+        "backbone": engine.encoder.backbone_id, "model_load_s": load_s, "gallery": engine.count,
+        "serving_threads": threads,
+        "image_query_png_256px": image_png,
+        "image_query_jpeg_2048px": image_jpeg,
+        "image_query_stages_ms_png": stage_breakdown(engine, png[0]),
+        "image_query_stages_ms_jpeg": stage_breakdown(engine, jpeg[0], reps=3),
+        "text_query": texts,
+    }
+    if n_policy:
+        out["thread_policy"] = thread_policy(engine, png + png, n_policy)
+        configure_serving(2)
+    if name == VIT:
+        out["targets"] = {
+            "image_query_p50_ms": target(image_png["median_ms"], 300, "max", " ms"),
+            "image_query_p50_cpu_ms": target(image_png["cpu"]["median_ms"], 300, "max", " ms"),
+            "text_query_p50_ms": target(texts["new_phrase"]["median_ms"], 100, "max", " ms"),
+            "text_query_p50_cpu_ms": target(texts["new_phrase"]["cpu"]["median_ms"], 100, "max", " ms"),
+        }
+    engine.store.close()
+    return out
+
+
+def run(backbones: list[str] | None = None, n_image: int = 12, n_policy: int = 4) -> dict[str, Any]:
+    setup_environment()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-query-"))
+    uploads = make_uploads(tmp)
+    out: dict[str, Any] = {"upload_bytes": {k: int(np.median([len(b) for b in v])) for k, v in uploads.items()}}
+    for name in backbones or ["offline", VIT]:
+        heavy = name != "offline"
+        out[name] = run_backbone(name, uploads, tmp, n_image=n_image if heavy else 3 * n_image,
+                                 n_policy=n_policy if heavy else 3 * n_policy)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backbones", nargs="+", default=None, help=f"default: offline {VIT}")
+    p.add_argument("--n-image", type=int, default=12, help="image queries timed for the heavy backbone (x3 for offline)")
+    p.add_argument("--n-policy", type=int, default=4, help="queries per thread setting in the thread-policy part (0: skip)")
+    args = p.parse_args(argv)
+    report = {"machine": machine(), "query": run(args.backbones, args.n_image, args.n_policy)}
+    report["machine"]["load_average_at_end"] = machine()["load_average"]
+    emit(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()

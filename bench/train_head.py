@@ -1,0 +1,192 @@
+"""Head training time on cached frozen features (train.py step 2 only). Prints ONE JSON document.
+
+    python -m bench.train_head            # full demo size (3,955 studies), ~0.5-1 min on 2 cores
+
+Times ``train.train_head`` - the very function ``python train.py`` runs - with train.py's
+default options, on the offline backbone's features of the full demo dataset:
+
+* the real cached features when the full demo has been embedded already (``python app.py``
+  or ``python train.py`` once), read from the feature cache;
+* otherwise synthetic features of the same shapes (3,955 x 5120 image, 3,955 x 384 report),
+  with the real IU labels and patient split and a learnable image-report pairing, so a clean
+  checkout needs neither the 3,955 phantoms nor their embedding. Time per epoch depends only
+  on the shapes; the number of epochs before early stopping depends on the data, so the
+  report also gives the worst case (all ``--epochs`` without early stopping), projected from
+  the measured time per epoch.
+
+Also compares 1 thread with every core (``model.threads``) on the same features.
+"""
+from __future__ import annotations
+
+import argparse
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from bench.common import emit, log, machine, setup_environment, stopwatch, target
+
+
+def offline_backbone_identity() -> SimpleNamespace:
+    """What the feature cache key needs, without loading the towers (seconds saved)."""
+    from model.backbones import OFFLINE_BACKBONE_ID, OFFLINE_GRID, OfflineBackbone
+    from model.transform import IMAGENET_MEAN, IMAGENET_STD, preprocess_identity
+
+    # EfficientNet-Lite0's 1280 channels pooled on the OFFLINE_GRID, MiniLM-L6's 384 dims
+    return SimpleNamespace(name="offline", backbone_id=OFFLINE_BACKBONE_ID, image_dim=1280 * OFFLINE_GRID ** 2, text_dim=384,
+                           preprocess_id=preprocess_identity(OfflineBackbone.image_size, IMAGENET_MEAN, IMAGENET_STD))
+
+
+def cached_demo_features(backbone) -> tuple[list, np.ndarray, np.ndarray] | None:
+    """(studies, image, text) from the feature cache of the full demo, or None if not all there."""
+    from data.dataset import load_dataset
+    from data.demo import demo_dir
+    from model.features import CHUNK, feature_cache_dir
+
+    folder = demo_dir()
+    if not (folder / "dataset.json").is_file():
+        return None
+    try:
+        studies = load_dataset(folder)
+    except Exception:  # noqa: BLE001 - an unfinished demo is simply "not cached"
+        return None
+    cache = feature_cache_dir(backbone, studies)
+    images, texts = [], []
+    for c in range((len(studies) + CHUNK - 1) // CHUNK):
+        path = cache / f"chunk{c:05d}.npz"
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as z:
+            images.append(z["image"])
+            texts.append(z["text"])
+    return studies, np.concatenate(images), np.concatenate(texts)
+
+
+def synthetic_features(studies, image_dim: int, text_dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors with a shared latent per study (so image<->report pairing is learnable)
+    and a label direction (so normal/abnormal is), plus noise."""
+    rng = np.random.default_rng(seed)
+    n, latent = len(studies), 64
+    z = rng.standard_normal((n, latent)).astype(np.float32)
+    label = np.array([s.label for s in studies], dtype=np.float32)[:, None]
+
+    def tower(dim: int) -> np.ndarray:
+        mix = rng.standard_normal((latent, dim)).astype(np.float32) / np.sqrt(latent)
+        direction = rng.standard_normal(dim).astype(np.float32)
+        x = z @ mix + 0.5 * label * direction / np.linalg.norm(direction) * np.sqrt(dim) / 8
+        x += 0.7 * rng.standard_normal((n, dim)).astype(np.float32)
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    return tower(image_dim), tower(text_dim)
+
+
+def run(threads_compare: bool = True) -> dict[str, Any]:
+    setup_environment()
+    import torch
+
+    import train
+    from data.split import patient_split
+    from model.threads import available_cores, torch_threads
+
+    backbone = offline_backbone_identity()
+    found = cached_demo_features(backbone)
+    if found is not None:
+        studies, image_feats, text_feats = found
+        source = "real: offline-backbone features of the full demo, from the feature cache"
+    else:
+        from data.demo import demo_study
+        from data.iu_xray import load_iu_reports
+
+        studies = [demo_study(s) for s in load_iu_reports()]
+        image_feats, text_feats = synthetic_features(studies, backbone.image_dim, backbone.text_dim)
+        source = ("synthetic: demo not embedded yet; same shapes, real IU labels and patient split "
+                  "(run python train.py once for the real features)")
+    log(f"train_head: {len(studies)} studies, features {source.split(':')[0]}")
+    args = train.parse_args(["--quiet"])  # train.py's defaults
+    split = patient_split(studies, seed=args.seed)
+    index_of = {s.study_id: i for i, s in enumerate(studies)}
+    rows = {k: np.array([index_of[i] for i in split[k]], dtype=np.int64) for k in split}
+    labels = np.array([s.label for s in studies], dtype=np.int64)
+    Xi, Xt = torch.from_numpy(image_feats), torch.from_numpy(text_feats)
+    y = torch.from_numpy(labels).float()
+
+    def once(threads: int, epochs: int | None = None, patience: int | None = None) -> dict[str, Any]:
+        run_args = train.parse_args(["--quiet"])
+        if epochs is not None:
+            run_args.epochs = epochs
+        if patience is not None:
+            run_args.patience = patience
+        torch.manual_seed(run_args.seed)
+        with torch_threads(threads), stopwatch() as t:
+            trained = train.train_head(run_args, backbone.image_dim, backbone.text_dim, Xi, Xt, y, rows, labels)
+        epochs_run = len(trained.history)
+        return {"threads": threads, "seconds": round(trained.seconds, 2), "cpu_s": round(t["cpu_s"], 2),
+                "epochs_run": epochs_run, "best_epoch": trained.best_epoch,
+                "seconds_per_epoch": round(trained.seconds / max(1, epochs_run), 3),
+                "best_val_score": round(max(h["val_score"] for h in trained.history), 4)}
+
+    cores = available_cores()
+    default = once(cores)
+    val = rows["val"]
+    from model.head import RetrievalHead
+
+    head = RetrievalHead(backbone.image_dim, backbone.text_dim)  # the cost does not depend on the weights
+    log(f"train_head: {default['epochs_run']} epochs in {default['seconds']}s on {cores} threads")
+    worst = round(default["seconds_per_epoch"] * args.epochs, 1)
+    out: dict[str, Any] = {
+        "features": source,
+        "n_studies": len(studies), "n_train": int(len(rows["train"])), "n_val": int(len(rows["val"])),
+        "image_dim": backbone.image_dim, "text_dim": backbone.text_dim,
+        "options": {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "patience", "loss", "embed_dim", "hidden_dim")},
+        "train_head": default,
+        "train_head_s": target(default["seconds"], 60, "max", " s"),
+        "worst_case_all_epochs_s_projected": target(worst, 60, "max", " s"),
+    }
+    out["validation_score_before_after"] = _validation_before_after(head, Xi[val], Xt[val], labels[val])
+    if threads_compare and cores > 1:
+        # the same run, 1 thread, then every core again: side by side in one process
+        single = once(1)
+        again = once(cores)
+        out["thread_policy"] = {"1_thread_s": single["seconds"], f"{cores}_threads_s": again["seconds"],
+                                f"{cores}_threads_first_run_s": default["seconds"]}
+    return out
+
+
+def _validation_before_after(head, xi, xt, labels, reps: int = 3) -> dict[str, Any]:
+    """The per-epoch validation score: through model.evaluate (the code before: it also
+    computes mAP with one sklearn call per query, and i2i) vs train.validation_score now."""
+    import time
+
+    import train
+    from model.evaluate import evaluate_embeddings
+
+    def before() -> float:
+        m = evaluate_embeddings(train.project(head, xi, "image"), train.project(head, xt, "text"), labels, n_bootstrap=0)
+        return float(np.mean([m[d][k] for d in ("i2t", "t2i") for k in ("R@10", "P@10")]))
+
+    def timed(fn) -> tuple[float, float]:
+        times, value = [], None
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            value = fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return float(np.median(times)), value
+
+    before_ms, old = timed(before)
+    after_ms, new = timed(lambda: train.validation_score(head, xi, xt, labels))
+    return {"n_val": int(len(labels)), "before_ms": round(before_ms, 1), "after_ms": round(after_ms, 1),
+            "speedup": round(before_ms / after_ms, 1), "same_score": old == new}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--no-thread-compare", action="store_true", help="skip the 1-thread vs all-cores rerun")
+    args = p.parse_args(argv)
+    report = {"machine": machine(), "train_head": run(threads_compare=not args.no_thread_compare)}
+    report["machine"]["load_average_at_end"] = machine()["load_average"]
+    emit(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
