@@ -21,7 +21,7 @@ from data.dataset import atomic_write_bytes, atomic_write_json, studies_fingerpr
 from data.images import load_radiograph
 from data.paths import cache_root
 from data.records import Study
-from model.threads import bulk_threads
+from model.threads import map_bulk
 
 CHUNK = 256  # studies per cache chunk
 
@@ -73,17 +73,31 @@ def embed_studies(
         path = folder / f"chunk{c:05d}.npz"
         cached = _read_chunk(path, len(chunk))
         if cached is None:
-            with bulk_threads():  # every core for bulk work, even inside a serving process
-                cached = (
-                    _embed_images(backbone, chunk, batch_size),
-                    backbone.encode_texts([s.report_text for s in chunk]).numpy().astype(np.float32),
-                )
+            cached = _embed_chunk(backbone, chunk, batch_size)
             _write_chunk(path, *cached)
         images.append(cached[0])
         texts.append(cached[1])
         bar.update(len(chunk))
     bar.close()
     return np.concatenate(images), np.concatenate(texts)
+
+
+def _embed_chunk(backbone, chunk: Sequence[Study], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image and report features of one chunk as independent jobs on the bulk workers
+    (``model.threads.map_bulk``: one per core, one torch thread each): the chunk's reports as
+    one job, given first (the longest; and a Hugging Face fast tokenizer must not be used by
+    two threads at once), and its image batches (decode -> preprocess -> forward)."""
+    jobs = [("text", [s.report_text for s in chunk])]
+    jobs += [("image", chunk[i : i + batch_size]) for i in range(0, len(chunk), batch_size)]
+
+    def run(job) -> np.ndarray:
+        kind, items = job
+        if kind == "text":
+            return backbone.encode_texts(items).numpy().astype(np.float32)
+        return _embed_images(backbone, items, batch_size)
+
+    results = map_bulk(run, jobs)
+    return np.concatenate(results[1:]), results[0]
 
 
 def _embed_images(backbone, studies: Sequence[Study], batch_size: int) -> np.ndarray:

@@ -4,29 +4,34 @@ Two kinds of work run on the same (typically 2-core) machine:
 
 * **serving**: one query = one image or one phrase through the towers. The app answers
   ``concurrency`` queries at once (gradio), so each query gets ``cores // concurrency``
-  intra-op threads (1 on 2 cores with concurrency 2). Never more: an OpenMP parallel region
-  waits for its slowest thread, and a thread whose core is busy (the other query, the web
-  server, another process) stalls every small op. ``python -m bench.query`` measured one
-  offline-backbone image query at ~40 ms with 1 thread and 1.7-1.9 s with 2 threads while the
-  other core was busy, and two concurrent 1-thread queries finishing far sooner than two
-  2-thread ones.
-* **bulk**: embedding a dataset or training the head, a few large ops per batch, nothing
-  else running. It uses every core by default (``CXR_BULK_THREADS`` overrides, e.g. 1 on a
-  machine shared with other jobs, where ``python -m bench.embed`` shows 2 threads losing).
+  intra-op threads (1 on 2 cores with concurrency 2). An OpenMP parallel region waits for its
+  slowest thread, and a thread whose core is busy (the other query, the web server, another
+  process) stalls every op. ``python -m bench.query`` (2 cores, other core busy): one
+  offline-backbone image query 38 ms with 1 thread vs 1.5 s with 2; ViT-B/16 queries two at a
+  time 0.69 s each with 1 thread vs 1.5 s with 2 (2.8 vs 1.3 queries/s).
+* **bulk**: embedding a dataset. :func:`map_bulk` runs independent batches on one worker per
+  core, each with ONE intra-op thread, instead of one batch at a time on all cores: nothing
+  waits at a barrier for a descheduled thread, so it degrades gracefully when the machine is
+  shared and scales with cores when it is not. ``python -m bench.embed`` measures the three
+  settings side by side (2 cores shared with other jobs: 1 thread 17 img/s, 2 intra-op threads
+  12-14 img/s, 2 workers x 1 thread 18-20 img/s). ``CXR_BULK_THREADS`` sets the worker count.
 
-``configure_serving`` is called once at app start-up; ``bulk_threads`` wraps the bulk loops
-(``model.features.embed_studies``), raising the thread count for their duration only and
-restoring the serving setting afterwards, so a cold start that builds the demo inside the
-app does not embed 3,955 images on one core.
+torch keeps the intra-op thread count per OS thread (OpenMP/MKL thread-local settings,
+initialised from the last ``torch.set_num_threads`` when a thread first runs an op), so
+``configure_serving`` must run at start-up before the web server's worker threads exist.
 """
 from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 BULK_THREADS_ENV = "CXR_BULK_THREADS"
 _lock = threading.Lock()
@@ -85,8 +90,24 @@ def torch_threads(n: int) -> Iterator[int]:
             torch.set_num_threads(previous)
 
 
-@contextmanager
-def bulk_threads() -> Iterator[int]:
-    """Run a bulk block (dataset embedding, head training) on :func:`bulk_thread_count` threads."""
-    with torch_threads(bulk_thread_count()) as n:
-        yield n
+def map_bulk(fn: Callable[[T], R], items: Sequence[T], workers: int | None = None) -> list[R]:
+    """``[fn(x) for x in items]`` on ``workers`` threads (default :func:`bulk_thread_count`),
+    each running torch with one intra-op thread; results in the order of ``items``.
+
+    Give the longest jobs first: workers take jobs in order as they free up.
+    """
+    n = max(1, int(workers or bulk_thread_count()))
+    previous = torch.get_num_threads()
+
+    def run(item: T) -> R:
+        torch.set_num_threads(1)  # this worker thread only (see the module docstring)
+        return fn(item)
+
+    try:
+        if n == 1 or len(items) <= 1:
+            return [run(x) for x in items]
+        with ThreadPoolExecutor(min(n, len(items)), thread_name_prefix="cxr-bulk") as pool:
+            return list(pool.map(run, items))
+    finally:
+        with _lock:
+            torch.set_num_threads(previous)  # the process-wide default new threads start from

@@ -192,7 +192,8 @@ def test_checkpoint_save_killed_before_the_rename_keeps_the_previous_head(small_
     run = tmp_path / "run"
     shutil.copytree(small_demo[1], run)
     head_before, config_before = load_checkpoint(run)
-    _run_until_paused_then_kill(CHECKPOINT_CHILD, [str(run), "head.safetensors", str(tmp_path / "marker")],
+    # Killed with the new weights complete in their temp file, before config.json (the commit point).
+    _run_until_paused_then_kill(CHECKPOINT_CHILD, [str(run), "head.safetensors.pending", str(tmp_path / "marker")],
                                 tmp_path / "marker")
     head_after, config_after = load_checkpoint(run)
     assert config_after == config_before
@@ -200,6 +201,21 @@ def test_checkpoint_save_killed_before_the_rename_keeps_the_previous_head(small_
         assert torch.equal(tensor, head_after.state_dict()[name]), name
     # A killed atomic write leaves at most its temp file, never a half-written head.safetensors.
     assert all(p.name.startswith(".head.safetensors.") for p in run.iterdir() if p.suffix == ".tmp")
+
+
+def test_checkpoint_save_killed_after_its_commit_point_loads_the_new_head(small_demo, tmp_path):
+    from model.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(small_demo[1], run)
+    head_before, config_before = load_checkpoint(run)
+    # Killed after config.json named the new weights, before they were renamed into place.
+    _run_until_paused_then_kill(CHECKPOINT_CHILD, [str(run), "head.safetensors", str(tmp_path / "marker")],
+                                tmp_path / "marker")
+    head_after, config_after = load_checkpoint(run)
+    assert config_after["head_sha256"] != config_before["head_sha256"]
+    name, tensor = next(iter(head_before.state_dict().items()))
+    assert torch.allclose(head_after.state_dict()[name], tensor + 0.5)
 
 
 def test_checkpoint_save_killed_between_weights_and_config_keeps_a_loadable_run(small_demo, tmp_path):

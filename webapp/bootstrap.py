@@ -67,3 +67,8 @@ def build_index_for_run(run_dir: Path, index_dir: Path, studies=None, progress: 
         data_root=data_root,
         run_dir=run_dir,
     )
+
+
+if __name__ == "__main__":  # `python -m webapp.bootstrap`: build the offline default ahead of time
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    print("offline demo ready: run %s, index %s" % ensure_demo())
