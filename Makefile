@@ -11,8 +11,8 @@ setup: $(STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	$(BIN)/python -m data.pediatric  # real example films, fetched at set-up (never by the app)
 	touch $(STAMP)
 
