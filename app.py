@@ -196,7 +196,9 @@ def phantom_examples(service, n: int = 2) -> list[str]:
     for finding in ("pleural effusion", "cardiomegaly"):
         ids = service.engine.store.matching_ids(finding=finding)
         if len(ids):
-            picks.append(service.engine.resolve_path(service.engine.store.get([int(ids[0])])[0].image_path))
+            path = service.engine.resolve_path(service.engine.store.get([int(ids[0])])[0].image_path)
+            if Path(path).is_file():  # an index moved without its images still serves, minus examples
+                picks.append(path)
     return picks[:n]
 
 
