@@ -42,6 +42,7 @@ from model.factory import available_backbones, create_backbone
 from model.features import embed_studies
 from model.head import RetrievalHead
 from model.loss import LOSS_PRESETS, CompositeLoss
+from model.threads import torch_threads, training_threads
 
 log = logging.getLogger("train")
 
@@ -197,34 +198,35 @@ def train_head(
     history: list[dict[str, float]] = []
     best_score, best_state, best_epoch, bad_epochs = -1.0, None, 0, 0
     t0 = time.time()
-    for epoch in range(args.epochs):
-        head.train()
-        epoch_parts: dict[str, float] = {}
-        order = train_rows[torch.randperm(len(train_rows), generator=generator)]
-        for start in range(0, len(order), args.batch_size):
-            batch = order[start : start + args.batch_size]
-            if len(batch) < 2:
-                continue
-            loss, parts = compute_loss(head, criterion, Xi[batch], Xt[batch], y[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            for k, v in parts.items():
-                epoch_parts[k] = epoch_parts.get(k, 0.0) + v / steps_per_epoch
-        score = validation_score(head, Xi[rows["val"]], Xt[rows["val"]], labels[rows["val"]])
-        history.append({"epoch": epoch + 1, "val_score": score, "lr": schedule.get_last_lr()[0], **epoch_parts})
-        if score > best_score:
-            best_score, best_epoch, bad_epochs = score, epoch + 1, 0
-            best_state = {k: v.clone() for k, v in head.state_dict().items()}
-        else:
-            bad_epochs += 1
-        if not args.quiet:
-            log.info("epoch %3d  loss %.4f  val %.4f%s", epoch + 1, epoch_parts.get("total", float("nan")), score,
-                     "  *" if bad_epochs == 0 else "")
-        if bad_epochs >= args.patience:
-            log.info("early stop: no validation gain for %d epochs (best epoch %d)", args.patience, best_epoch)
-            break
+    with torch_threads(training_threads()):  # see model.threads: 1 unless CXR_TRAIN_THREADS says more
+        for epoch in range(args.epochs):
+            head.train()
+            epoch_parts: dict[str, float] = {}
+            order = train_rows[torch.randperm(len(train_rows), generator=generator)]
+            for start in range(0, len(order), args.batch_size):
+                batch = order[start : start + args.batch_size]
+                if len(batch) < 2:
+                    continue
+                loss, parts = compute_loss(head, criterion, Xi[batch], Xt[batch], y[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                for k, v in parts.items():
+                    epoch_parts[k] = epoch_parts.get(k, 0.0) + v / steps_per_epoch
+            score = validation_score(head, Xi[rows["val"]], Xt[rows["val"]], labels[rows["val"]])
+            history.append({"epoch": epoch + 1, "val_score": score, "lr": schedule.get_last_lr()[0], **epoch_parts})
+            if score > best_score:
+                best_score, best_epoch, bad_epochs = score, epoch + 1, 0
+                best_state = {k: v.clone() for k, v in head.state_dict().items()}
+            else:
+                bad_epochs += 1
+            if not args.quiet:
+                log.info("epoch %3d  loss %.4f  val %.4f%s", epoch + 1, epoch_parts.get("total", float("nan")), score,
+                         "  *" if bad_epochs == 0 else "")
+            if bad_epochs >= args.patience:
+                log.info("early stop: no validation gain for %d epochs (best epoch %d)", args.patience, best_epoch)
+                break
     t_train = time.time() - t0
     head.load_state_dict(best_state)
     head.eval()

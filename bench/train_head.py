@@ -20,6 +20,7 @@ per-epoch validation score before (through model.evaluate) and after (train.vali
 from __future__ import annotations
 
 import argparse
+import os
 from types import SimpleNamespace
 from typing import Any
 
@@ -87,7 +88,7 @@ def run(threads_compare: bool = True) -> dict[str, Any]:
 
     import train
     from data.split import patient_split
-    from model.threads import available_cores, torch_threads
+    from model.threads import TRAIN_THREADS_ENV, available_cores, training_threads
 
     backbone = offline_backbone_identity()
     found = cached_demo_features(backbone)
@@ -111,28 +112,39 @@ def run(threads_compare: bool = True) -> dict[str, Any]:
     Xi, Xt = torch.from_numpy(image_feats), torch.from_numpy(text_feats)
     y = torch.from_numpy(labels).float()
 
-    def once(threads: int, epochs: int | None = None, patience: int | None = None) -> dict[str, Any]:
+    def once(threads: int | None = None, epochs: int | None = None, patience: int | None = None) -> dict[str, Any]:
+        """train.train_head as train.py runs it; ``threads`` overrides the policy's count."""
         run_args = train.parse_args(["--quiet"])
         if epochs is not None:
             run_args.epochs = epochs
         if patience is not None:
             run_args.patience = patience
         torch.manual_seed(run_args.seed)
-        with torch_threads(threads), stopwatch() as t:
-            trained = train.train_head(run_args, backbone.image_dim, backbone.text_dim, Xi, Xt, y, rows, labels)
+        saved = os.environ.get(TRAIN_THREADS_ENV)
+        if threads is not None:
+            os.environ[TRAIN_THREADS_ENV] = str(threads)
+        try:
+            used = training_threads()
+            with stopwatch() as t:
+                trained = train.train_head(run_args, backbone.image_dim, backbone.text_dim, Xi, Xt, y, rows, labels)
+        finally:
+            if saved is None:
+                os.environ.pop(TRAIN_THREADS_ENV, None)
+            else:
+                os.environ[TRAIN_THREADS_ENV] = saved
         epochs_run = len(trained.history)
-        return {"threads": threads, "seconds": round(trained.seconds, 2), "cpu_s": round(t["cpu_s"], 2),
+        return {"threads": used, "seconds": round(trained.seconds, 2), "cpu_s": round(t["cpu_s"], 2),
                 "epochs_run": epochs_run, "best_epoch": trained.best_epoch,
                 "seconds_per_epoch": round(trained.seconds / max(1, epochs_run), 3),
                 "best_val_score": round(max(h["val_score"] for h in trained.history), 4)}
 
     cores = available_cores()
-    default = once(cores)
+    default = once()  # the thread policy of model.threads (what train.py does)
     val = rows["val"]
     from model.head import RetrievalHead
 
     head = RetrievalHead(backbone.image_dim, backbone.text_dim)  # the cost does not depend on the weights
-    log(f"train_head: {default['epochs_run']} epochs in {default['seconds']}s on {cores} threads")
+    log(f"train_head: {default['epochs_run']} epochs in {default['seconds']}s on {default['threads']} thread(s)")
     worst = round(default["seconds_per_epoch"] * args.epochs, 1)
     out: dict[str, Any] = {
         "features": source,

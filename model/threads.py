@@ -15,6 +15,10 @@ Two kinds of work run on the same (typically 2-core) machine:
   shared and scales with cores when it is not. ``python -m bench.embed`` measures the three
   settings side by side (2 cores shared with other jobs: 1 thread 17 img/s, 2 intra-op threads
   12-14 img/s, 2 workers x 1 thread 18-20 img/s). ``CXR_BULK_THREADS`` sets the worker count.
+* **training** the head: one sequential loop of mid-sized matrix products, run on ONE thread
+  (``CXR_TRAIN_THREADS`` to change): ``python -m bench.train_head`` measured 2.0 s per epoch
+  with 1 thread vs 4.7 s with 2 while other jobs shared the machine. Two threads can only win
+  on an otherwise idle machine, and by much less than they lose on a busy one.
 
 torch keeps the intra-op thread count per OS thread (OpenMP/MKL thread-local settings,
 initialised from the last ``torch.set_num_threads`` when a thread first runs an op), so
@@ -34,6 +38,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 BULK_THREADS_ENV = "CXR_BULK_THREADS"
+TRAIN_THREADS_ENV = "CXR_TRAIN_THREADS"
 _lock = threading.Lock()
 
 
@@ -51,14 +56,23 @@ def serving_threads(concurrency: int) -> int:
 
 
 def bulk_thread_count() -> int:
-    """Threads for bulk work: ``$CXR_BULK_THREADS`` if set, else every available core."""
-    value = os.environ.get(BULK_THREADS_ENV, "").strip()
-    if value:
-        try:
-            return max(1, int(value))
-        except ValueError:
-            raise ValueError(f"{BULK_THREADS_ENV} must be a whole number, not {value!r}") from None
-    return available_cores()
+    """Workers for bulk embedding: ``$CXR_BULK_THREADS`` if set, else every available core."""
+    return _env_count(BULK_THREADS_ENV, available_cores())
+
+
+def training_threads() -> int:
+    """Intra-op threads for the head's training loop: ``$CXR_TRAIN_THREADS`` if set, else 1."""
+    return _env_count(TRAIN_THREADS_ENV, 1)
+
+
+def _env_count(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return max(1, int(value))
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {value!r}") from None
 
 
 def configure_serving(concurrency: int = 2) -> int:
