@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
 
 from data.dataset import atomic_write_bytes, atomic_write_json
 from model.head import RetrievalHead
@@ -58,7 +59,7 @@ def save_checkpoint(run_dir: Path | str, head: RetrievalHead, config: dict[str, 
         raise ValueError(f"config lacks {missing}: a head is only meaningful with the backbone it was trained on")
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in head.state_dict().items()}
-    payload = safetensors.torch.save(state, metadata={"format_version": str(FORMAT_VERSION)})
+    payload = save_safetensors_bytes(state, metadata={"format_version": str(FORMAT_VERSION)})
     # Commit protocol: new weights go to a pending file, config.json (naming their sha256) is
     # the single commit point, then the pending file is renamed over head.safetensors. A kill
     # before the config rename leaves the previous run intact; a kill after it is completed by
@@ -133,7 +134,7 @@ def load_checkpoint(run_dir: Path | str, expected_backbone_id: str | None = None
     if payload is None:
         raise CheckpointError(f"checkpoint folder {run_dir} has {CONFIG_FILE} but no {HEAD_FILE}")
     try:
-        state = safetensors.torch.load(payload)
+        state = load_safetensors_bytes(payload)
     except Exception as exc:  # safetensors raises its own error types for bad headers/lengths
         raise CheckpointError(f"{HEAD_FILE} is corrupt or truncated: {exc} ({path})") from exc
     digest = _sha256_bytes(payload)

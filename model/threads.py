@@ -5,20 +5,21 @@ Two kinds of work run on the same (typically 2-core) machine:
 * **serving**: one query = one image or one phrase through the towers. The app answers
   ``concurrency`` queries at once (gradio), so each query gets ``cores // concurrency``
   intra-op threads (1 on 2 cores with concurrency 2). An OpenMP parallel region waits for its
-  slowest thread, and a thread whose core is busy (the other query, the web server, another
-  process) stalls every op. ``python -m bench.query`` (2 cores, other core busy): one
-  offline-backbone image query 38 ms with 1 thread vs 1.5 s with 2; ViT-B/16 queries two at a
-  time 0.69 s each with 1 thread vs 1.5 s with 2 (2.8 vs 1.3 queries/s).
+  slowest thread, so a thread whose core is busy (the other query, the web server, another
+  process) stalls every op. ``python -m bench.query`` on 2 cores: with other jobs on the
+  machine one offline-backbone image query took 38 ms on 1 thread vs 1.5 s on 2, and two
+  ViT-B/16 queries at once 0.69 s each on 1 thread vs 1.5 s on 2; on a quiet machine 2 threads
+  made a lone query only ~1.2x faster (ViT-B/16 0.47 vs 0.58 s) and two at once no faster.
 * **bulk**: embedding a dataset. :func:`map_bulk` runs independent batches on one worker per
-  core, each with ONE intra-op thread, instead of one batch at a time on all cores: nothing
-  waits at a barrier for a descheduled thread, so it degrades gracefully when the machine is
-  shared and scales with cores when it is not. ``python -m bench.embed`` measures the three
-  settings side by side (2 cores shared with other jobs: 1 thread 17 img/s, 2 intra-op threads
-  12-14 img/s, 2 workers x 1 thread 18-20 img/s). ``CXR_BULK_THREADS`` sets the worker count.
-* **training** the head: one sequential loop of mid-sized matrix products, run on ONE thread
-  (``CXR_TRAIN_THREADS`` to change): ``python -m bench.train_head`` measured 2.0 s per epoch
-  with 1 thread vs 4.7 s with 2 while other jobs shared the machine. Two threads can only win
-  on an otherwise idle machine, and by much less than they lose on a busy one.
+  core, each with ONE intra-op thread, instead of one batch at a time on all cores: no thread
+  waits at a barrier for a descheduled one, so it degrades gracefully on a shared machine.
+  ``python -m bench.embed`` (images/s; 1 thread / 2 intra-op threads / 2 workers x 1 thread):
+  shared machine 17 / 12-14 / 18-20, quiet machine 19 / 32 / 29. ``CXR_BULK_THREADS`` sets
+  the worker count.
+* **training** the head: one sequential loop of mid-sized matrix products, on ONE thread
+  (``CXR_TRAIN_THREADS`` to change). ``python -m bench.train_head`` (s per epoch, 1 / 2
+  threads): shared machine 2.0 / 4.7, quiet machine 1.8 / 1.3: two threads win a little when
+  nothing else runs and lose badly when something does.
 
 torch keeps the intra-op thread count per OS thread (OpenMP/MKL thread-local settings,
 initialised from the last ``torch.set_num_threads`` when a thread first runs an op), so
