@@ -41,3 +41,21 @@ def demo_studies(demo_built):
     from data.demo import load_demo_dataset
 
     return load_demo_dataset()
+
+
+@pytest.fixture(scope="module")
+def small_demo():
+    """A 40-study demo (data, run, index) for fast service/durability/privacy tests."""
+    from tests.test_bad_inputs import ensure_small_demo
+
+    return ensure_small_demo()
+
+
+@pytest.fixture(scope="module")
+def model(small_demo):
+    """The small demo's RetrievalModel, on one torch thread like a serving worker."""
+    from model.retrieval_model import RetrievalModel
+    from model.threads import torch_threads
+
+    with torch_threads(1):
+        yield RetrievalModel.from_run(small_demo[1])

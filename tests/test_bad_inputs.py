@@ -81,27 +81,6 @@ def ensure_small_demo() -> tuple[Path, Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def small_demo():
-    return ensure_small_demo()
-
-
-@pytest.fixture(scope="module")
-def model(small_demo):
-    """The small run's model, queried on one torch thread like the app serves one query per
-    core (two threads per query crawl when the other core is busy)."""
-    import torch
-
-    from model.retrieval_model import RetrievalModel
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield RetrievalModel.from_run(small_demo[1])
-    finally:
-        torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
 def service(small_demo, model):
     from index.engine import SearchEngine
     from webapp.service import RunInfo, SearchService

@@ -22,26 +22,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_bad_inputs import ensure_small_demo
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def small_demo():
-    return ensure_small_demo()
-
-
-@pytest.fixture(scope="module")
-def model(small_demo):
-    from model.retrieval_model import RetrievalModel
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield RetrievalModel.from_run(small_demo[1])
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run_until_paused_then_kill(script: str, args: list[str], marker: Path, timeout: float = 120) -> None:

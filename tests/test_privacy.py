@@ -24,7 +24,6 @@ from PIL import Image
 
 from tests.app_server import running_app
 from tests.helpers_dicom import PATIENT_ID, PATIENT_NAME, make_dicom
-from tests.test_bad_inputs import ensure_small_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every identifier make_dicom writes, in the forms they could be printed in. Long enough not to
@@ -98,11 +97,6 @@ def seed_example_films(cache: Path) -> None:
         path = cache / "pediatric" / label / f"{label}-{i}.jpeg"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray((np.random.default_rng(i).random((96, 96)) * 255).astype(np.uint8)).save(path)
-
-
-@pytest.fixture(scope="module")
-def small_demo():
-    return ensure_small_demo()
 
 
 @pytest.fixture(scope="module")
@@ -216,18 +210,6 @@ def test_an_api_call_cannot_make_the_app_read_or_delete_a_server_file(audited_ap
         answer = response.read().decode()
     assert "event: error" in answer and "CXR" not in answer, answer[:500]
     assert victim.is_file(), "a file outside the upload folder was deleted"
-
-
-@pytest.fixture(scope="module")
-def model(small_demo):
-    from model.retrieval_model import RetrievalModel
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield RetrievalModel.from_run(small_demo[1])
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _service(small_demo, model, keep_uploads: bool):
