@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     from model.threads import configure_serving
 
-    configure_serving(args.concurrency)  # 1 torch thread per query on 2 cores: no thread thrash
+    configure_serving(args.concurrency)  # then each query takes its share of the cores (model.threads.query_threads)
     try:
         service = load_service(args)
     except startup_errors() as exc:

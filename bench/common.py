@@ -38,15 +38,18 @@ def summary(values_ms: list[float] | np.ndarray) -> dict[str, float]:
 
 
 def time_calls(fn: Callable[[Any], Any], inputs: list[Any], warmup: int = 1) -> dict[str, Any]:
-    """Call ``fn`` on each input once, timing wall and thread-CPU time of every call."""
+    """Call ``fn`` on each input once, timing wall and process CPU time of every call.
+
+    CPU time counts every intra-op thread: about ``threads x wall`` when the call had its cores,
+    clearly less when it waited for them (a busy shared machine)."""
     for x in inputs[:warmup]:
         fn(x)
     wall, cpu = [], []
     for x in inputs:
-        c0, t0 = time.thread_time(), time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn(x)
         wall.append((time.perf_counter() - t0) * 1e3)
-        cpu.append((time.thread_time() - c0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
     return {**summary(wall), "cpu": summary(cpu)}
 
 

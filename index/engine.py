@@ -31,6 +31,7 @@ from index.manifest import (
     verify_files,
 )
 from index.store import ItemMeta, MetadataStore
+from model.threads import query_threads
 
 Target = Literal["images", "reports"]
 TARGETS = ("images", "reports")
@@ -247,7 +248,8 @@ class SearchEngine:
         """Similar prior studies (image->image), the closest reports (image->report, same
         filters, same k), and the model's abnormal probability for the query image."""
         encoder = self._require_encoder()
-        emb = normalise(encoder.embed_images([img]))
+        with query_threads():
+            emb = normalise(encoder.embed_images([img]))
         probability = float(np.asarray(encoder.abnormal_probability(emb)).reshape(-1)[0])
         images = self._search(emb, k, filters, "images", exact, "image")
         reports = self._search(emb, k, filters, "reports", exact, "image")
@@ -266,7 +268,9 @@ class SearchEngine:
         """Radiographs matching a findings phrase (text->image)."""
         if not text or not text.strip():
             raise ValueError("the text query is empty")
-        emb = normalise(self._require_encoder().embed_texts([text.strip()]))
+        encoder = self._require_encoder()
+        with query_threads():
+            emb = normalise(encoder.embed_texts([text.strip()]))
         return self._search(emb, k, filters, "images", exact, "text")
 
     def search_by_image_vector(

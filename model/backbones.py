@@ -26,6 +26,11 @@ from PIL import Image
 
 from model.transform import IMAGENET_MEAN, IMAGENET_STD, build_transform, preprocess_identity
 
+# Appended to a backbone's name and id when its towers run in dynamic int8 (model.quantize):
+# the features differ slightly from float32, so caches, checkpoints and indexes of the two
+# never mix, and "clip+int8" in a checkpoint recreates the quantised backbone.
+INT8_SUFFIX = "+int8"
+
 
 class BackboneUnavailableError(RuntimeError):
     """The requested weights cannot be loaded here (not cached, hub unreachable, folder incomplete)."""
@@ -71,7 +76,21 @@ class Backbone(abc.ABC):
         """Tokens the text tower would see before truncation (special tokens included), so the
         app can tell the user "query truncated to N tokens" when this exceeds context_length."""
 
+    def _quantize_towers(self) -> None:
+        """Replace the towers by dynamic-int8 copies (see :meth:`quantize_int8`)."""
+        raise ValueError(f"backbone {self.name!r} has no int8 variant")
+
     # --- public API ------------------------------------------------------------------
+    def quantize_int8(self) -> "Backbone":
+        """Run the image tower's linear layers in dynamic int8 (``model.quantize``): ~1.6-2x
+        faster ViT image queries on CPU. Renames the backbone (``+int8``); returns ``self``."""
+        if self.name.endswith(INT8_SUFFIX):
+            return self
+        self._quantize_towers()
+        self.name += INT8_SUFFIX
+        self.backbone_id += INT8_SUFFIX
+        return self
+
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """Any PIL image (L, RGB, I;16, RGBA, P...) -> (3,H,W) float32 normalised tensor."""
         return self._transform(image)
@@ -199,6 +218,10 @@ class OfflineBackbone(Backbone):
         fmap = self.image_model.forward_features(pixels)  # (N, 1280, 7, 7)
         return torch.nn.functional.adaptive_avg_pool2d(fmap, OFFLINE_GRID).flatten(1)
 
+    def _quantize_towers(self) -> None:
+        raise ValueError("the offline backbone has no int8 variant: its image tower is a conv net, which "
+                         "dynamic int8 quantisation does not cover (and it already answers in ~40 ms)")
+
     def imagenet_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """The kept ImageNet classifier's logits (N,1000): proves the weights loaded right."""
         with torch.inference_mode():
@@ -268,6 +291,14 @@ class OpenClipBackbone(Backbone):
         self.tokenizer = tokenizer
         self.image_dim = self.text_dim = int(embed_dim)
         self.context_length = int(tokenizer.context_length)
+
+    def _quantize_towers(self) -> None:
+        # Only the image tower: it is the slow query (~35 GFLOP for ViT-B/16 vs a trimmed
+        # ~10-token text pass), and open_clip's text path reads float weight dtypes
+        # (``get_cast_dtype``) that quantised layers no longer have.
+        from model.quantize import quantize_int8
+
+        self.model.visual = quantize_int8(self.model.visual)
 
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)

@@ -1,15 +1,15 @@
 """How many CPU threads torch may use, decided in ONE place.
 
-Two kinds of work run on the same (typically 2-core) machine:
+Three kinds of work run on the same (typically 2-core) machine:
 
-* **serving**: one query = one image or one phrase through the towers. The app answers
-  ``concurrency`` queries at once (gradio), so each query gets ``cores // concurrency``
-  intra-op threads (1 on 2 cores with concurrency 2). An OpenMP parallel region waits for its
-  slowest thread, so a thread whose core is busy (the other query, the web server, another
-  process) stalls every op. ``python -m bench.query`` on 2 cores: with other jobs on the
-  machine one offline-backbone image query took 38 ms on 1 thread vs 1.5 s on 2, and two
-  ViT-B/16 queries at once 0.69 s each on 1 thread vs 1.5 s on 2; on a quiet machine 2 threads
-  made a lone query only ~1.2x faster (ViT-B/16 0.47 vs 0.58 s) and two at once no faster.
+* **serving**: one query = one image or one phrase through the towers. :data:`query_threads`
+  gives a query that runs alone every core and, while ``n`` queries run at once, each a
+  ``1/n`` share (1 thread each on 2 cores with gradio concurrency 2): a lone ViT-B/16 image
+  query needs both cores to answer in < 300 ms, and two queries at once on 2 threads each
+  would fight over the cores (an OpenMP parallel region waits for its slowest thread).
+  ``python -m bench.query`` compares fixed 1, fixed 2 and this adaptive policy side by side.
+  On a machine shared with other heavy jobs, 2 threads can stall badly (measured: an
+  offline-backbone query 38 ms on 1 thread vs 1.5 s on 2); ``CXR_QUERY_THREADS=1`` caps it.
 * **bulk**: embedding a dataset. :func:`map_bulk` runs independent batches on one worker per
   core, each with ONE intra-op thread, instead of one batch at a time on all cores: no thread
   waits at a barrier for a descheduled one, so it degrades gracefully on a shared machine.
@@ -40,6 +40,7 @@ R = TypeVar("R")
 
 BULK_THREADS_ENV = "CXR_BULK_THREADS"
 TRAIN_THREADS_ENV = "CXR_TRAIN_THREADS"
+QUERY_THREADS_ENV = "CXR_QUERY_THREADS"
 _lock = threading.Lock()
 
 
@@ -54,6 +55,11 @@ def available_cores() -> int:
 def serving_threads(concurrency: int) -> int:
     """Intra-op threads per query when ``concurrency`` queries run at once."""
     return max(1, available_cores() // max(1, int(concurrency)))
+
+
+def query_thread_cap(cores: int | None = None) -> int:
+    """Most intra-op threads one query may use: ``$CXR_QUERY_THREADS`` if set, else every core."""
+    return _env_count(QUERY_THREADS_ENV, cores or available_cores())
 
 
 def bulk_thread_count() -> int:
@@ -77,7 +83,8 @@ def _env_count(name: str, default: int) -> int:
 
 
 def configure_serving(concurrency: int = 2) -> int:
-    """Set torch's thread pools for answering queries; returns the intra-op thread count.
+    """Set torch's thread pools for answering queries; returns the default intra-op count
+    (each query then sets its own through :data:`query_threads`).
 
     Call once at start-up, before the first model call (torch fixes the inter-op pool size
     once it has been used; one inter-op thread is enough since the app parallelises by
@@ -90,6 +97,62 @@ def configure_serving(concurrency: int = 2) -> int:
     except RuntimeError:  # inter-op pool already started: keep it, the intra-op setting matters
         pass
     return threads
+
+
+class QueryThreads:
+    """Intra-op threads for each query: all of ``cap`` when it runs alone, an equal share of the
+    cores while several run at once.
+
+    ``with query_threads() as n:`` around a query's model call. The count is set on the
+    calling thread only (torch's OpenMP setting is per OS thread), so one query's setting
+    never changes another's mid-flight; a query that started alone keeps its threads when a
+    second one arrives, for the rest of that call.
+    """
+
+    def __init__(self, cap: int | None = None, cores: int | None = None) -> None:
+        self._cap = cap
+        self._cores = cores
+        self._in_flight = 0
+        self._pinned: int | None = None
+        self._count_lock = threading.Lock()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def share(self, in_flight: int) -> int:
+        """Threads for one of ``in_flight`` concurrent queries."""
+        if self._pinned is not None:
+            return self._pinned
+        cores = self._cores or available_cores()
+        cap = self._cap or query_thread_cap(cores)
+        return max(1, min(cap, cores // max(1, in_flight)))
+
+    @contextmanager
+    def __call__(self) -> Iterator[int]:
+        with self._count_lock:
+            self._in_flight += 1
+            n = self.share(self._in_flight)
+        if torch.get_num_threads() != n:  # per thread; skip the call (it resets oneDNN caches) when unchanged
+            torch.set_num_threads(n)
+        try:
+            yield n
+        finally:
+            with self._count_lock:
+                self._in_flight -= 1
+
+
+    @contextmanager
+    def pinned(self, n: int) -> Iterator[None]:
+        """Every query gets exactly ``n`` threads inside this block (for side-by-side timings)."""
+        previous, self._pinned = self._pinned, max(1, int(n))
+        try:
+            yield
+        finally:
+            self._pinned = previous
+
+
+query_threads = QueryThreads()  # the process's one policy: every query through SearchEngine uses it
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from index import (
     build_index,
 )
 from index import build as build_module
-from index.ann import exact_top_k
+from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, exact_top_k
 from index.manifest import IMAGES, META, read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,7 +120,7 @@ def test_build_save_load_same_results_and_metadata(built, encoder):
     assert manifest["count"] == 600 and manifest["embed_dim"] == DIM and manifest["format_version"] == 1
     assert manifest["backbone_id"] == "fake-backbone" and manifest["head_checksum"] == "head-1"
     assert set(manifest["files"]) == {"images.hnsw", "reports.hnsw", "meta.sqlite"}
-    assert manifest["hnsw"] == {"M": 16, "ef_construction": 200, "ef": 64}
+    assert manifest["hnsw"] == {"M": DEFAULT_M, "ef_construction": DEFAULT_EF_CONSTRUCTION, "ef": DEFAULT_EF}
 
     in_memory = HnswIndex.create(image_emb)  # same params and seed as the saved one
     engine = SearchEngine.load(index_dir, encoder, exact_threshold=0)  # force the graph
