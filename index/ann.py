@@ -24,8 +24,8 @@ SPACE = "ip"  # inner product on normalised vectors == cosine
 # M=16 / ef=64 gives recall@10 >= 0.98 against exact search on a 4k x 256 and a 100k x 512
 # clustered gallery, at well under a millisecond per query. ef_construction trades build time
 # for graph quality; ``python -m bench.search --ef-construction-sweep`` (100k x 512, 2 cores,
-# quiet machine): 128 builds one graph in ~27 s vs ~46 s for 200, recall@10 at ef=64
-# 0.988-0.992 vs 0.992; 100 drops to 0.981 and 64 to 0.977.
+# this host's speed varies): 128 builds one graph in 27-44 s vs 46-61 s for 200, recall@10 at
+# ef=64 0.988-0.992 vs 0.992; 100 drops to 0.981 and 64 to 0.977.
 DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 128
 DEFAULT_EF = 64

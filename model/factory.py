@@ -12,9 +12,10 @@ Registry names (``available_backbones()``):
 * ``openclip-random:<CONFIG>``: a built-in open_clip config with seeded random weights, for
   tests and timing only (its ``backbone_id`` says so).
 
-Any name may end in ``+int8`` (``clip+int8``, ``biomedclip+int8``): the same weights with the
-towers' linear layers in dynamic int8 (``model.quantize``), ~2x faster transformer queries on
-CPU and a separate identity, so a run and its index are built and queried at one precision.
+Any open_clip name may end in ``+int8`` (``clip+int8``, ``biomedclip+int8``): the same weights
+with the image tower's linear layers in dynamic int8 (``model.quantize``; opt-in, check it on
+the real model first), ~1.7x faster ViT image queries on CPU, and a separate identity, so a run
+and its index are built and queried at one precision.
 
 Hub models are loaded from the Hugging Face cache by resolving it to a snapshot folder and
 taking the same local-folder path that ``path=`` takes. Whether a file is cached is a pure

@@ -8,9 +8,9 @@ The price is fidelity, and random weights hide it: the ViT-B/16 with random weig
 feature cosine of 0.9998 to float32, but the pretrained MiniLM text model (real weights, real
 IU reports) drops to 0.974 mean cosine and keeps 77% of each report's 10 nearest reports
 (``tests/test_quantize.py``). Most of that loss is in the activations (one scale per call,
-7 bits on AVX2 fbgemm to avoid overflow; with 8 bits the cosine was 0.991). So int8 is opt-in (``<backbone>+int8``) and must be
-checked on the real model before it serves: train the same data with and without ``+int8``
-and compare the two evaluation reports.
+7 bits on AVX2 fbgemm to avoid overflow; with 8 bits the cosine was 0.991). So int8 is
+opt-in (``<backbone>+int8``) and must be checked on the real model before it serves: train
+the same data with and without ``+int8`` and compare the two evaluation reports.
 
 open_clip's own transformer blocks use ``nn.MultiheadAttention``, whose packed q/k/v weight
 is a bare parameter that dynamic quantisation skips (a quarter of each block's weights).

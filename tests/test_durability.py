@@ -168,15 +168,23 @@ CHECKPOINT_CHILD = """
 """
 
 
-def test_checkpoint_save_killed_before_the_rename_keeps_the_previous_head(small_demo, tmp_path):
+def _kill_checkpoint_save(small_demo, tmp_path: Path, pause_at: str):
+    """Copy the small demo's run, SIGKILL a child re-saving it when it is about to rename
+    ``pause_at`` into place; returns (run, head before, config before)."""
     from model.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     shutil.copytree(small_demo[1], run)
     head_before, config_before = load_checkpoint(run)
+    _run_until_paused_then_kill(CHECKPOINT_CHILD, [str(run), pause_at, str(tmp_path / "marker")], tmp_path / "marker")
+    return run, head_before, config_before
+
+
+def test_checkpoint_save_killed_before_the_rename_keeps_the_previous_head(small_demo, tmp_path):
+    from model.checkpoint import load_checkpoint
+
     # Killed with the new weights complete in their temp file, before config.json (the commit point).
-    _run_until_paused_then_kill(CHECKPOINT_CHILD, [str(run), "head.safetensors.pending", str(tmp_path / "marker")],
-                                tmp_path / "marker")
+    run, head_before, config_before = _kill_checkpoint_save(small_demo, tmp_path, "head.safetensors.pending")
     head_after, config_after = load_checkpoint(run)
     assert config_after == config_before
     for name, tensor in head_before.state_dict().items():
@@ -188,12 +196,8 @@ def test_checkpoint_save_killed_before_the_rename_keeps_the_previous_head(small_
 def test_checkpoint_save_killed_after_its_commit_point_loads_the_new_head(small_demo, tmp_path):
     from model.checkpoint import load_checkpoint
 
-    run = tmp_path / "run"
-    shutil.copytree(small_demo[1], run)
-    head_before, config_before = load_checkpoint(run)
     # Killed after config.json named the new weights, before they were renamed into place.
-    _run_until_paused_then_kill(CHECKPOINT_CHILD, [str(run), "head.safetensors", str(tmp_path / "marker")],
-                                tmp_path / "marker")
+    run, head_before, config_before = _kill_checkpoint_save(small_demo, tmp_path, "head.safetensors")
     head_after, config_after = load_checkpoint(run)
     assert config_after["head_sha256"] != config_before["head_sha256"]
     name, tensor = next(iter(head_before.state_dict().items()))
@@ -203,10 +207,7 @@ def test_checkpoint_save_killed_after_its_commit_point_loads_the_new_head(small_
 def test_checkpoint_save_killed_between_weights_and_config_keeps_a_loadable_run(small_demo, tmp_path):
     from model.checkpoint import load_checkpoint
 
-    run = tmp_path / "run"
-    shutil.copytree(small_demo[1], run)
-    _run_until_paused_then_kill(CHECKPOINT_CHILD, [str(run), "config.json", str(tmp_path / "marker")],
-                                tmp_path / "marker")
+    run, _, _ = _kill_checkpoint_save(small_demo, tmp_path, "config.json")
     load_checkpoint(run)  # either the previous or the new head, but loadable
 
 
