@@ -15,7 +15,8 @@ For each backbone: an untrained ``RetrievalHead`` and an index of 4,000 random g
 * thread policy: the same image queries pinned to 1 or 2 intra-op threads and with the
   adaptive policy of ``model.threads.query_threads`` (what the app runs), one at a time and
   two at once (gradio concurrency 2);
-* for ``+int8``: the cosine between its image features and the float32 ones (same weights).
+* for ``+int8``: the cosine between its image features and the float32 ones (same weights);
+* for float32 ViT-B/16: its FLOPs over this host's dense-GEMM rate, the floor under its forward time.
 
 All in the serving setting of ``model.threads.configure_serving(2)`` and ``query_threads``
 unless stated. Latency is wall-clock median / p95, with the process CPU time per call beside
@@ -210,6 +211,41 @@ def int8_agreement(engine, uploads: list[bytes], rounds: int = 4) -> dict[str, A
                                        "speedup": round(fp32_ms / int8_ms, 2), "n_each": len(times["int8"])}}
 
 
+def float32_floor(backbone, threads: int = 2, size: int = 2048, reps: int = 10) -> dict[str, Any]:
+    """The float32 image tower's lower bound on this host: its FLOPs (counted by torch's
+    FlopCounterMode on a copy with ``nn.Linear`` attention, which the counter sees) over the
+    host's own dense-GEMM rate at ``threads`` threads -- no forward pass can beat that."""
+    import copy
+
+    import torch
+    from PIL import Image
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from model.quantize import split_open_clip_attention
+    from model.threads import torch_threads
+
+    tower = split_open_clip_attention(copy.deepcopy(backbone.model.visual)).eval()
+    side = backbone.preprocess(Image.new("L", (8, 8))).shape[-1]
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        tower(torch.zeros(1, 3, side, side))
+    gflop = counter.get_total_flops() / 1e9
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    with torch_threads(threads):
+        for _ in range(3):
+            a @ b
+        seconds = []
+        for _ in range(reps):
+            with stopwatch() as t:
+                a @ b
+            seconds.append(t["s"])
+    seconds.sort()
+    rate = [2 * size ** 3 / s / 1e9 for s in (seconds[0], seconds[len(seconds) // 2])]
+    return {"threads": threads, "image_tower_gflop": round(gflop, 1),
+            "gemm_gflops_best": round(rate[0], 1), "gemm_gflops_median": round(rate[1], 1),
+            "forward_floor_ms_at_best_gemm": round(gflop / rate[0] * 1e3, 1),
+            "forward_floor_ms_at_median_gemm": round(gflop / rate[1] * 1e3, 1)}
+
+
 def run_backbone(name: str, uploads: dict[str, list[bytes]], tmp: Path, n_image: int, n_policy: int) -> dict[str, Any]:
     from model.threads import configure_serving
 
@@ -238,6 +274,8 @@ def run_backbone(name: str, uploads: dict[str, list[bytes]], tmp: Path, n_image:
         configure_serving(2)
     if name.endswith("+int8"):
         out["int8_vs_float32"] = int8_agreement(engine, png)
+    elif name == VIT:
+        out["float32_floor"] = float32_floor(engine.encoder.backbone)
     if name in (VIT, VIT_INT8):
         out["targets"] = {
             "image_query_p50_ms": target(image_png["median_ms"], 300, "max", " ms"),
