@@ -214,7 +214,8 @@ def int8_agreement(engine, uploads: list[bytes], rounds: int = 4) -> dict[str, A
 def float32_floor(backbone, threads: int = 2, size: int = 2048, reps: int = 10) -> dict[str, Any]:
     """The float32 image tower's lower bound on this host: its FLOPs (counted by torch's
     FlopCounterMode on a copy with ``nn.Linear`` attention, which the counter sees) over the
-    host's own dense-GEMM rate at ``threads`` threads -- no forward pass can beat that."""
+    host's own dense-GEMM rate at ``threads`` threads: a forward pass made of matrix products
+    at that rate or slower cannot beat it."""
     import copy
 
     import torch
