@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+from data.findings import chexpert_tags
 from data.records import ABNORMAL, NORMAL, Study
 
 CHEXPERT_FILE = "mimic-cxr-2.0.0-chexpert.csv"
@@ -42,8 +43,8 @@ def load_mimic(root: Path | str, reports_root: Path | str | None = None, frontal
         if not report_path.is_file():
             continue
         findings, impression = split_report(report_path.read_text(errors="replace"))
-        positives = tuple(name for name, v in row.items() if name not in ("subject_id", "study_id") and v == "1.0")
-        normal = row.get("No Finding") == "1.0"
+        tags = chexpert_tags(row)  # positives, "/uncertain" (-1.0) and "/negative" (0.0), see data.findings
+        normal = tags == ("normal",)
         studies.append(
             Study(
                 study_id=f"s{study}",
@@ -52,7 +53,7 @@ def load_mimic(root: Path | str, reports_root: Path | str | None = None, frontal
                 findings=findings,
                 impression=impression,
                 label=NORMAL if normal else ABNORMAL,
-                tags=("normal",) if normal else tuple(p for p in positives if p != "No Finding"),
+                tags=tags,
                 view=imgs[0][1],
             )
         )

@@ -1,15 +1,14 @@
 """The study record every loader produces and every model, index and app consumes."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable
+
+from data.findings import Finding, findings_from_tags
 
 NORMAL = 0
 ABNORMAL = 1
 LABEL_NAMES = {NORMAL: "normal", ABNORMAL: "abnormal"}
-
-# MeSH "major" headings that carry no finding.
-_NON_FINDINGS = {"normal", "no indexing", "technical quality of image unsatisfactory"}
 
 
 @dataclass(frozen=True)
@@ -18,7 +17,9 @@ class Study:
 
     ``tags`` keep the source's structured findings verbatim (IU MeSH major terms such as
     ``"Pleural Effusion/left/small"``; CheXpert column names for MIMIC) so that side and
-    location survive; ``finding_names`` gives the bare finding for filters and highlighting.
+    location survive. ``structured_findings`` reads them in the shared vocabulary of
+    ``data.findings`` (finding, side, location, severity, certainty); ``finding_names`` gives the
+    bare names of the positive ones, for filters and highlighting.
     """
 
     study_id: str
@@ -50,6 +51,10 @@ class Study:
         return " ".join(parts)
 
     @property
+    def structured_findings(self) -> tuple[Finding, ...]:
+        return findings_from_tags(self.tags)
+
+    @property
     def finding_names(self) -> tuple[str, ...]:
         return finding_names(self.tags)
 
@@ -74,14 +79,13 @@ class Study:
 
 
 def finding_names(tags: Iterable[str]) -> tuple[str, ...]:
-    """Bare, lower-case finding names of structured tags, without qualifiers, deduplicated.
+    """Vocabulary names of the positive findings of structured tags, deduplicated, in tag order.
 
     >>> finding_names(["Pleural Effusion/left/small", "Opacity/lung/base/right", "normal"])
     ('pleural effusion', 'opacity')
     """
     out: list[str] = []
-    for tag in tags:
-        name = tag.split("/")[0].strip().lower()
-        if name and name not in _NON_FINDINGS and name not in out:
-            out.append(name)
+    for f in findings_from_tags(tags):
+        if f.certainty == "positive" and f.name not in out:
+            out.append(f.name)
     return tuple(out)

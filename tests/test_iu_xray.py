@@ -39,7 +39,7 @@ def test_hand_checked_left_effusion_report(reports):
         "Catheters, Indwelling/right",
         "Pleural Effusion/left/small",
     )
-    assert s.finding_names == ("airspace disease", "costophrenic angle", "catheters, indwelling", "pleural effusion")
+    assert s.finding_names == ("opacity", "blunted costophrenic angle", "support device", "pleural effusion")
     assert "Small left pleural effusion." in s.impression
     assert len(s.image_paths) == 3
 
