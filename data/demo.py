@@ -16,7 +16,6 @@ Run ``python -m data.demo`` to build the full demo and print its timing as JSON.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import multiprocessing
 import time
@@ -26,8 +25,8 @@ from typing import Any, Sequence
 
 from data.dataset import META_FILE, STUDIES_FILE, atomic_write_bytes, dataset_meta, load_dataset, save_dataset
 from data.paths import cache_root
-from data import phantom
 from data.phantom import DEFAULT_SIZE, PHANTOM_VERSION, encode_png, render_phantom
+from data.phantom_golden import renderer_id as phantom_renderer_id
 from data.records import Study
 
 DEMO_VERSION = 1  # bump whenever rendering changes: it is part of the cache folder name
@@ -43,9 +42,9 @@ def demo_dir(seed: int = 0, size: int = DEFAULT_SIZE) -> Path:
 
 
 def renderer_id() -> str:
-    """Hash of the renderer's source: images drawn by any other code are never reused,
-    even if DEMO_VERSION was not bumped (e.g. caches built while the renderer was edited)."""
-    return hashlib.sha256(Path(phantom.__file__).read_bytes()).hexdigest()[:16]
+    """PHANTOM_VERSION plus a hash of the golden-image hashes: images drawn by a renderer with other
+    pixels are never reused, while edits that keep every pixel (comments, layout) keep the cache."""
+    return phantom_renderer_id()
 
 
 def demo_meta(seed: int, size: int, limit: int | None) -> dict[str, Any]:
