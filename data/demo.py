@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from data.dataset import META_FILE, STUDIES_FILE, atomic_write_bytes, dataset_meta, load_dataset, save_dataset
 from data.paths import cache_root
 from data.phantom import DEFAULT_SIZE, PHANTOM_VERSION, encode_png, render_phantom
-from data.phantom_golden import renderer_id as phantom_renderer_id
+from data.phantom.golden import renderer_id as phantom_renderer_id
 from data.records import Study
 
 DEMO_VERSION = 1  # bump whenever rendering changes: it is part of the cache folder name

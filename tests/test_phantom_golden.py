@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from data import phantom_golden as golden
+from data.phantom import golden
 from data.phantom import PHANTOM_VERSION, known_findings
 
 
@@ -68,3 +68,24 @@ def test_demo_cache_id_is_the_golden_renderer_id():
     from data.demo import demo_meta
 
     assert demo_meta(0, 64, None)["renderer"] == golden.renderer_id()
+
+
+def test_package_layout_rules_share_only_shapes_and_modules_stay_small():
+    """Rule modules import the registry and ``shapes``, never each other; no module over 600 lines."""
+    import ast
+    from pathlib import Path
+
+    import data.phantom
+
+    root = Path(data.phantom.__file__).parent
+    rules = sorted((root / "rules").glob("*.py"))
+    organ_modules = {p.stem for p in rules} - {"__init__", "registry", "shapes"}
+    assert organ_modules == {"anatomy", "bones", "devices", "lungs", "mediastinum", "nodules"}
+    for path in rules:
+        if path.stem == "__init__":
+            continue
+        imported = {n.module for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom)}
+        siblings = {m.rsplit(".", 1)[1] for m in imported if m and m.startswith("data.phantom.rules.")}
+        assert siblings <= {"registry", "shapes"} - {path.stem}, (path.name, siblings)
+    for path in root.rglob("*.py"):
+        assert len(path.read_text().splitlines()) <= 600, path
