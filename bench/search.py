@@ -24,7 +24,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python bench/search.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import emit, log, machine, peak_rss_mb, rss_mb, run_isolated  # noqa: E402
 from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswIndex, exact_top_k  # noqa: E402
 
 K = 10
@@ -124,30 +124,6 @@ def demo_case(n: int, dim: int, n_queries: int) -> dict[str, Any]:
     return out
 
 
-def _maxrss_mb() -> float:
-    """Peak RSS of this process. Linux: VmHWM, which starts afresh in a spawned child
-    (``ru_maxrss`` survives exec, so a child would report its parent's peak if larger)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 if platform.system() == "Linux" else kb / 2**20  # macOS reports bytes
-
-
-def _rss_mb() -> float | None:
-    """Current resident set size (Linux), to separate the data's share from the build's."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def filtered_case(
     graph: HnswIndex, gallery: np.ndarray, queries: np.ndarray, fractions=(0.5, 0.1, 0.05, 0.03, 0.01)
 ) -> list[dict]:
@@ -174,15 +150,15 @@ def filtered_case(
 
 
 def big_case(n: int, dim: int, n_queries: int, small_n: int) -> dict[str, Any]:
-    """Runs in a fresh child process so ``ru_maxrss`` measures this case alone."""
+    """Runs in a fresh child process (``run_isolated``) so its peak RSS is this case's alone."""
     gallery, queries = clustered_gallery(n, n_queries, dim, n_clusters=200, seed=2)
-    rss_before = _rss_mb()
-    peak_before = _maxrss_mb()
+    rss_before = rss_mb()
+    peak_before = peak_rss_mb()
     start = time.perf_counter()
     graph = HnswIndex.create(gallery, M=DEFAULT_M, ef_construction=DEFAULT_EF_CONSTRUCTION)
     build_s = time.perf_counter() - start
-    peak_build = _maxrss_mb()
-    rss_after = _rss_mb()
+    peak_build = peak_rss_mb()
+    rss_after = rss_mb()
     truth = exact_top_k(gallery, queries, K).ids
     rows = ef_sweep(graph, queries, truth)
     out: dict[str, Any] = {
@@ -220,21 +196,6 @@ def big_case(n: int, dim: int, n_queries: int, small_n: int) -> dict[str, Any]:
     return out
 
 
-def _child(conn, kwargs: dict[str, Any]) -> None:
-    conn.send(big_case(**kwargs))
-    conn.close()
-
-
-def run_isolated(fn_kwargs: dict[str, Any]) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, fn_kwargs))
-    proc.start()
-    result = parent.recv()
-    proc.join()
-    return result
-
-
 def synthetic_studies(n: int) -> list:
     """Minimal metadata rows for ``index.build.build_index`` (the store is part of a build)."""
     from data.records import Study
@@ -257,7 +218,7 @@ def scale_case(n: int, dim: int = 512, n_queries: int = 300, exact_queries: int 
     import tempfile
 
     gallery, queries = clustered_gallery(n, n_queries, dim, n_clusters=200, seed=2)
-    rss_data = _rss_mb() and round(_rss_mb(), 1)
+    rss_data = rss_mb() and round(rss_mb(), 1)
     out: dict[str, Any] = {"n": n, "dim": dim, "n_queries": n_queries, "clusters": 200,
                            "M": DEFAULT_M, "ef_construction": DEFAULT_EF_CONSTRUCTION, "ef": DEFAULT_EF,
                            "build_threads": mp.cpu_count(), "rss_mb_with_data": rss_data}
@@ -278,7 +239,7 @@ def scale_case(n: int, dim: int = 512, n_queries: int = 300, exact_queries: int 
             return made
 
         HnswIndex.create = timed_create  # the class index.build uses
-        rss_data = _rss_mb() and round(_rss_mb(), 1)
+        rss_data = rss_mb() and round(rss_mb(), 1)
         started = time.perf_counter()
         try:
             build_index(folder, gallery, gallery, studies, {"backbone_id": "bench", "head_checksum": "", "embed_dim": dim})
@@ -297,8 +258,8 @@ def scale_case(n: int, dim: int = 512, n_queries: int = 300, exact_queries: int 
         graph = HnswIndex.create(gallery, M=DEFAULT_M, ef_construction=DEFAULT_EF_CONSTRUCTION)
         out["what_is_built"] = "one hnsw graph"
         out["build_s"] = round(time.perf_counter() - started, 2)
-    out["rss_mb_after_build"] = _rss_mb() and round(_rss_mb(), 1)
-    out["peak_rss_mb"] = round(_maxrss_mb(), 1)  # whole process: data + graph(s) + build scratch
+    out["rss_mb_after_build"] = rss_mb() and round(rss_mb(), 1)
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)  # whole process: data + graph(s) + build scratch
     out["rss_mb_growth_from_build"] = rss_data and out["rss_mb_after_build"] and round(out["rss_mb_after_build"] - rss_data, 1)
     graph.set_ef(DEFAULT_EF)
     truth = exact_top_k(gallery, queries, K).ids
@@ -337,7 +298,6 @@ def suite(sizes=(10_000, 100_000), with_1m: bool = False, n_queries: int = 300, 
     timed queries. 1M x 512 (2 GB of vectors; the build takes many minutes on 2 cores) runs
     only with ``with_1m``.
     """
-    from bench.common import log, run_isolated
     from model.head import RetrievalHead
 
     cases: dict[str, Any] = {}
@@ -396,8 +356,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if args.suite or args.ef_construction_sweep:
-        from bench.common import emit, machine, run_isolated
-
         report: dict[str, Any] = {"machine": machine()}
         if args.suite:
             report["search"] = suite(sizes=(args.small_n, args.big_n), with_1m=args.with_1m, n_queries=args.queries)
@@ -417,8 +375,8 @@ def main(argv: list[str] | None = None) -> None:
         "k": K,
         "defaults": {"M": DEFAULT_M, "ef_construction": DEFAULT_EF_CONSTRUCTION, "ef": DEFAULT_EF},
         "demo_gallery": demo_case(args.demo_n, 256, args.queries),
-        "large_gallery": run_isolated({"n": args.big_n, "dim": 512, "n_queries": args.queries,
-                                       "small_n": min(args.small_n, args.big_n)}),
+        "large_gallery": run_isolated(big_case, n=args.big_n, dim=512, n_queries=args.queries,
+                                      small_n=min(args.small_n, args.big_n)),
     }
     report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["total_seconds"] = round(time.perf_counter() - started, 1)

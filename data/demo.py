@@ -16,7 +16,6 @@ Run ``python -m data.demo`` to build the full demo and print its timing as JSON.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import multiprocessing
 import time
@@ -26,8 +25,8 @@ from typing import Any, Sequence
 
 from data.dataset import META_FILE, STUDIES_FILE, atomic_write_bytes, dataset_meta, load_dataset, save_dataset
 from data.paths import cache_root
-from data import phantom
 from data.phantom import DEFAULT_SIZE, PHANTOM_VERSION, encode_png, render_phantom
+from data.phantom.golden import renderer_id as phantom_renderer_id
 from data.records import Study
 
 DEMO_VERSION = 1  # bump whenever rendering changes: it is part of the cache folder name
@@ -43,9 +42,9 @@ def demo_dir(seed: int = 0, size: int = DEFAULT_SIZE) -> Path:
 
 
 def renderer_id() -> str:
-    """Hash of the renderer's source: images drawn by any other code are never reused,
-    even if DEMO_VERSION was not bumped (e.g. caches built while the renderer was edited)."""
-    return hashlib.sha256(Path(phantom.__file__).read_bytes()).hexdigest()[:16]
+    """PHANTOM_VERSION plus a hash of the golden-image hashes: images drawn by a renderer with other
+    pixels are never reused, while edits that keep every pixel (comments, layout) keep the cache."""
+    return phantom_renderer_id()
 
 
 def demo_meta(seed: int, size: int, limit: int | None) -> dict[str, Any]:
@@ -99,9 +98,15 @@ def build_demo_dataset(
     images = out / IMAGES_DIR
     images.mkdir(parents=True, exist_ok=True)
     _remove_stray_temp_files(images)
-    _discard_other_renderers_images(images, meta["renderer"])
-    todo = [s for s in reports if not (out / image_relpath(s.study_id)).is_file()]
-    _render_all(todo, out, seed, size, workers, progress)
+    # Images from another renderer id are re-rendered but rewritten only where their bytes differ:
+    # identical files keep their mtime, so the feature cache (keyed by size + mtime) stays valid.
+    verify = not _drawn_by(images, meta["renderer"])
+    if verify:  # images of studies outside this build cannot be checked now: drop them
+        _discard_images_except(images, {Path(image_relpath(s.study_id)).name for s in reports})
+    todo = [s for s in reports if verify or not (out / image_relpath(s.study_id)).is_file()]
+    _render_all(todo, out, seed, size, workers, progress, verify)
+    if verify:
+        atomic_write_bytes(images / RENDERER_MARKER, meta["renderer"].encode())
     save_dataset(out, [demo_study(s) for s in reports], meta=meta)
     return out
 
@@ -156,14 +161,16 @@ def _remove_stray_temp_files(images: Path) -> None:
             pass
 
 
-def _discard_other_renderers_images(images: Path, renderer: str) -> None:
-    """Keep images only when the marker says this renderer drew them; then (re)mark the folder."""
+def _drawn_by(images: Path, renderer: str) -> bool:
+    """The marker says this renderer drew every image there (written only once all were checked)."""
     marker = images / RENDERER_MARKER
-    found = marker.read_text().strip() if marker.is_file() else None
-    if found != renderer:
-        for png in images.glob("*.png"):
+    return marker.is_file() and marker.read_text().strip() == renderer
+
+
+def _discard_images_except(images: Path, keep: set[str]) -> None:
+    for png in images.glob("*.png"):
+        if png.name not in keep:
             png.unlink(missing_ok=True)
-        atomic_write_bytes(marker, renderer.encode())
 
 
 def _tune_worker_malloc() -> None:
@@ -184,17 +191,21 @@ def _tune_worker_malloc() -> None:
         pass
 
 
-def _render_to_file(job: tuple[str, tuple[str, ...], int, int, str]) -> str:
-    """Worker: render one study and write its PNG atomically."""
-    study_id, tags, seed, size, path = job
-    atomic_write_bytes(Path(path), encode_png(render_phantom(tags, seed=seed, study_id=study_id, size=size)))
+def _render_to_file(job: tuple[str, tuple[str, ...], int, int, str, bool]) -> str:
+    """Worker: render one study and write its PNG atomically (with ``verify``, only if it differs)."""
+    study_id, tags, seed, size, path, verify = job
+    png = encode_png(render_phantom(tags, seed=seed, study_id=study_id, size=size))
+    if not (verify and Path(path).is_file() and Path(path).read_bytes() == png):
+        atomic_write_bytes(Path(path), png)
     return study_id
 
 
-def _render_all(studies: Sequence[Study], out: Path, seed: int, size: int, workers: int, progress: bool) -> None:
+def _render_all(studies: Sequence[Study], out: Path, seed: int, size: int, workers: int, progress: bool,
+                verify: bool = False) -> None:
     from tqdm.auto import tqdm
 
-    jobs = [(s.study_id, tuple(s.tags), int(seed), int(size), str(out / image_relpath(s.study_id))) for s in studies]
+    jobs = [(s.study_id, tuple(s.tags), int(seed), int(size), str(out / image_relpath(s.study_id)), verify)
+            for s in studies]
     if not jobs:
         return
     bar = tqdm(total=len(jobs), desc="rendering demo phantoms", unit="img", disable=not progress)

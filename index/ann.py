@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import hnswlib
 import numpy as np
@@ -48,18 +47,6 @@ class Neighbours:
     ids: np.ndarray  # int64
     scores: np.ndarray  # float32 cosine similarity
     exact: bool
-
-
-class VectorIndex(Protocol):
-    """What the engine needs from a backend."""
-
-    dim: int
-
-    def __len__(self) -> int: ...
-
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> Neighbours: ...
-
-    def vectors(self, ids: np.ndarray | None = None) -> np.ndarray: ...
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:

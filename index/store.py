@@ -219,10 +219,6 @@ class MetadataStore:
     def all(self) -> list[ItemMeta]:
         return [_meta(r) for r in self._query(f"SELECT {_COLUMNS} FROM items ORDER BY row_id")]
 
-    def row_id_of(self, study_id: str) -> int | None:
-        rows = self._query("SELECT row_id FROM items WHERE study_id = ?", (study_id,))
-        return int(rows[0][0]) if rows else None
-
     def study_ids(self) -> set[str]:
         return {r[0] for r in self._query("SELECT study_id FROM items")}
 

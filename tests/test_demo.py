@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from data.dataset import META_FILE, STUDIES_FILE, dataset_meta, load_dataset
-from data.demo import DEMO_VERSION, SOURCE, build_demo_dataset, demo_dir, load_demo_dataset
+from data.demo import DEMO_VERSION, SOURCE, build_demo_dataset, demo_dir, load_demo_dataset, renderer_id
 from data.iu_xray import load_iu_reports
 from data.phantom import encode_png, render_phantom
 
@@ -108,6 +108,32 @@ def test_images_from_another_renderer_are_not_reused(tmp_path):
     (out / META_FILE).unlink()
     build_demo_dataset(out, seed=0, limit=3, workers=1, progress=False)
     assert np.asarray(Image.open(victim)).std() > 10
+
+
+def test_new_renderer_id_rewrites_only_images_whose_pixels_changed(tmp_path):
+    """A renderer id change (version bump, golden rewrite) re-checks every image, but identical
+    files keep their mtime, so the feature cache (keyed by image size + mtime) stays valid."""
+    out = build_demo_dataset(tmp_path / "d", seed=0, limit=4, workers=1, progress=False)
+    images = out / "images"
+    victim = images / "CXR2.png"
+    victim.write_bytes(encode_png(np.zeros((64, 64), np.uint8)))  # drawn by "another renderer"
+    extra = images / "CXR999.png"  # outside this build: cannot be checked, so it must go
+    extra.write_bytes(victim.read_bytes())
+    (images / "RENDERER").write_text("v0-older-renderer")
+    (out / META_FILE).unlink()
+    past = time.time() - 3600
+    for png in images.glob("*.png"):
+        os.utime(png, (past, past))
+    before = _mtimes(out)
+    build_demo_dataset(out, seed=0, limit=4, workers=1, progress=False)
+    after = _mtimes(out)
+    assert set(after) == {"CXR1.png", "CXR2.png", "CXR3.png", "CXR4.png"}
+    assert after["CXR2.png"] != before["CXR2.png"]
+    assert all(after[n] == before[n] for n in after if n != "CXR2.png")
+    for s in load_dataset(out):
+        with Image.open(s.image_path) as im:
+            assert np.array_equal(np.asarray(im), render_phantom(s.tags, seed=0, study_id=s.study_id))
+    assert (images / "RENDERER").read_text() == dataset_meta(out)["renderer"] == renderer_id()
 
 
 def test_defaults_live_in_the_cache_and_load_returns_studies(tmp_path, monkeypatch):

@@ -45,7 +45,8 @@ def test_same_seed_gives_identical_png_bytes():
 
 
 # Pixels of one fixed rendering. Every machine must reproduce them bit for bit; when the renderer
-# is changed on purpose, update this hash AND bump data.demo.DEMO_VERSION (cached demos re-render).
+# is changed on purpose, update this hash AND bump PHANTOM_VERSION, then rewrite the golden hashes
+# (python -m data.phantom.golden --write; cached demos then re-render).
 GOLDEN_TAGS = ["Cardiomegaly/mild", "Pleural Effusion/left/small", "Catheters, Indwelling/right", "Opacity/lung/upper lobe/right"]
 GOLDEN_SHA256 = "e50d00fb57cb6b1608b2a2aaba3e77af8b7d735064794c6e289de6c12b8a7f5f"
 
@@ -53,7 +54,7 @@ GOLDEN_SHA256 = "e50d00fb57cb6b1608b2a2aaba3e77af8b7d735064794c6e289de6c12b8a7f5
 def test_rendering_matches_the_golden_pixels():
     img = render_phantom(GOLDEN_TAGS, seed=0, study_id="CXR-golden", size=128)
     assert hashlib.sha256(img.tobytes()).hexdigest() == GOLDEN_SHA256, (
-        "phantom pixels changed: if intended, update GOLDEN_SHA256 and bump DEMO_VERSION"
+        "phantom pixels changed: if intended, update GOLDEN_SHA256, bump PHANTOM_VERSION, rewrite the golden"
     )
 
 

@@ -1,0 +1,50 @@
+"""`python -m bench.search`, as the README documents it, with and without --suite, at tiny size.
+
+Both forms once crashed or could crash on a name bound inside one branch only; these run the real
+command line in a subprocess and check the JSON it prints (figures, not timings)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--big-n", "2000", "--small-n", "500", "--queries", "20"]
+
+
+def _run(args: list[str], tmp_path: Path) -> dict:
+    env = dict(os.environ, TMPDIR=str(tmp_path))  # the full-index case builds in a temp folder
+    proc = subprocess.run([sys.executable, "-m", "bench.search", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def test_bench_search_default_form_runs(tmp_path):
+    report = _run(["--demo-n", "300", *TINY], tmp_path)
+    demo = report["demo_gallery"]
+    assert (demo["n"], demo["dim"], demo["n_queries"]) == (300, 256, 20)
+    assert set(demo["by_M"]) == {"8", "16", "32"}
+    big = report["large_gallery"]  # measured in a spawned child (bench.common.run_isolated)
+    assert (big["n"], big["dim"], big["n_queries"]) == (2000, 512, 20)
+    assert set(big["hnsw_vs_exact"]) == {"500", "2000"}
+    assert all(0.9 <= row["recall_at_10"] <= 1.0 for row in big["hnsw_vs_exact"].values())
+    assert big["peak_rss_mb_after_build"] >= big["peak_rss_mb_before_build"] > 0
+    assert all(row["only_allowed"] for row in big["filtered_at_default_ef"])
+
+
+def test_bench_search_suite_form_runs(tmp_path):
+    report = _run(["--suite", *TINY], tmp_path)
+    cases = report["search"]["cases"]
+    assert set(cases) == {"500", "2000", "2000x256", "1000000"}
+    assert cases["1000000"].startswith("skipped")
+    assert cases["500"]["what_is_built"] == "one hnsw graph"
+    for key, dim in (("2000", 512), ("2000x256", 256)):  # the largest size builds the whole index
+        case = cases[key]
+        assert (case["n"], case["dim"]) == (2000, dim)
+        assert case["what_is_built"].startswith("index.build.build_index")
+        assert len(case["build_s_per_graph"]) == 2 and case["index_mb_on_disk"] > 0
+    assert all(0.9 <= cases[k]["recall_at_10"] <= 1.0 for k in ("500", "2000", "2000x256"))
+    assert report["machine"]["cpus"] >= 1
