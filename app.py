@@ -178,7 +178,8 @@ def model_card(service) -> str:
     ]
     report = service.run.eval_report
     if report.get("models"):
-        lines += [f"## Evaluation on the held-out test split ({report.get('n_test')} studies, patient-level)",
+        level = f", {report['split_level']}-level" if report.get("split_level") else ""
+        lines += [f"## Evaluation on the held-out test split ({report.get('n_test')} studies{level})",
                   "", format_table(report), "",
                   "R@K: the paired report/image is in the top K. P@K: share of the top K with the query's "
                   "normal/abnormal label. mAP: class-aware mean average precision."]

@@ -100,8 +100,8 @@ def parse_report(xml_text: str | bytes, image_dir: Path | None = None, views: di
         image_paths = tuple(f"{i}.png" for i in image_ids)
     return Study(
         study_id=study_id,
-        # The public collection is de-identified to one report per patient, so the report
-        # id is the finest patient key available: splitting on it keeps patients disjoint.
+        # The public collection gives no patient ids: its DICOM "Patient ID" is the report number.
+        # The report id stands in, so splits of IU X-ray are study-level (data.split.split_level).
         patient_id=study_id,
         image_paths=image_paths,
         findings=sections.get("FINDINGS", ""),
