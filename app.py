@@ -40,6 +40,7 @@ CSS = """
 .cxr-card.cxr-abnormal {border-left-color: #c62828;} .cxr-card.cxr-normal {border-left-color: #2e7d32;}
 .cxr-card-head {display: flex; gap: 12px; align-items: baseline;} .cxr-score, .cxr-view, .cxr-tags {opacity: .75; font-size: .9em;}
 .cxr-card mark {background: #fff59d; padding: 0 2px;}
+.cxr-card mark.neg {background: none; color: #757575; text-decoration: line-through;}
 """
 
 
