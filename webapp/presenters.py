@@ -96,13 +96,9 @@ def report_cards(hits: Sequence[Any], terms_for_hit) -> str:
 
 
 def hits_as_records(hits: Sequence[Any]) -> list[dict[str, Any]]:
-    """Plain JSON records of hits: what the named API endpoints return to scripts."""
-    return [
-        {"rank": h.rank, "study_id": h.study_id, "score": round(float(h.score), 4), "label": h.label_name,
-         "view": h.view, "finding_names": list(h.finding_names), "tags": list(h.tags),
-         "findings": h.findings, "impression": h.impression}
-        for h in hits
-    ]
+    """Plain JSON records of hits (``Hit.to_dict``, with structured findings): what the named API
+    endpoints return to scripts."""
+    return [h.to_dict() for h in hits]
 
 
 def _dedupe(items: Iterable[str]) -> list[str]:
