@@ -30,7 +30,7 @@ from index.manifest import (
     recover_interrupted_swap,
     verify_files,
 )
-from index.store import SIDES, ItemMeta, MetadataStore, StudyFields
+from index.store import ItemMeta, MetadataStore, StudyFields, check_side
 from model.threads import query_threads
 
 Target = Literal["images", "reports"]
@@ -79,12 +79,7 @@ class Filters:
             return None if value.lower() in _ANY else value
 
         finding, side = text(filters.get("finding")), text(filters.get("side"))
-        side = side.lower() if side else None
-        if side is not None and side not in SIDES:
-            raise ValueError(f"side filter must be one of {', '.join(SIDES)}, not {filters.get('side')!r}")
-        if side is not None and finding is None:
-            raise ValueError("a side filter needs a finding (e.g. finding 'pleural effusion', side 'left')")
-        return cls(label=label, view=text(filters.get("view")), finding=finding, side=side)
+        return cls(label=label, view=text(filters.get("view")), finding=finding, side=check_side(side, finding))
 
     @property
     def active(self) -> bool:
@@ -112,13 +107,12 @@ class Hit(StudyFields):
     study: Study
 
     # What a hit tells a caller: the whitelist is the privacy decision (no patient id, no paths).
-    PUBLIC = ("study_id", "view", "finding_names", "tags", "findings", "impression")
+    PUBLIC = ("view", "finding_names", "tags", "findings", "impression")
 
     def to_dict(self) -> dict[str, Any]:
         """The one JSON shape of a hit (the API endpoints and ``SearchResult.to_dict``)."""
         return {"rank": self.rank, "study_id": self.study.study_id, "score": round(float(self.score), 4),
-                "label": self.study.label_name,
-                **{k: _plain(getattr(self.study, k)) for k in self.PUBLIC if k != "study_id"},
+                "label": self.study.label_name, **{k: _plain(getattr(self.study, k)) for k in self.PUBLIC},
                 "structured_findings": [f.to_dict() for f in self.study.structured_findings]}
 
 

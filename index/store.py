@@ -104,6 +104,17 @@ def finding_rows(row_id: int, study: Study) -> list[tuple[int, str, str]]:
     return out
 
 
+def check_side(side: str | None, finding: str | None) -> str | None:
+    """A side filter, lower-cased; ``ValueError`` unless it is left/right/bilateral with a finding."""
+    if side is None:
+        return None
+    if side.lower() not in SIDES:
+        raise ValueError(f"side filter must be one of {', '.join(SIDES)}, not {side!r}")
+    if finding is None:
+        raise ValueError("a side filter needs a finding (e.g. finding 'pleural effusion', side 'left')")
+    return side.lower()
+
+
 def _meta(row: Sequence) -> ItemMeta:
     # The structured findings are re-derived from the verbatim tags by Study; the JSON copy is for
     # readers of the file that have no data.findings (e.g. sqlite3 on the command line).
@@ -254,12 +265,8 @@ class MetadataStore:
         covers that side: "left" matches left and bilateral, "bilateral" only bilateral. Results
         are cached: the app offers a handful of filter combinations and the store never changes.
         """
-        if side is not None and side.lower() not in SIDES:
-            raise ValueError(f"side filter must be one of {', '.join(SIDES)}, not {side!r}")
-        if side is not None and finding is None:
-            raise ValueError("a side filter needs a finding (e.g. finding 'pleural effusion', side 'left')")
         key = (label, view.upper() if view else None, canonical_name(finding) if finding else None,
-               side.lower() if side else None)
+               check_side(side, finding))
         cached = self._filter_cache.get(key)
         if cached is not None:
             return cached
