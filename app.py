@@ -40,6 +40,7 @@ CSS = """
 .cxr-card.cxr-abnormal {border-left-color: #c62828;} .cxr-card.cxr-normal {border-left-color: #2e7d32;}
 .cxr-card-head {display: flex; gap: 12px; align-items: baseline;} .cxr-score, .cxr-view, .cxr-tags {opacity: .75; font-size: .9em;}
 .cxr-card mark {background: #fff59d; padding: 0 2px;}
+.cxr-card mark.neg {background: none; color: #757575; text-decoration: line-through;}
 """
 
 
@@ -178,7 +179,8 @@ def model_card(service) -> str:
     ]
     report = service.run.eval_report
     if report.get("models"):
-        lines += [f"## Evaluation on the held-out test split ({report.get('n_test')} studies, patient-level)",
+        level = f", {report['split_level']}-level" if report.get("split_level") else ""
+        lines += [f"## Evaluation on the held-out test split ({report.get('n_test')} studies{level})",
                   "", format_table(report), "",
                   "R@K: the paired report/image is in the top K. P@K: share of the top K with the query's "
                   "normal/abnormal label. mAP: class-aware mean average precision."]

@@ -7,7 +7,8 @@ Three plain steps, nanoGPT style:
   1. embed every study once with the frozen backbone (cached on disk, resumable);
   2. train the MLP head with the composite loss (w_clip·InfoNCE + w_supcon·SupCon + w_bce·BCE)
      with AdamW, warm-up + cosine schedule and early stopping on the validation split;
-  3. evaluate frozen vs fine-tuned on the held-out patient-level test split.
+  3. evaluate frozen vs fine-tuned on the held-out test split (patient-level when the data gives
+     patient ids, study-level otherwise, as on IU X-ray and the demo).
 
 The run folder holds head.safetensors, config.json, eval.json (+ eval.md), curves.png,
 embedding_map.json and split.json.
@@ -33,7 +34,7 @@ from data.images import ImageLoadError
 from data.manifest import ManifestError
 from data.paths import cache_root
 from data.sources import add_data_arguments, load_source
-from data.split import load_or_create_split, split_hash
+from data.split import load_or_create_split, split_hash, split_level
 from model.backbones import BackboneUnavailableError
 from model.checkpoint import CheckpointError, save_checkpoint
 from model.embedding_map import build_embedding_maps
@@ -107,8 +108,9 @@ def main(argv: list[str] | None = None) -> Path:
     index_of = {s.study_id: i for i, s in enumerate(studies)}
     rows = {k: np.array([index_of[i] for i in split[k]], dtype=np.int64) for k in split}
     labels = np.array([s.label for s in studies], dtype=np.int64)
-    log.info("data: %s, %d studies (train %d / val %d / test %d)", source.name, len(studies),
-             *(len(rows[k]) for k in ("train", "val", "test")))
+    level = split_level(studies)
+    log.info("data: %s, %d studies (%s-level split: train %d / val %d / test %d)", source.name, len(studies),
+             level, *(len(rows[k]) for k in ("train", "val", "test")))
     out = Path(args.out) if args.out else cache_root() / "runs" / f"{args.backbone.replace(':', '-')}-{source.name}"
     out.mkdir(parents=True, exist_ok=True)
 
@@ -129,8 +131,8 @@ def main(argv: list[str] | None = None) -> Path:
     # ---- step 3: evaluate on the held-out test split ----------------------------------
     test = rows["test"]
     report = evaluate_models(backbone, head, untrained, Xi, Xt, labels, test, args.bootstrap)
-    report.update({"n_test": int(len(test)), "split_hash": split_hash(split), "data": source.name,
-                   "best_epoch": best_epoch, "timings_s": {"embed": round(t_embed, 1), "train_head": round(t_train, 1)}})
+    report.update({"n_test": int(len(test)), "split_hash": split_hash(split), "split_level": level,
+                   "data": source.name, "best_epoch": best_epoch, "timings_s": {"embed": round(t_embed, 1), "train_head": round(t_train, 1)}})
 
     config = {
         "backbone_name": backbone.name, "backbone_id": backbone.backbone_id, "preprocess_id": backbone.preprocess_id,

@@ -1,7 +1,21 @@
-"""Plain CSV manifest loader: ``image_path,report,label[,patient_id,view,study_id,tags]``.
+"""Plain CSV manifest loader: ``image_path,report,label[,patient_id,view,study_id,impression,tags]``.
 
 For any collection that is neither IU X-ray nor MIMIC. Bad rows are reported and skipped,
 never fatal: a 10,000-row manifest with three missing files still loads 9,997 studies.
+
+Columns: ``image_path`` (relative to the CSV's folder or absolute), ``report`` (the findings text),
+``label`` (``0``/``1``/``normal``/``abnormal``) are required. Optional: ``patient_id`` (default: the
+study id, so the split is study-level), ``view`` (upper-cased), ``study_id`` (default ``row<N>``),
+``impression`` and ``tags``.
+
+``tags`` holds the study's findings, ``;``-separated, each in the tag syntax of
+:mod:`data.findings` (``finding[/qualifier]...``, case-insensitive), e.g.
+``pleural effusion/left/small;cardiomegaly``. Qualifiers give the side (``left``, ``right``,
+``bilateral``), a size (``small``/``mild``, ``moderate``, ``large``/``severe``), a zone (``upper lobe``,
+``middle lobe``, ``lower lobe``, ``base``, ``apex``, ``hilum``, ``retrocardiac``) and a certainty
+(``uncertain``, ``negative``). Each tag is kept verbatim on ``Study.tags`` and read as a
+:class:`data.findings.Finding` by ``Study.structured_findings``; ``normal`` marks a study with no
+finding.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ class DataSource:
     skipped: list[str] = field(default_factory=list)
 
     def split_path(self, seed: int) -> Path:
-        """Where this data's patient-level split lives: shared by every model trained on it."""
+        """Where this data's split lives (patient- or study-level, see data.split): shared by every model trained on it."""
         return cache_root() / "splits" / f"{self.name}-{studies_fingerprint(self.studies)}-s{seed}.json"
 
 

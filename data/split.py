@@ -1,4 +1,10 @@
-"""Seeded patient-level train/val/test split, saved so every model meets the same test studies."""
+"""Seeded train/val/test split by patient, saved so every model meets the same test studies.
+
+It is a *patient-level* split only when the source gives patient ids distinct from its study ids
+(MIMIC-CXR, a manifest with a ``patient_id`` column). IU X-ray has none (its DICOM "Patient ID" is
+the report number), so there every "patient" is one study and the split is *study-level*:
+:func:`split_level` says which, and train.py, eval.json and the app report it.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -18,6 +24,8 @@ def patient_split(
     studies: Sequence[Study], seed: int = 0, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
 ) -> dict[str, list[str]]:
     """Assign whole patients to train/val/test; returns study ids per split.
+
+    Where patient ids are just the study ids this is a study-level split (see :func:`split_level`).
 
     Patients are ordered by a seeded hash of their id, not by position, so adding studies
     does not reshuffle the patients already assigned.
@@ -63,6 +71,12 @@ def load_or_create_split(path: Path | str, studies: Sequence[Study], seed: int =
     split = patient_split(studies, seed=seed)
     save_split(path, split, seed)
     return split
+
+
+def split_level(studies: Sequence[Study]) -> str:
+    """"patient" when some study's patient id differs from its study id (the source gave patient
+    ids, so splitting by them keeps each patient's studies together), else "study"."""
+    return "patient" if any(s.patient_id != s.study_id for s in studies) else "study"
 
 
 def _hash(patient_id: str, seed: int) -> str:

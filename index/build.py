@@ -160,7 +160,7 @@ def add_studies(
             graph.save(staging / name)
         store = MetadataStore.load(staging / META)
         try:
-            data_version = studies_fingerprint(item.to_study() for item in store.all())
+            data_version = studies_fingerprint(item.study for item in store.all())
         finally:
             store.close()
         manifest.count = new_count

@@ -9,14 +9,14 @@ first: another model's index raises ``IndexMismatchError``; damaged files raise
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import numpy as np
 from PIL import Image
 
-from data.records import ABNORMAL, LABEL_NAMES, NORMAL
+from data.records import ABNORMAL, LABEL_NAMES, NORMAL, Study
 from index.ann import EXACT_THRESHOLD, ExactIndex, HnswIndex, Neighbours, normalise
 from index.build import Encoder, encoder_identity
 from index.manifest import (
@@ -30,7 +30,7 @@ from index.manifest import (
     recover_interrupted_swap,
     verify_files,
 )
-from index.store import ItemMeta, MetadataStore
+from index.store import ItemMeta, MetadataStore, StudyFields, check_side
 from model.threads import query_threads
 
 Target = Literal["images", "reports"]
@@ -41,23 +41,25 @@ _ANY = {"", "any", "all"}
 
 @dataclass(frozen=True)
 class Filters:
-    """Restrict results to a label, a view and/or a finding; ``None`` means no restriction."""
+    """Restrict results to a label, a view and/or a finding (optionally on a side: "left" also
+    keeps bilateral); ``None`` means no restriction."""
 
     label: int | None = None
     view: str | None = None
     finding: str | None = None
+    side: str | None = None
 
     @classmethod
     def parse(cls, filters: "Filters | Mapping[str, Any] | None") -> "Filters":
         """Accept ``None``, a ``Filters`` or a dict like ``{"label": "abnormal", "view": "PA",
-        "finding": "cardiomegaly"}``; empty strings and "any" mean no restriction."""
+        "finding": "pleural effusion", "side": "left"}``; empty strings and "any" mean no restriction."""
         if filters is None:
             return cls()
         if isinstance(filters, Filters):
             return filters
-        unknown = set(filters) - {"label", "view", "finding"}
+        unknown = set(filters) - {"label", "view", "finding", "side"}
         if unknown:
-            raise ValueError(f"unknown filter(s) {sorted(unknown)}; use label, view or finding")
+            raise ValueError(f"unknown filter(s) {sorted(unknown)}; use label, view, finding or side")
         label = filters.get("label")
         if isinstance(label, str):
             key = label.strip().lower()
@@ -76,42 +78,46 @@ class Filters:
             value = (str(value).strip() if value is not None else "")
             return None if value.lower() in _ANY else value
 
-        return cls(label=label, view=text(filters.get("view")), finding=text(filters.get("finding")))
+        finding, side = text(filters.get("finding")), text(filters.get("side"))
+        return cls(label=label, view=text(filters.get("view")), finding=finding, side=check_side(side, finding))
 
     @property
     def active(self) -> bool:
-        return any(v is not None for v in (self.label, self.view, self.finding))
+        return any(v is not None for v in (self.label, self.view, self.finding, self.side))
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "label": LABEL_NAMES[self.label] if self.label is not None else None,
             "view": self.view,
             "finding": self.finding,
+            "side": self.side,
         }
 
 
 @dataclass(frozen=True)
-class Hit:
-    """One retrieved study. ``score`` is the cosine similarity to the query (higher = closer)."""
+class Hit(StudyFields):
+    """One retrieved study. ``score`` is the cosine similarity to the query (higher = closer).
+
+    The Study's fields read on the hit itself (``hit.study_id``, ``hit.findings``, ``hit.image_path``,
+    ``hit.structured_findings`` ...); image paths are absolute when the data root is known."""
 
     rank: int  # 1-based
     score: float
-    study_id: str
-    label: int
-    label_name: str
-    view: str
-    tags: tuple[str, ...]
-    finding_names: tuple[str, ...]
-    findings: str
-    impression: str
-    image_path: str  # absolute when the data root is known, else as stored
     row_id: int
+    study: Study
+
+    # What a hit tells a caller: the whitelist is the privacy decision (no patient id, no paths).
+    PUBLIC = ("view", "finding_names", "tags", "findings", "impression")
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["tags"] = list(self.tags)
-        d["finding_names"] = list(self.finding_names)
-        return d
+        """The one JSON shape of a hit (the API endpoints and ``SearchResult.to_dict``)."""
+        return {"rank": self.rank, "study_id": self.study.study_id, "score": round(float(self.score), 4),
+                "label": self.study.label_name, **{k: _plain(getattr(self.study, k)) for k in self.PUBLIC},
+                "structured_findings": [f.to_dict() for f in self.study.structured_findings]}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 @dataclass(frozen=True)
@@ -304,7 +310,7 @@ class SearchEngine:
             raise ValueError(f"query vector has shape {query.shape}; expected ({self.manifest.embed_dim},)")
         parsed = Filters.parse(filters)
         allowed = (
-            self.store.matching_ids(parsed.label, parsed.view, parsed.finding) if parsed.active else None
+            self.store.matching_ids(parsed.label, parsed.view, parsed.finding, parsed.side) if parsed.active else None
         )
         n_candidates = len(allowed) if allowed is not None else self.count
         use_exact = exact or self.count < self.exact_threshold
@@ -318,20 +324,8 @@ class SearchEngine:
         return [self._hit(rank, float(score), meta) for rank, (score, meta) in enumerate(zip(scores, metas), start=1)]
 
     def _hit(self, rank: int, score: float, meta: ItemMeta) -> Hit:
-        return Hit(
-            rank=rank,
-            score=score,
-            study_id=meta.study_id,
-            label=meta.label,
-            label_name=meta.label_name,
-            view=meta.view,
-            tags=meta.tags,
-            finding_names=meta.finding_names,
-            findings=meta.findings,
-            impression=meta.impression,
-            image_path=self.resolve_path(meta.image_path),
-            row_id=meta.row_id,
-        )
+        study = replace(meta.study, image_paths=tuple(self.resolve_path(p) for p in meta.study.image_paths))
+        return Hit(rank=rank, score=score, row_id=meta.row_id, study=study)
 
     def resolve_path(self, stored: str) -> str:
         """Stored image path made absolute against the data root when it is relative."""

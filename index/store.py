@@ -1,8 +1,9 @@
-"""Per-item metadata of an index, in SQLite: row id -> study, label, view, findings, report.
+"""Per-item metadata of an index, in SQLite: row id -> the Study (report, tags, structured findings).
 
 SQLite rather than pickle because the index folder may come from elsewhere (a shared
 drive, a Space) and unpickling runs code; SQLite is also queryable, so filters
-(label / view / finding) are indexed SQL instead of Python loops over every study.
+(label / view / finding and its side) are indexed SQL instead of Python loops over every study.
+Each row keeps the whole Study as one JSON record, so a new Study field needs no schema change.
 
 Row ids are the hnswlib labels: item ``i`` of both graphs is row ``i`` here. A loaded
 store is copied into memory, so it answers fast and is unaffected when a newer index
@@ -14,76 +15,64 @@ import json
 import os
 import sqlite3
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from data.records import LABEL_NAMES, Study
+from data.findings import BILATERAL, LEFT, RIGHT, canonical_name, profile
+from data.records import Study
+from index.manifest import IndexLoadError
 
-SCHEMA_VERSION = 1
+# 2: one JSON ``record`` per study (Study.to_dict, with structured findings) instead of a column per
+# field; item_findings keyed by finding AND side. Version-1 stores must be rebuilt.
+SCHEMA_VERSION = 2
+SIDES = (LEFT, RIGHT, BILATERAL)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     row_id        INTEGER PRIMARY KEY,
     study_id      TEXT NOT NULL UNIQUE,
-    patient_id    TEXT NOT NULL,
     label         INTEGER NOT NULL,
     view          TEXT NOT NULL,
-    tags          TEXT NOT NULL,   -- JSON list, verbatim structured tags
-    finding_names TEXT NOT NULL,   -- JSON list, bare lower-case names
-    findings      TEXT NOT NULL,
-    impression    TEXT NOT NULL,
-    image_path    TEXT NOT NULL,   -- relative to the data root where possible
-    image_paths   TEXT NOT NULL    -- JSON list, same convention
+    record        TEXT NOT NULL    -- JSON: Study.to_dict() (image paths relative to the data root
+                                   -- where possible) + "structured_findings": [Finding.to_dict()]
 );
 CREATE TABLE IF NOT EXISTS item_findings (
     row_id  INTEGER NOT NULL REFERENCES items(row_id),
-    finding TEXT NOT NULL
+    finding TEXT NOT NULL,         -- vocabulary name of a positive finding (data.findings)
+    side    TEXT NOT NULL          -- 'left' | 'right' | 'bilateral' | '' (union over the study's tags)
 );
 CREATE INDEX IF NOT EXISTS idx_items_label ON items(label);
 CREATE INDEX IF NOT EXISTS idx_items_view ON items(view);
-CREATE INDEX IF NOT EXISTS idx_findings ON item_findings(finding, row_id);
+CREATE INDEX IF NOT EXISTS idx_findings ON item_findings(finding, side, row_id);
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-_COLUMNS = (
-    "row_id, study_id, patient_id, label, view, tags, finding_names, findings, impression, image_path, image_paths"
-)
+
+class StoreSchemaError(IndexLoadError):
+    """The metadata store was written by older code (another schema version): rebuild the index."""
+
+
+class StudyFields:
+    """Read a held ``study``'s fields and properties (``study_id``, ``findings``, ``image_path``,
+    ``structured_findings`` ...) on the holder itself, so one Study carries them from loader to hit."""
+
+    study: Study
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name == "study":
+            raise AttributeError(name)
+        return getattr(self.study, name)
 
 
 @dataclass(frozen=True)
-class ItemMeta:
-    """What a search hit shows about a stored study."""
+class ItemMeta(StudyFields):
+    """One stored study: its row id (= hnswlib label) and the Study, image paths as stored."""
 
     row_id: int
-    study_id: str
-    patient_id: str
-    label: int
-    view: str
-    tags: tuple[str, ...]
-    finding_names: tuple[str, ...]
-    findings: str
-    impression: str
-    image_path: str
-    image_paths: tuple[str, ...]
-
-    @property
-    def label_name(self) -> str:
-        return LABEL_NAMES[self.label]
-
-    def to_study(self) -> Study:
-        return Study(
-            study_id=self.study_id,
-            patient_id=self.patient_id,
-            image_paths=self.image_paths,
-            findings=self.findings,
-            impression=self.impression,
-            label=self.label,
-            tags=self.tags,
-            view=self.view,
-        )
+    study: Study
 
 
 def relative_path(path: str, data_root: Path | str | None) -> str:
@@ -97,37 +86,68 @@ def relative_path(path: str, data_root: Path | str | None) -> str:
     return path if rel.startswith("..") else rel
 
 
+def _record(study: Study) -> str:
+    return json.dumps({**study.to_dict(), "structured_findings": [f.to_dict() for f in study.structured_findings]})
+
+
 def _row(row_id: int, study: Study, data_root: Path | str | None) -> tuple:
-    paths = [relative_path(p, data_root) for p in study.image_paths]
-    return (
-        row_id,
-        study.study_id,
-        study.patient_id,
-        int(study.label),
-        study.view or "",
-        json.dumps(list(study.tags)),
-        json.dumps(list(study.finding_names)),
-        study.findings or "",
-        study.impression or "",
-        paths[0] if paths else "",
-        json.dumps(paths),
-    )
+    stored = replace(study, image_paths=tuple(relative_path(p, data_root) for p in study.image_paths))
+    return (row_id, study.study_id, int(study.label), study.view or "", _record(stored))
+
+
+def finding_rows(row_id: int, study: Study) -> list[tuple[int, str, str]]:
+    """(row_id, finding, side) per positive finding name; side is the union of its tags' sides."""
+    out = []
+    for name, sides in profile(study.structured_findings).items():
+        side = BILATERAL if {LEFT, RIGHT} <= sides else next(iter(sides), "")
+        out.append((row_id, name, side))
+    return out
+
+
+def check_side(side: str | None, finding: str | None) -> str | None:
+    """A side filter, lower-cased; ``ValueError`` unless it is left/right/bilateral with a finding."""
+    if side is None:
+        return None
+    if side.lower() not in SIDES:
+        raise ValueError(f"side filter must be one of {', '.join(SIDES)}, not {side!r}")
+    if finding is None:
+        raise ValueError("a side filter needs a finding (e.g. finding 'pleural effusion', side 'left')")
+    return side.lower()
 
 
 def _meta(row: Sequence) -> ItemMeta:
-    return ItemMeta(
-        row_id=int(row[0]),
-        study_id=row[1],
-        patient_id=row[2],
-        label=int(row[3]),
-        view=row[4],
-        tags=tuple(json.loads(row[5])),
-        finding_names=tuple(json.loads(row[6])),
-        findings=row[7],
-        impression=row[8],
-        image_path=row[9],
-        image_paths=tuple(json.loads(row[10])),
-    )
+    # The structured findings are re-derived from the verbatim tags by Study; the JSON copy is for
+    # readers of the file that have no data.findings (e.g. sqlite3 on the command line).
+    return ItemMeta(row_id=int(row[0]), study=Study.from_dict(json.loads(row[1])))
+
+
+def schema_version(path: Path | str) -> int | None:
+    """The schema version a store file was written with (``None`` when unreadable / not a store)."""
+    try:
+        conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        row = conn.execute("SELECT value FROM info WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else None
+    except (sqlite3.Error, ValueError):
+        return None
+    finally:
+        conn.close()
+
+
+def _check_schema(conn: sqlite3.Connection, where: Path | str) -> None:
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "info" not in tables:
+        return  # a fresh file
+    row = conn.execute("SELECT value FROM info WHERE key = 'schema_version'").fetchone()
+    found = row[0] if row else None
+    if found != str(SCHEMA_VERSION):
+        raise StoreSchemaError(
+            f"{where} holds index metadata of schema version {found}; this code reads version {SCHEMA_VERSION} "
+            "(structured findings with their side). Rebuild the index: `python -m index build --run RUN --out DIR ...` "
+            "(the offline demo's index is rebuilt automatically by `python app.py`)."
+        )
 
 
 def write_store(path: Path, studies: Sequence[Study], data_root: Path | str | None = None) -> None:
@@ -145,6 +165,7 @@ def append_to_store(path: Path, studies: Sequence[Study], data_root: Path | str 
     """
     conn = sqlite3.connect(str(path))
     try:
+        _check_schema(conn, path)
         conn.executescript(_SCHEMA)
         with conn:  # one transaction
             conn.execute("INSERT OR REPLACE INTO info VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -156,14 +177,14 @@ def append_to_store(path: Path, studies: Sequence[Study], data_root: Path | str 
                 raise ValueError("duplicate study ids in the studies to add")
             try:
                 conn.executemany(
-                    f"INSERT INTO items ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO items (row_id, study_id, label, view, record) VALUES (?,?,?,?,?)",
                     [_row(current + i, s, data_root) for i, s in enumerate(studies)],
                 )
             except sqlite3.IntegrityError as exc:
                 raise ValueError(f"study id already in the index: {exc}") from exc
             conn.executemany(
-                "INSERT INTO item_findings VALUES (?, ?)",
-                [(current + i, name) for i, s in enumerate(studies) for name in s.finding_names],
+                "INSERT INTO item_findings (row_id, finding, side) VALUES (?, ?, ?)",
+                [row for i, s in enumerate(studies) for row in finding_rows(current + i, s)],
             )
     finally:
         conn.close()
@@ -188,6 +209,10 @@ class MetadataStore:
         memory = sqlite3.connect(":memory:", check_same_thread=False)
         try:
             source.backup(memory)
+            _check_schema(memory, path)
+        except BaseException:
+            memory.close()
+            raise
         finally:
             source.close()
         return cls(memory)
@@ -207,9 +232,7 @@ class MetadataStore:
         ids = [int(i) for i in row_ids]
         if not ids:
             return []
-        rows = self._query(
-            f"SELECT {_COLUMNS} FROM items WHERE row_id IN ({','.join('?' * len(ids))})", ids
-        )
+        rows = self._query(f"SELECT row_id, record FROM items WHERE row_id IN ({','.join('?' * len(ids))})", ids)
         by_id = {int(r[0]): r for r in rows}
         missing = [i for i in ids if i not in by_id]
         if missing:
@@ -217,7 +240,7 @@ class MetadataStore:
         return [_meta(by_id[i]) for i in ids]
 
     def all(self) -> list[ItemMeta]:
-        return [_meta(r) for r in self._query(f"SELECT {_COLUMNS} FROM items ORDER BY row_id")]
+        return [_meta(r) for r in self._query("SELECT row_id, record FROM items ORDER BY row_id")]
 
     def study_ids(self) -> set[str]:
         return {r[0] for r in self._query("SELECT study_id FROM items")}
@@ -226,16 +249,20 @@ class MetadataStore:
         return [r[0] for r in self._query("SELECT DISTINCT view FROM items WHERE view != '' ORDER BY view")]
 
     def finding_counts(self) -> dict[str, int]:
-        rows = self._query("SELECT finding, COUNT(*) FROM item_findings GROUP BY finding ORDER BY 2 DESC, 1")
+        rows = self._query("SELECT finding, COUNT(DISTINCT row_id) FROM item_findings GROUP BY finding ORDER BY 2 DESC, 1")
         return {name: int(n) for name, n in rows}
 
-    def matching_ids(self, label: int | None = None, view: str | None = None, finding: str | None = None) -> np.ndarray:
+    def matching_ids(self, label: int | None = None, view: str | None = None, finding: str | None = None,
+                     side: str | None = None) -> np.ndarray:
         """Sorted row ids passing every given filter (``None`` means no constraint).
 
-        View and finding match case-insensitively. Results are cached: the app offers a
-        handful of filter combinations and the store never changes once loaded.
+        View and finding match case-insensitively; ``finding`` is a vocabulary name (data.findings)
+        or a source heading that maps to one. ``side`` (with a finding) keeps studies whose finding
+        covers that side: "left" matches left and bilateral, "bilateral" only bilateral. Results
+        are cached: the app offers a handful of filter combinations and the store never changes.
         """
-        key = (label, view.upper() if view else None, finding.lower() if finding else None)
+        key = (label, view.upper() if view else None, canonical_name(finding) if finding else None,
+               check_side(side, finding))
         cached = self._filter_cache.get(key)
         if cached is not None:
             return cached
@@ -247,9 +274,12 @@ class MetadataStore:
         if key[1] is not None:
             sql += " AND UPPER(view) = ?"
             params.append(key[1])
-        if key[2] is not None:
+        if key[2] is not None and key[3] is None:
             sql += " AND row_id IN (SELECT row_id FROM item_findings WHERE finding = ?)"
             params.append(key[2])
+        elif key[2] is not None:
+            sql += " AND row_id IN (SELECT row_id FROM item_findings WHERE finding = ? AND side IN (?, ?))"
+            params += [key[2], key[3], BILATERAL]
         ids = np.array([r[0] for r in self._query(sql + " ORDER BY row_id", params)], dtype=np.int64)
         self._filter_cache[key] = ids
         return ids

@@ -6,6 +6,7 @@ import gzip
 import pytest
 from PIL import Image
 
+from data.findings import Finding
 from data.manifest import ManifestError, load_manifest
 from data.mimic import load_mimic, split_report
 from data.records import ABNORMAL, NORMAL
@@ -69,3 +70,23 @@ def test_mimic_layout(tmp_path):
 def test_split_report_sections():
     assert split_report("FINDINGS: a b\nIMPRESSION: c") == ("a b", "c")
     assert split_report("IMPRESSION: only") == ("", "only")
+
+
+def test_manifest_tags_parse_to_structured_findings(tmp_path):
+    _img(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_text(
+        "image_path,report,label,study_id,tags\n"
+        'a.png,Small left effusion. Big heart.,abnormal,s1,"pleural effusion/left/small; Cardiomegaly ;"\n'
+        "a.png,Possible right upper lobe opacity.,1,s2,opacity/upper lobe/right/uncertain\n"
+        "a.png,Clear lungs.,normal,s3,normal\n"
+        "a.png,No tags given.,normal,s4,\n"
+    )
+    s1, s2, s3, s4 = load_manifest(tmp_path / "m.csv").studies
+    assert s1.tags == ("pleural effusion/left/small", "Cardiomegaly")
+    assert s1.structured_findings == (
+        Finding("pleural effusion", side="left", severity="mild"), Finding("cardiomegaly"))
+    assert s1.finding_names == ("pleural effusion", "cardiomegaly")
+    assert s2.structured_findings == (
+        Finding("opacity", side="right", location="upper", certainty="uncertain"),)
+    assert s2.finding_names == ()  # uncertain is not a positive finding
+    assert s3.structured_findings == () and s4.structured_findings == () and s4.tags == ()

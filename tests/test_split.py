@@ -1,8 +1,8 @@
-"""Patient-level split: disjoint, seeded, stable across runs and saved."""
+"""Split by patient: disjoint, seeded, stable across runs and saved; patient- vs study-level."""
 from __future__ import annotations
 
 from data.records import Study
-from data.split import SPLITS, load_or_create_split, patient_split, split_hash
+from data.split import SPLITS, load_or_create_split, patient_split, split_hash, split_level
 
 
 def _studies(n_patients: int = 300, per_patient: int = 3) -> list[Study]:
@@ -48,3 +48,15 @@ def test_saved_split_is_reused(tmp_path):
     mtime = path.stat().st_mtime_ns
     again = load_or_create_split(path, studies, seed=3)
     assert again == first and path.stat().st_mtime_ns == mtime
+
+
+def test_split_level_is_patient_only_when_patient_ids_are_given():
+    from data.iu_xray import load_iu_reports
+
+    assert split_level(_studies()) == "patient"
+    # IU X-ray gives no patient ids (its DICOM "Patient ID" is the report number): study-level.
+    assert split_level(load_iu_reports()) == "study"
+    one = Study(study_id="a", patient_id="a", image_paths=("a.png",), findings="x", impression="", label=0)
+    assert split_level([one]) == "study"
+    assert split_level([one, Study(**{**one.__dict__, "study_id": "b", "patient_id": "p1"})]) == "patient"
+    assert split_level([]) == "study"

@@ -32,10 +32,23 @@ def ensure_demo(run_dir: Path | None = None, index_dir: Path | None = None, trai
         import train
 
         train.main(["--out", str(run_dir), *(train_args or [])])
-    if not (index_dir / "manifest.json").is_file():
+    if not (index_dir / "manifest.json").is_file() or _stale_store(index_dir):
         log.info("[2/2] building the search index -> %s", index_dir)
         build_index_for_run(run_dir, index_dir)
     return run_dir, index_dir
+
+
+def _stale_store(index_dir: Path) -> bool:
+    """The demo index's metadata was written by older code (another schema): rebuild it from the
+    cached features instead of failing (an index the user built is never rebuilt behind their back)."""
+    from index.manifest import META
+    from index.store import SCHEMA_VERSION, schema_version
+
+    found = schema_version(index_dir / META)
+    if found != SCHEMA_VERSION:
+        log.info("the demo index's metadata is schema %s, this code writes %s: rebuilding it", found, SCHEMA_VERSION)
+        return True
+    return False
 
 
 def build_index_for_run(run_dir: Path, index_dir: Path, studies=None, progress: bool = True) -> None:

@@ -1,13 +1,16 @@
 """Turn search hits into what the page shows: gallery captions and report cards.
 
 All report text is HTML-escaped before any markup is added, so a report or query holding
-``<script>`` is shown as text, never run.
+``<script>`` is shown as text, never run. A negated mention ("No effusion") is marked as a
+negation (``<mark class="neg">``, struck through and grey), never as a hit (``webapp.negation``).
 """
 from __future__ import annotations
 
 import html
 import re
 from typing import Any, Iterable, Sequence
+
+from webapp.negation import negated
 
 SIDES = ("left", "right", "bilateral")
 _STOP = {"the", "a", "an", "of", "and", "or", "with", "in", "on", "at", "to", "is", "are", "no", "not", "there",
@@ -47,8 +50,12 @@ def hit_terms(finding_names: Sequence[str], tags: Sequence[str]) -> list[str]:
     return _dedupe(terms)
 
 
+NEGATED_MARK = '<mark class="neg" title="negated in the report">'
+
+
 def highlight(text: str, terms: Sequence[str]) -> str:
-    """Escape ``text`` and wrap each occurrence of any term in <mark> (longest terms first)."""
+    """Escape ``text`` and wrap each occurrence of any term in <mark> (longest terms first);
+    occurrences the report negates ("No pleural effusion") get ``<mark class="neg">`` instead."""
     text = text or ""
     words = sorted({t for t in terms if t and t.strip()}, key=len, reverse=True)
     if not words:
@@ -56,10 +63,12 @@ def highlight(text: str, terms: Sequence[str]) -> str:
     # Match on the raw text and escape each piece: matching escaped text could split an
     # entity ("&quot;" contains the word "quot") and never sees the characters the user sees.
     pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+    matches = list(pattern.finditer(text))
+    flags = negated(text, [m.span() for m in matches])
     out, last = [], 0
-    for match in pattern.finditer(text):
+    for match, is_negated in zip(matches, flags):
         out.append(html.escape(text[last:match.start()]))
-        out.append(f"<mark>{html.escape(match.group(0))}</mark>")
+        out.append(f"{NEGATED_MARK if is_negated else '<mark>'}{html.escape(match.group(0))}</mark>")
         last = match.end()
     out.append(html.escape(text[last:]))
     return "".join(out)
@@ -87,13 +96,9 @@ def report_cards(hits: Sequence[Any], terms_for_hit) -> str:
 
 
 def hits_as_records(hits: Sequence[Any]) -> list[dict[str, Any]]:
-    """Plain JSON records of hits: what the named API endpoints return to scripts."""
-    return [
-        {"rank": h.rank, "study_id": h.study_id, "score": round(float(h.score), 4), "label": h.label_name,
-         "view": h.view, "finding_names": list(h.finding_names), "tags": list(h.tags),
-         "findings": h.findings, "impression": h.impression}
-        for h in hits
-    ]
+    """Plain JSON records of hits (``Hit.to_dict``, with structured findings): what the named API
+    endpoints return to scripts."""
+    return [h.to_dict() for h in hits]
 
 
 def _dedupe(items: Iterable[str]) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any
 from data.images import ImageLoadError, LoadedImage, load_radiograph
 from index.engine import SearchEngine
 from webapp.plots import EmbeddingMaps
+from webapp.negation import warm_in_background
 from webapp.presenters import gallery_caption, hit_terms, hits_as_records, query_terms, report_cards
 from webapp.queries import LABEL_CHOICES, QueryError, clean_query, parse_choice, parse_k
 
@@ -60,6 +61,7 @@ class SearchService:
         self._recent: OrderedDict[str, LoadedImage] = OrderedDict()
         self._recent_lock = threading.Lock()
         self._path_locks = [threading.Lock() for _ in range(16)]
+        warm_in_background()  # the report view's negation detector: spaCy loads off the first request
 
     # ---- image -> studies and reports ---------------------------------------------
     def search_image(self, upload: str | None, k: int, label: str, view: str, finding: str):
