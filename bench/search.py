@@ -215,7 +215,7 @@ def scale_case(n: int, dim: int = 512, n_queries: int = 300, exact_queries: int 
     images and reports, both given this gallery, + the SQLite store + manifest with
     checksums), then queries through the saved index as the engine loads it.
     """
-    import tempfile
+    from bench.common import scratch_dir
 
     gallery, queries = clustered_gallery(n, n_queries, dim, n_clusters=200, seed=2)
     rss_data = rss_mb() and round(rss_mb(), 1)
@@ -228,7 +228,7 @@ def scale_case(n: int, dim: int = 512, n_queries: int = 300, exact_queries: int 
         from index.engine import SearchEngine
 
         studies = synthetic_studies(n)
-        folder = Path(tempfile.mkdtemp(prefix="bench-index-")) / "index"
+        folder = scratch_dir("bench-index-") / "index"
         graph_s: list[float] = []
         descriptor, create = HnswIndex.__dict__["create"], HnswIndex.create
 

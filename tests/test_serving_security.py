@@ -182,6 +182,31 @@ def test_an_upload_over_the_limit_is_refused_and_nothing_of_its_size_is_kept(ser
     assert Path(stored).is_relative_to(served["folder"]) and Path(stored).stat().st_size == LIMIT - 4096
 
 
+@pytest.mark.browser
+def test_the_page_tells_the_user_an_upload_is_too_large(served, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is not installed; `make test` installs it (apt-get install chromium)")
+    big = tmp_path / "film.dcm"
+    big.write_bytes(os.urandom(LIMIT + 10))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(served["url"])
+            page.get_by_text("Chest X-ray retrieval").first.wait_for(timeout=60_000)
+            page.locator("input[type=file]").first.set_input_files(str(big))
+            message = page.get_by_text("exceed the maximum allowed size").first
+            message.wait_for(timeout=30_000)
+            assert "1.0 Mb" in message.inner_text() and "film.dcm" in message.inner_text()
+        finally:
+            browser.close()
+    assert not list(served["parent"].rglob("film.dcm"))
+
+
 def test_start_up_sweeps_only_its_own_dead_temp_folders(served):
     assert not served["stale"].exists(), "a temp folder of a dead app was left"
     assert served["others"].is_dir(), "a folder the app did not make was touched"
