@@ -1,7 +1,8 @@
 """Start the real app in a subprocess on a free loopback port, for end-to-end tests.
 
 The app removes its temp folder when stopped (SIGTERM); if it has to be killed, the folder
-it leaves is swept here, so a test run leaves no ``cxr-gradio-*`` folders behind."""
+it leaves is swept here, so a test run leaves no ``cxr-gradio-*`` folders behind. The app's
+log (``<cache>/app-<port>.log``) is kept only when the app did not stop cleanly."""
 from __future__ import annotations
 
 import os
@@ -59,4 +60,6 @@ def running_app(extra_args: list[str] | None = None, env: dict[str, str] | None 
             proc.kill()
             proc.wait()
         log.close()
+        if proc.returncode == 0:  # a clean stop: nothing to look into, so the log goes too
+            Path(log.name).unlink(missing_ok=True)
         remove_stale_temp_dirs(full_env.get("GRADIO_TEMP_DIR") or full_env.get("TMPDIR") or tempfile.gettempdir())

@@ -96,8 +96,10 @@ def _process_start(pid: int) -> int | None:
 
 
 def _alive(pid: int, start: int) -> bool:
-    if Path("/proc").is_dir():
-        return _process_start(pid) == start
+    """Is the process that made a folder still running? Same pid and same start time (pids are reused)."""
+    now = _process_start(pid)
+    if now is not None and start:
+        return now == start
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
