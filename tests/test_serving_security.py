@@ -18,6 +18,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -42,7 +43,7 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def _post(url: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+def _post(url: str, body: bytes | Iterator[bytes], content_type: str) -> tuple[int, bytes]:
     request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
     try:
         with urllib.request.urlopen(request, timeout=60) as r:
@@ -168,10 +169,18 @@ def test_an_upload_over_the_limit_is_refused_and_nothing_of_its_size_is_kept(ser
     url = served["url"]
     places = [p for p in (served["parent"], served["sys_tmp"], ROOT / ".gradio") if p.is_dir()]
     before = set(_big_files(places, LIMIT))
-    body, content_type = _multipart("too-big.dcm", os.urandom(LIMIT + 1))
-    status, answer = _post(f"{url}gradio_api/upload", body, content_type)
-    assert status == 413, (status, answer)
-    assert f"maximum allowed size of {LIMIT} bytes" in answer.decode(), answer
+    just_over, content_type = _multipart("too-big.dcm", os.urandom(LIMIT + 1))
+    far_over, _ = _multipart("too-big.dcm", os.urandom(2 * LIMIT))
+    gradio_says, guard_says = f"maximum allowed size of {LIMIT} bytes", "over this server's limit of 1 MB"
+    cases = {  # what is sent -> who refuses it
+        "just over, with a length": (just_over, gradio_says),  # gradio counts the bytes, deletes the part
+        "just over, streamed without a length": (iter([just_over[i:i + 65536] for i in range(0, len(just_over), 65536)]),
+                                                 gradio_says),
+        "twice the limit, with a length": (far_over, guard_says),  # refused before a byte is read
+    }
+    for case, (body, message) in cases.items():
+        status, answer = _post(f"{url}gradio_api/upload", body, content_type)
+        assert status == 413 and message in answer.decode(), (case, status, answer)
     assert set(_big_files(places, LIMIT)) == before, "an oversize upload was stored"
     assert json.loads(_get(f"{url}config")[1])["max_file_size"] == LIMIT  # the page refuses it before sending
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 100  # generous for one DICOM radiograph (a CR/DX film is 5-50 MB)
+MULTIPART_SLACK = 64 * 1024  # room for the multipart boundary and part headers around one file
 TEMP_PREFIX = "cxr-gradio-"
 _OWNED = re.compile(rf"^{re.escape(TEMP_PREFIX)}(\d+)-(\d+)-")  # cxr-gradio-<pid>-<process start>-<random>
 
@@ -32,7 +33,7 @@ _OWNED = re.compile(rf"^{re.escape(TEMP_PREFIX)}(\d+)-(\d+)-")  # cxr-gradio-<pi
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The serving options of app.py."""
     parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",
-                        help=f"largest upload accepted, refused before it is stored (default {DEFAULT_MAX_UPLOAD_MB})")
+                        help=f"largest upload accepted; larger ones are refused and not kept (default {DEFAULT_MAX_UPLOAD_MB})")
     parser.add_argument("--auth-file", metavar="FILE",
                         help="require a login: one 'user:password' per line (blank lines and # comments ignored)")
 
@@ -41,6 +42,28 @@ def max_upload_bytes(megabytes: float) -> int:
     if not megabytes > 0:
         raise SystemExit("error: --max-upload-mb must be a positive number")
     return int(megabytes * 1024 * 1024)
+
+
+class UploadLimit:
+    """ASGI middleware: a request declaring a body larger than one upload may be is answered 413
+    before any of it is read. Gradio's own ``max_file_size`` check covers bodies sent without
+    a length (chunked): it counts bytes as they arrive and deletes the part already written."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http":
+            length = dict(scope.get("headers") or []).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.limit + MULTIPART_SLACK:
+                body = (f"Upload refused: {int(length):,} bytes is over this server's limit of "
+                        f"{self.limit / 2**20:g} MB (app.py --max-upload-mb).").encode()
+                await send({"type": "http.response.start", "status": 413,
+                            "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                        (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
 
 
 # ----------------------------------------------------------------------------- who may connect
@@ -208,8 +231,11 @@ def launch_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for ``Blocks.launch`` from the command line, checked before the slow
     start-up (a bad --auth-file fails in milliseconds): address, upload limit, login."""
     auth = read_auth_file(args.auth_file) if args.auth_file else None
-    options = {"server_name": args.host, "server_port": args.port, "share": args.share,
-               "max_file_size": max_upload_bytes(args.max_upload_mb), "auth": auth, "show_error": False}
+    from starlette.middleware import Middleware
+
+    limit = max_upload_bytes(args.max_upload_mb)
+    options = {"server_name": args.host, "server_port": args.port, "share": args.share, "max_file_size": limit,
+               "app_kwargs": {"middleware": [Middleware(UploadLimit, limit=limit)]}, "auth": auth, "show_error": False}
     warning = exposure_warning(args.host, args.share, auth is not None)
     if warning:
         print(warning, file=sys.stderr, flush=True)
