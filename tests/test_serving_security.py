@@ -73,6 +73,20 @@ def _call(base: str, api_name: str, data: list) -> list:
     return json.loads(stream.split(b"event: complete\ndata:", 1)[1].strip().splitlines()[0])
 
 
+def _offered_examples(url: str) -> list[dict]:
+    """What a click on each example upload loads into the upload box (gradio's FileData)."""
+    samples = [c for c in json.loads(_get(f"{url}config")[1])["components"]
+               if c["type"] == "dataset" and c["props"].get("samples") and str(c["props"]["samples"][0][0]).endswith(
+                   (".png", ".jpeg", ".jpg", ".dcm"))]
+    assert samples, "the page offers example uploads"
+    values = []
+    for i in range(len(samples[0]["props"]["samples"])):
+        status, body = _post(f"{url}gradio_api/api/load_example", json.dumps({"data": [i]}).encode(), "application/json")
+        assert status == 200, body
+        values.append(json.loads(body)["data"][0]["value"])
+    return values
+
+
 def _app_temp_dirs(parent: Path, pid: int) -> list[Path]:
     return sorted(parent.glob(f"{serving.TEMP_PREFIX}{pid}-*"))
 
@@ -117,8 +131,10 @@ def served(tmp_path_factory):
 
 def test_the_data_root_run_index_and_project_files_are_not_served(served):
     url, root = served["url"], served["root"]
+    offered = {value["orig_name"] for value in _offered_examples(url)}
+    image = next(p for p in sorted((root / "images").glob("*.png")) if p.name not in offered)
     private = [root / "studies.jsonl", root / "dataset.json", root / "patients.csv", root / "originals" / "study1.dcm",
-               sorted((root / "images").glob("*.png"))[-1], root, root / "images",
+               image, root, root / "images",
                served["run"] / "config.json", served["run"] / "head.safetensors", served["index"] / "manifest.json",
                served["index"] / "meta.sqlite", ROOT / "app.py", ROOT / "README.md", ROOT / "requirements.txt",
                served["cache"] / "pediatric", Path("/etc/passwd"),
@@ -133,19 +149,13 @@ def test_the_data_root_run_index_and_project_files_are_not_served(served):
 
 def test_the_offered_examples_and_a_searched_gallery_image_are_served(served):
     url, folder = served["url"], served["folder"]
-    samples = [c for c in json.loads(_get(f"{url}config")[1])["components"]
-               if c["type"] == "dataset" and c["props"].get("samples") and str(c["props"]["samples"][0][0]).endswith(
-                   (".png", ".jpeg", ".jpg", ".dcm"))]
-    assert samples, "the page offers example uploads"
-    n_examples = len(samples[0]["props"]["samples"])
-    assert n_examples == 6  # 4 pediatric films + 2 phantoms from the data root
-    for i in range(n_examples):  # what a click on example i loads into the upload box
-        status, body = _post(f"{url}gradio_api/api/load_example", json.dumps({"data": [i]}).encode(), "application/json")
-        assert status == 200, body
-        value = json.loads(body)["data"][0]["value"]
+    examples = _offered_examples(url)
+    assert len(examples) == 6  # 4 pediatric films + 2 phantoms from the data root
+    for value in examples:
         assert Path(value["path"]).is_relative_to(folder), value["path"]  # gradio's copy, in the app's temp folder
         status, image = _get(value["url"])
         assert status == 200 and len(image) == value["size"] > 0
+    offered = {value["orig_name"] for value in examples}
 
     gallery, _, status_text, records, _ = _call(url, "search_text", ["small left pleural effusion", 3, "any", "any", "any"])
     assert status_text.startswith(OK) and len(gallery) == len(records["hits"]) == 3
@@ -154,7 +164,8 @@ def test_the_offered_examples_and_a_searched_gallery_image_are_served(served):
         assert staged.is_relative_to(folder), staged  # a copy: the data root itself stays unserved
         status, image = _get(item["image"]["url"])
         assert status == 200 and image == (served["root"] / "images" / staged.name).read_bytes()
-        assert _get(_file_url(url, served["root"] / "images" / staged.name))[0] in (403, 404)
+        if staged.name not in offered:  # an offered example is served as-is too (allowed_paths)
+            assert _get(_file_url(url, served["root"] / "images" / staged.name))[0] in (403, 404)
 
 
 def _big_files(roots: list[Path], size: int) -> list[Path]:
