@@ -15,9 +15,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import argparse
 import json
 import logging
-import tempfile
 import time
 from pathlib import Path
+
+from webapp import serving
 
 log = logging.getLogger("app")
 
@@ -41,6 +42,8 @@ CSS = """
 .cxr-card-head {display: flex; gap: 12px; align-items: baseline;} .cxr-score, .cxr-view, .cxr-tags {opacity: .75; font-size: .9em;}
 .cxr-card mark {background: #fff59d; padding: 0 2px;}
 .cxr-card mark.neg {background: none; color: #757575; text-decoration: line-through;}
+.cxr-badge {border-radius: 3px; padding: 0 6px; font-size: .85em; color: #fff; background: #2e7d32;}
+.cxr-abnormal .cxr-badge {background: #c62828;}
 """
 
 
@@ -55,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
     p.add_argument("--concurrency", type=int, default=2, help="queries processed at once (2 CPU cores: 2)")
     p.add_argument("--keep-uploads", action="store_true", help="keep uploaded files in the temp cache (default: deleted once read)")
+    serving.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -97,7 +101,7 @@ def build_ui(service, examples: list[str], phantom_examples: list[str]):
     findings = [ANY] + list(service.vocabulary)
     views = [ANY] + service.views
     with gr.Blocks(title="CXR retrieval", delete_cache=(300, 600)) as demo:
-        gr.Markdown("# 🩻 Chest X-ray retrieval\nFind similar prior studies and their reports, or radiographs that match a findings phrase.")
+        gr.Markdown("# Chest X-ray retrieval\nFind similar prior studies and their reports, or radiographs that match a findings phrase.")
         gr.Markdown(DISCLAIMER)
         query_state = gr.State(None)
         with gr.Tabs():
@@ -126,7 +130,9 @@ def build_ui(service, examples: list[str], phantom_examples: list[str]):
             with gr.Tab("Search by text", id="text"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        text = gr.Textbox(label="Findings phrase", placeholder="e.g. small left pleural effusion", lines=2)
+                        # lines=1: Enter searches (gradio submits on Enter only for one-line boxes); Shift+Enter adds a line
+                        text = gr.Textbox(label="Findings phrase", placeholder="e.g. small left pleural effusion (Enter searches)",
+                                          lines=1, max_lines=4)
                         gr.Examples([[p] for p in EXAMPLE_PHRASES], inputs=text, label="Try")
                         with gr.Accordion("Filters", open=False):
                             k_txt = gr.Slider(1, 30, value=8, step=1, label="Number of results (k)")
@@ -152,12 +158,14 @@ def build_ui(service, examples: list[str], phantom_examples: list[str]):
                 gr.Markdown(model_card(service))
         img_inputs = [upload, k_img, label_img, view_img, finding_img]
         img_outputs = [preview, gallery_img, reports_img, probability, status_img, json_img, query_state]
-        search_img_btn.click(service.search_image, img_inputs, img_outputs, api_name="search_image")
-        upload.upload(service.search_image, img_inputs, img_outputs, api_visibility="private")
+        search_image = serving.gallery_outputs(service.search_image)  # gallery images: copies in the temp folder
+        search_text = serving.gallery_outputs(service.search_text)
+        search_img_btn.click(search_image, img_inputs, img_outputs, api_name="search_image")
+        upload.upload(search_image, img_inputs, img_outputs, api_visibility="private")
         txt_inputs = [text, k_txt, label_txt, view_txt, finding_txt]
         txt_outputs = [gallery_txt, reports_txt, status_txt, json_txt, query_state]
-        search_txt_btn.click(service.search_text, txt_inputs, txt_outputs, api_name="search_text")
-        text.submit(service.search_text, txt_inputs, txt_outputs, api_visibility="private")
+        search_txt_btn.click(search_text, txt_inputs, txt_outputs, api_name="search_text")
+        text.submit(search_text, txt_inputs, txt_outputs, api_visibility="private")
         for trigger in (method.change, query_state.change, demo.load):
             trigger(service.map_figures, [method, query_state], [plot_frozen, plot_tuned], api_visibility="private")
     return demo
@@ -214,7 +222,9 @@ def startup_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="cxr-gradio-"))
+    options = serving.launch_options(args)
+    temp_dir = serving.make_temp_dir()  # removed at exit; stale ones of earlier runs swept now
+    log.info("temp folder %s", temp_dir)
     t0 = time.time()
     from model.threads import configure_serving
 
@@ -224,16 +234,14 @@ def main(argv: list[str] | None = None) -> None:
     except startup_errors() as exc:
         raise SystemExit(f"error: {exc}") from None
     examples = example_uploads()
-    demo = build_ui(service, examples, phantom_examples(service))
+    phantoms = phantom_examples(service)
+    demo = build_ui(service, examples, phantoms)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=64)
-    allowed = {str(Path(p).parent.parent) for p in examples}
-    if service.engine.data_root is not None:
-        allowed.add(str(service.engine.data_root))
     import gradio as gr
 
     log.info("ready in %.1fs", time.time() - t0)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=sorted(allowed),
-                show_error=False, theme=gr.themes.Soft(), css=CSS)
+    serving.serve(demo, **options, allowed_paths=serving.served_examples(examples + phantoms),  # nothing else as-is
+                  theme=gr.themes.Soft(), css=CSS)
 
 
 if __name__ == "__main__":

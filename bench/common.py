@@ -7,12 +7,15 @@ side by side in the same process rather than absolute figures compared across ru
 """
 from __future__ import annotations
 
+import atexit
 import json
 import multiprocessing as mp
 import os
 import platform
 import resource
+import shutil
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +30,13 @@ OUT_DIR = ROOT / "bench" / "out"
 def log(message: str) -> None:
     """Progress goes to stderr: stdout carries only the JSON document."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temp folder removed when this process exits: a bench leaves nothing behind in /tmp."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def summary(values_ms: list[float] | np.ndarray) -> dict[str, float]:

@@ -18,14 +18,13 @@ image tower in NCHW (before) vs channels_last (now).
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.common import emit, log, machine, setup_environment, stopwatch, target
+from bench.common import emit, log, machine, scratch_dir, setup_environment, stopwatch, target
 
 
 def run(n: int = 96, batch_size: int = 32, backbone_name: str = "offline", reps: int = 2) -> dict[str, Any]:
@@ -39,7 +38,7 @@ def run(n: int = 96, batch_size: int = 32, backbone_name: str = "offline", reps:
     from model.features import CHUNK, embed_studies
     from model.threads import bulk_thread_count, map_bulk, torch_threads
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-embed-"))
+    tmp = scratch_dir("bench-embed-")
     with stopwatch() as t_render:
         folder = build_demo_dataset(out_dir=tmp / "demo", limit=n, progress=False)
     studies = load_dataset(folder)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import emit, log, machine, setup_environment, stopwatch, summary, target, time_calls
+from bench.common import emit, log, machine, scratch_dir, setup_environment, stopwatch, summary, target, time_calls
 
 VIT = "openclip-random:ViT-B-16"
 VIT_INT8 = VIT + "+int8"  # same weights, image tower's linear layers in dynamic int8 (model.quantize)
@@ -288,7 +287,7 @@ def run_backbone(name: str, uploads: dict[str, list[bytes]], tmp: Path, n_image:
 
 def run(backbones: list[str] | None = None, n_image: int = 12, n_policy: int = 4) -> dict[str, Any]:
     setup_environment()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-query-"))
+    tmp = scratch_dir("bench-query-")
     uploads = make_uploads(tmp)
     out: dict[str, Any] = {"upload_bytes": {k: int(np.median([len(b) for b in v])) for k, v in uploads.items()}}
     for name in backbones or ["offline", VIT, VIT_INT8]:

@@ -34,7 +34,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python bench/search.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import emit, log, machine, peak_rss_mb, rss_mb, run_isolated  # noqa: E402
+from bench.common import emit, log, machine, peak_rss_mb, rss_mb, run_isolated, scratch_dir  # noqa: E402
 from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswIndex, exact_top_k  # noqa: E402
 
 K = 10
@@ -215,8 +215,6 @@ def scale_case(n: int, dim: int = 512, n_queries: int = 300, exact_queries: int 
     images and reports, both given this gallery, + the SQLite store + manifest with
     checksums), then queries through the saved index as the engine loads it.
     """
-    import tempfile
-
     gallery, queries = clustered_gallery(n, n_queries, dim, n_clusters=200, seed=2)
     rss_data = rss_mb() and round(rss_mb(), 1)
     out: dict[str, Any] = {"n": n, "dim": dim, "n_queries": n_queries, "clusters": 200,
@@ -228,7 +226,7 @@ def scale_case(n: int, dim: int = 512, n_queries: int = 300, exact_queries: int 
         from index.engine import SearchEngine
 
         studies = synthetic_studies(n)
-        folder = Path(tempfile.mkdtemp(prefix="bench-index-")) / "index"
+        folder = scratch_dir("bench-index-") / "index"
         graph_s: list[float] = []
         descriptor, create = HnswIndex.__dict__["create"], HnswIndex.create
 

@@ -25,12 +25,11 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, emit, log, machine, setup_environment, stopwatch
+from bench.common import ROOT, emit, log, machine, scratch_dir, setup_environment, stopwatch
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -79,7 +78,7 @@ def warm(limit: int, timeout: float) -> dict[str, Any]:
         what = f"default cache {default}: full offline demo already built"
         cache = default
     else:
-        cache = Path(tempfile.mkdtemp(prefix="bench-warm-cache-"))
+        cache = scratch_dir("bench-warm-cache-")
         what = (f"full demo not built in {default}: a {limit}-study demo (no embedding maps) built first into a "
                 "temporary cache (not timed); start-up cost hardly depends on the gallery size")
         log(f"startup: building a {limit}-study demo for the warm start (not timed) ...")
@@ -108,7 +107,7 @@ def cold(timeout: float) -> dict[str, Any]:
     from data.demo import demo_dir
     from data.paths import cache_root
 
-    cache = Path(tempfile.mkdtemp(prefix="bench-cold-cache-"))
+    cache = scratch_dir("bench-cold-cache-")
     examples = _copy_examples(cache_root(), cache)
     src = demo_dir()
     os.environ["CXR_CACHE"] = str(cache)

@@ -1,15 +1,22 @@
-"""Start the real app in a subprocess on a free loopback port, for end-to-end tests."""
+"""Start the real app in a subprocess on a free loopback port, for end-to-end tests.
+
+The app removes its temp folder when stopped (SIGTERM); if it has to be killed, the folder
+it leaves is swept here, so a test run leaves no ``cxr-gradio-*`` folders behind. The app's
+log (``<cache>/app-<port>.log``) is kept only when the app did not stop cleanly."""
 from __future__ import annotations
 
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from webapp.serving import remove_stale_temp_dirs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,4 +58,8 @@ def running_app(extra_args: list[str] | None = None, env: dict[str, str] | None 
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
         log.close()
+        if proc.returncode == 0:  # a clean stop: nothing to look into, so the log goes too
+            Path(log.name).unlink(missing_ok=True)
+        remove_stale_temp_dirs(full_env.get("GRADIO_TEMP_DIR") or full_env.get("TMPDIR") or tempfile.gettempdir())

@@ -7,6 +7,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 from tests.app_server import running_app
+from webapp.presenters import OK, WARNING
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,7 @@ def test_text_query_returns_ranked_labelled_studies_with_that_finding(client):
     with_effusion = sum("pleural effusion" in h["finding_names"] for h in hits)
     print(f"'large right pleural effusion': {with_effusion}/5 of the top 5 tagged pleural effusion")
     assert with_effusion >= 3
-    assert "<mark>" in reports_html and status.startswith("✅")
+    assert "<mark>" in reports_html and status.startswith(OK)
 
 
 def test_text_filters_are_applied(client):
@@ -52,7 +53,7 @@ def test_image_query_with_a_real_pediatric_film(client, pediatric_films):
     film = pediatric_films[0]
     preview, gallery, reports_html, probability, status, records = client.predict(
         handle_file(str(film)), 5, "any", "any", "any", api_name="/search_image")
-    assert status.startswith("✅"), status
+    assert status.startswith(OK), status
     assert len(records["hits"]) == 5 and len(records["reports"]) == 5
     assert 0.0 <= records["abnormal_probability"] <= 1.0
     assert probability["label"] in ("normal", "abnormal")
@@ -70,7 +71,7 @@ def test_bad_upload_gets_a_message_and_the_app_keeps_serving(client, tmp_path):
     fake = tmp_path / "scan.png"
     fake.write_bytes(b"this is not an image at all" * 20)
     _, gallery, _, _, status, records = client.predict(handle_file(str(fake)), 5, "any", "any", "any", api_name="/search_image")
-    assert status.startswith("⚠️") and "not a readable image" in status
+    assert status.startswith(WARNING) and "not a readable image" in status
     assert gallery == [] and records["hits"] == []
     _, _, status, records = _text_search(client, "cardiomegaly")
-    assert status.startswith("✅") and len(records["hits"]) == 5
+    assert status.startswith(OK) and len(records["hits"]) == 5

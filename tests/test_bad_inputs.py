@@ -23,6 +23,7 @@ from PIL import Image
 
 import train  # imported before any test patches model.factory (train binds create_backbone)
 from tests.helpers_dicom import make_dicom
+from webapp.presenters import ERROR, OK, WARNING
 
 SMALL_N = 40
 
@@ -100,12 +101,12 @@ def assert_still_serves(service, tmp_path: Path, small_demo, kinds: tuple[str, .
     """A valid text query and/or a valid image query succeed."""
     if "text" in kinds:
         _, _, status, records, _ = service.search_text("right pleural effusion", 5, "any", "any", "any")
-        assert status.startswith("✅"), status
+        assert status.startswith(OK), status
         assert len(records["hits"]) == 5
     if "image" in kinds:
         upload = Path(shutil.copy(sorted((small_demo[0] / "images").glob("*.png"))[1], tmp_path / "next.png"))
         _, gallery, _, _, status, records, _ = service.search_image(str(upload), 5, "any", "any", "any")
-        assert status.startswith("✅"), status
+        assert status.startswith(OK), status
         assert len(gallery) == 5 and len(records["hits"]) == 5
 
 
@@ -160,18 +161,18 @@ def _dicom_pixels() -> np.ndarray:
 BAD_UPLOADS = {
     # name: (file name, bytes builder, status prefix, phrase the user reads)
     "not_an_image_renamed_png": ("scan.png", lambda: b"%PDF-1.4 this is a report, not an image\n" * 20,
-                                 "⚠️", "not a readable image (expected PNG, JPEG or DICOM)"),
-    "truncated_png": ("cut.png", lambda: _png(_chest())[:4000], "⚠️", "PNG file is damaged or truncated"),
-    "truncated_jpeg": ("cut.jpg", lambda: _jpeg(_chest())[:3000], "⚠️", "JPEG file is damaged or truncated"),
-    "empty_file": ("empty.png", lambda: b"", "⚠️", "The file is empty."),
-    "one_pixel": ("dot.png", lambda: _png(Image.new("L", (1, 1), 128)), "⚠️", "only 1×1 pixels"),
-    "decompression_bomb_20000px": ("huge.png", lambda: huge_blank_png(20_000, 20_000), "⚠️",
+                                 WARNING, "not a readable image (expected PNG, JPEG or DICOM)"),
+    "truncated_png": ("cut.png", lambda: _png(_chest())[:4000], WARNING, "PNG file is damaged or truncated"),
+    "truncated_jpeg": ("cut.jpg", lambda: _jpeg(_chest())[:3000], WARNING, "JPEG file is damaged or truncated"),
+    "empty_file": ("empty.png", lambda: b"", WARNING, "The file is empty."),
+    "one_pixel": ("dot.png", lambda: _png(Image.new("L", (1, 1), 128)), WARNING, "only 1×1 pixels"),
+    "decompression_bomb_20000px": ("huge.png", lambda: huge_blank_png(20_000, 20_000), WARNING,
                                    "too large to open safely (over 100 MP)"),
-    "dicom_undecodable_compression": ("comp.dcm", lambda: make_dicom(_dicom_pixels(), compressed=True), "⚠️",
+    "dicom_undecodable_compression": ("comp.dcm", lambda: make_dicom(_dicom_pixels(), compressed=True), WARNING,
                                       "compressed as 'JPEG 2000 Image Compression (Lossless Only)', which this "
                                       "server cannot decode"),
-    "dicom_without_pixel_data": ("sr.dcm", lambda: make_dicom(None), "⚠️", "has no image (no pixel data)"),
-    "dicom_truncated_pixel_data": ("cut.dcm", lambda: make_dicom(_dicom_pixels())[:-5000], "⚠️",
+    "dicom_without_pixel_data": ("sr.dcm", lambda: make_dicom(None), WARNING, "has no image (no pixel data)"),
+    "dicom_truncated_pixel_data": ("cut.dcm", lambda: make_dicom(_dicom_pixels())[:-5000], WARNING,
                                    "DICOM pixel data is damaged or truncated"),
 }
 
@@ -182,7 +183,7 @@ ODD_BUT_VALID_UPLOADS = {
     "rgba_with_transparency": ("alpha.png", _rgba_with_transparency, "Transparency removed"),
     "palette_png": ("palette.png", lambda: _png(_chest().convert("RGB").quantize(64)), None),
     "lateral_dicom_when_only_frontal_indexed": ("lat.dcm", lambda: make_dicom(_dicom_pixels(), view="LL"),
-                                                "⚠️ This looks like a LL (non-frontal) view, but only frontal "
+                                                f"{WARNING} This looks like a LL (non-frontal) view, but only frontal "
                                                 "views are indexed"),
 }
 
@@ -209,7 +210,7 @@ def test_odd_but_valid_upload_is_searched_with_a_note(case, service, small_demo,
     upload.write_bytes(build())
     preview, gallery, _, probability, status, records, _ = service.search_image(str(upload), 6, "any", "any", "any")
     print(f"{case}: {status!r}")
-    assert status.startswith("✅ 6 similar studies"), status
+    assert status.startswith(f"{OK} 6 similar studies"), status
     if note:
         assert note in status
     assert preview.mode == "L" and len(gallery) == 6 and len(records["hits"]) == 6
@@ -219,15 +220,15 @@ def test_odd_but_valid_upload_is_searched_with_a_note(case, service, small_demo,
 
 def test_no_upload_asks_for_one(service, small_demo, tmp_path):
     status = service.search_image(None, 8, "any", "any", "any")[4]
-    assert status.startswith("⬆️") and "Drop a chest X-ray" in status
+    assert status.startswith("Drop a chest X-ray")
     assert_still_serves(service, tmp_path, small_demo)
 
 
 def test_searching_again_after_the_upload_was_deleted_reuses_the_decoded_image(service, good_image):
     first = service.search_image(str(good_image), 4, "any", "any", "any")
-    assert first[4].startswith("✅") and not good_image.exists()
+    assert first[4].startswith(OK) and not good_image.exists()
     again = service.search_image(str(good_image), 4, "normal", "any", "any")  # same upload, new filter
-    assert again[4].startswith("✅"), again[4]
+    assert again[4].startswith(OK), again[4]
     assert all(h["label"] == "normal" for h in again[5]["hits"])
 
 
@@ -238,13 +239,13 @@ def test_two_requests_for_the_same_upload_at_once_both_succeed(service, good_ima
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         statuses = list(pool.map(lambda _: service.search_image(str(good_image), 3, "any", "any", "any")[4], range(4)))
-    assert all(s.startswith("✅") for s in statuses), statuses
+    assert all(s.startswith(OK) for s in statuses), statuses
     assert not good_image.exists()
 
 
 def test_vanished_upload_never_seen_asks_to_upload_again(service, small_demo, tmp_path):
     status = service.search_image(str(tmp_path / "gone.png"), 4, "any", "any", "any")[4]
-    assert status.startswith("⚠️") and "no longer on the server" in status and "upload it again" in status
+    assert status.startswith(WARNING) and "no longer on the server" in status and "upload it again" in status
     assert_still_serves(service, tmp_path, small_demo)
 
 
@@ -275,15 +276,15 @@ def test_decompression_bomb_is_refused_without_decoding_its_pixels(tmp_path):
 LONG_QUERY = ("large right pleural effusion with adjacent compressive atelectasis " * 200)[:10_000]
 TEXT_CASES = {
     # name: (query, status prefix, phrase the user reads)
-    "empty": ("", "⚠️", "Please type a findings phrase"),
-    "whitespace_only": ("  \n\t \u3000 ", "⚠️", "Please type a findings phrase"),
-    "ten_thousand_characters": (LONG_QUERY, "✅", "it was truncated to the text model's context of"),
-    "cyrillic": ("правосторонний плевральный выпот", "✅", "trained on English reports"),
-    "chinese": ("右侧胸腔积液", "✅", "trained on English reports"),
-    "control_characters": ("pleural\x00 effusion\x1b[31m\u202e\u200b right", "✅",
+    "empty": ("", WARNING, "Please type a findings phrase"),
+    "whitespace_only": ("  \n\t \u3000 ", WARNING, "Please type a findings phrase"),
+    "ten_thousand_characters": (LONG_QUERY, OK, "it was truncated to the text model's context of"),
+    "cyrillic": ("правосторонний плевральный выпот", OK, "trained on English reports"),
+    "chinese": ("右侧胸腔积液", OK, "trained on English reports"),
+    "control_characters": ("pleural\x00 effusion\x1b[31m\u202e\u200b right", OK,
                            "Control and invisible formatting characters were removed"),
     "html_and_script_tags": ("<script>alert('x')</script><img src=x onerror=alert(1)> &quot;pleural effusion",
-                             "✅", "radiographs from"),
+                             OK, "radiographs from"),
 }
 
 
@@ -293,7 +294,7 @@ def test_text_query_edge_case_gets_a_clear_answer_and_the_service_keeps_serving(
     gallery, reports, status, records, state = service.search_text(query, 5, "any", "any", "any")
     print(f"{case}: {status!r}")
     assert status.startswith(prefix) and phrase in status, status
-    if prefix == "✅":
+    if prefix == OK:
         assert len(gallery) == 5 and len(records["hits"]) == 5
         json.dumps(records)  # what the API returns is plain JSON
     else:
@@ -310,7 +311,7 @@ def test_long_query_note_names_the_context_length(service):
 def test_markup_in_a_query_is_shown_as_text_never_as_html(service):
     query = "<script>alert('x')</script><img src=x onerror=alert(1)> pleural effusion"
     _, reports, status, records, state = service.search_text(query, 5, "any", "any", "any")
-    assert status.startswith("✅")
+    assert status.startswith(OK)
     for tag in ("<script", "<img", "onerror=alert(1)>"):
         assert tag not in reports, tag
     assert "<script" not in state["label"] and "&lt;script&gt;" in state["label"]  # plot hover text
@@ -334,13 +335,13 @@ def test_highlighting_never_splits_an_html_entity():
 ])
 def test_bad_parameters_from_an_api_client_get_a_message(k, label, phrase, service, small_demo, tmp_path):
     status = service.search_text("cardiomegaly", k, label, "any", "any")[2]
-    assert status.startswith("⚠️") and phrase in status, status
+    assert status.startswith(WARNING) and phrase in status, status
     assert_still_serves(service, tmp_path, small_demo)
 
 
 def test_out_of_range_k_is_clamped_with_a_note(service):
     _, _, status, records, _ = service.search_text("cardiomegaly", 10_000, "any", "any", "any")
-    assert status.startswith("✅") and "set to 100" in status
+    assert status.startswith(OK) and "set to 100" in status
     assert len(records["hits"]) == SMALL_N  # the whole small gallery
 
 
@@ -350,7 +351,7 @@ def test_unexpected_error_gets_a_reference_and_no_traceback(service, small_demo,
 
     monkeypatch.setattr(service.engine, "search_by_text", broken)
     status = service.search_text("cardiomegaly", 5, "any", "any", "any")[2]
-    assert status.startswith("❌") and "ref " in status
+    assert status.startswith(ERROR) and "ref " in status
     assert "simulated failure" not in status and "Traceback" not in status
     ref = status.split("ref ")[1][:8]
     assert ref in caplog.text and "simulated failure" in caplog.text  # the detail is in the server log

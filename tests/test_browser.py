@@ -48,9 +48,14 @@ def test_upload_search_switch_tabs_and_screenshot(page, app_url, pediatric_films
     page.screenshot(path=str(shots / "image_search.png"), full_page=True)
 
     page.get_by_role("tab", name="Search by text").click()
-    page.get_by_label("Findings phrase").fill("small left pleural effusion")
-    page.get_by_role("button", name="Search", exact=True).locator("visible=true").click()
+    phrase = page.get_by_label("Findings phrase")
+    phrase.click()
+    phrase.press_sequentially("small left pleural effusion")
+    phrase.press("Enter")  # Enter searches (no button click)
     page.get_by_text("radiographs from").first.wait_for(timeout=60_000)
+    assert phrase.input_value() == "small left pleural effusion"  # no newline typed by that Enter
+    phrase.press("Shift+Enter")  # Shift+Enter adds a line instead
+    assert phrase.input_value() == "small left pleural effusion\n"
     assert page.locator(".cxr-card mark").count() >= 1
     page.screenshot(path=str(shots / "text_search.png"), full_page=True)
 

@@ -20,6 +20,7 @@ import pytest
 from tests.app_server import running_app
 from tests.test_bad_inputs import ensure_small_demo
 from tests.test_privacy import seed_example_films
+from webapp.presenters import OK
 
 pytestmark = pytest.mark.load
 
@@ -71,7 +72,7 @@ def test_fifty_concurrent_mixed_queries_all_succeed(app_url, tmp_path):
                                                        api_name="/search_image")[:6]
         seconds = time.perf_counter() - started
         hits = records["hits"]
-        ok = status.startswith("✅") and 1 <= len(hits) <= k and (label == "any" or all(h["label"] == label for h in hits))
+        ok = status.startswith(OK) and 1 <= len(hits) <= k and (label == "any" or all(h["label"] == label for h in hits))
         return kind, seconds, ok, status
 
     started = time.perf_counter()

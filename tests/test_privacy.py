@@ -24,6 +24,7 @@ from PIL import Image
 
 from tests.app_server import running_app
 from tests.helpers_dicom import PATIENT_ID, PATIENT_NAME, make_dicom
+from webapp.presenters import OK, WARNING
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every identifier make_dicom writes, in the forms they could be printed in. Long enough not to
@@ -138,9 +139,9 @@ def queried(audited_app, client, small_demo, tmp_path_factory):
 
 
 def test_no_outbound_connection_while_starting_and_answering(audited_app, queried):
-    assert queried["text"][2].startswith("✅"), queried["text"][2]
-    assert queried["image"][4].startswith("✅"), queried["image"][4]
-    assert queried["dicom"][4].startswith("✅"), queried["dicom"][4]
+    assert queried["text"][2].startswith(OK), queried["text"][2]
+    assert queried["image"][4].startswith(OK), queried["image"][4]
+    assert queried["dicom"][4].startswith(OK), queried["dicom"][4]
     attempts = audited_app[1].read_text()
     assert attempts == "", f"outbound network access:\n{attempts}"
 
@@ -227,7 +228,7 @@ def test_dicom_query_through_the_service_shows_and_logs_no_identifiers(small_dem
     upload.write_bytes(make_dicom((np.random.default_rng(1).random((128, 128)) * 4000).astype(np.uint16),
                                   photometric="MONOCHROME1", view="AP"))
     preview, gallery, reports, probability, status, records, state = service.search_image(str(upload), 5, "any", "any", "any")
-    assert status.startswith("✅"), status
+    assert status.startswith(OK), status
     _assert_no_identifiers("the answer", json.dumps([gallery, reports, probability, status, records, state], default=str))
     assert preview.info == {} and preview.mode == "L"
     _assert_no_identifiers("the log", caplog.text)
@@ -239,8 +240,8 @@ def test_upload_is_deleted_after_reading_unless_keeping_was_asked_for(keep, smal
     good = Path(shutil.copy(sorted((small_demo[0] / "images").glob("*.png"))[2], tmp_path / "good.png"))
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image" * 50)
-    assert service.search_image(str(good), 3, "any", "any", "any")[4].startswith("✅")
-    assert service.search_image(str(bad), 3, "any", "any", "any")[4].startswith("⚠️")
+    assert service.search_image(str(good), 3, "any", "any", "any")[4].startswith(OK)
+    assert service.search_image(str(bad), 3, "any", "any", "any")[4].startswith(WARNING)
     assert good.exists() is keep and bad.exists() is keep
 
 

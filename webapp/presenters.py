@@ -17,8 +17,13 @@ _STOP = {"the", "a", "an", "of", "and", "or", "with", "in", "on", "at", "to", "i
          "small", "large", "mild", "moderate", "severe", "lung", "lungs", "chest", "seen", "present", "evidence"}
 
 
+# Status prefixes in words, not emoji: a browser without an emoji font draws those as empty boxes.
+OK, WARNING, ERROR, NOTE = "**OK:**", "**Warning:**", "**Error:**", "**Note:**"
+
+
 def badge(label_name: str) -> str:
-    return "🟥 abnormal" if label_name == "abnormal" else "🟩 normal"
+    """The study's label as a word; report cards colour it with CSS (``.cxr-badge``)."""
+    return "abnormal" if label_name == "abnormal" else "normal"
 
 
 def gallery_caption(hit: Any) -> str:

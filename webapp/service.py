@@ -18,7 +18,8 @@ from data.images import ImageLoadError, LoadedImage, load_radiograph
 from index.engine import SearchEngine
 from webapp.plots import EmbeddingMaps
 from webapp.negation import warm_in_background
-from webapp.presenters import gallery_caption, hit_terms, hits_as_records, query_terms, report_cards
+from webapp.presenters import (ERROR, NOTE, OK, WARNING, gallery_caption, hit_terms, hits_as_records, query_terms,
+                                report_cards)
 from webapp.queries import LABEL_CHOICES, QueryError, clean_query, parse_choice, parse_k
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,14 @@ class SearchService:
         """Returns (preview, gallery, reports_html, probability, status, records, query_state)."""
         empty = (None, [], "", None, "", {"hits": [], "reports": []}, None)
         if not upload:
-            return (*empty[:4], "⬆️ Drop a chest X-ray (PNG, JPEG or DICOM) to search.", *empty[5:])
+            return (*empty[:4], "Drop a chest X-ray (PNG, JPEG or DICOM) to search.", *empty[5:])
         try:
             loaded = self._read_upload(upload)
             k, notes = parse_k(k)
             filters = self._filters(label, view, finding)
             result = self.engine.search_by_image(loaded.image, k=k, filters=filters)
         except (ImageLoadError, QueryError) as exc:
-            return (*empty[:4], f"⚠️ {exc}", *empty[5:])
+            return (*empty[:4], f"{WARNING} {exc}", *empty[5:])
         except Exception:
             return (*empty[:4], self._unexpected("image search"), *empty[5:])
         notes = list(loaded.notes) + notes
@@ -102,7 +103,7 @@ class SearchService:
             notes += k_notes + self._context_notes(query)
             result = self.engine.search_by_text(query, k=k, filters=filters)
         except QueryError as exc:
-            return [], "", f"⚠️ {exc}", {"hits": []}, None
+            return [], "", f"{WARNING} {exc}", {"hits": []}, None
         except Exception:
             return [], "", self._unexpected("text search"), {"hits": []}, None
         terms = query_terms(query, self.vocabulary)
@@ -181,7 +182,7 @@ class SearchService:
     def _unexpected(what: str) -> str:
         ref = uuid.uuid4().hex[:8]
         log.exception("unexpected error in %s (ref %s)", what, ref)
-        return f"❌ Something went wrong during the {what}; it has been logged (ref {ref}). Please try again."
+        return f"{ERROR} Something went wrong during the {what}; it has been logged (ref {ref}). Please try again."
 
 
 def _filters(label: str, view: str, finding: str) -> dict[str, str | None]:
@@ -189,7 +190,7 @@ def _filters(label: str, view: str, finding: str) -> dict[str, str | None]:
 
 
 def _status(headline: str, notes: list[str], warnings: list[str] | None = None) -> str:
-    lines = [f"✅ {headline}", *(f"- ⚠️ {w}" for w in warnings or []), *(f"- ℹ️ {n}" for n in notes)]
+    lines = [f"{OK} {headline}", *(f"- {WARNING} {w}" for w in warnings or []), *(f"- {NOTE} {n}" for n in notes)]
     return "\n".join(lines)
 
 

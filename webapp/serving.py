@@ -1,0 +1,242 @@
+"""How the app is served: which files it may hand out, how big an upload may be, its own
+temp folder (removed at exit, stale ones swept at start) and who may connect.
+
+Gradio serves a file when it lies under ``allowed_paths`` or under the app's temp folder
+(``GRADIO_TEMP_DIR``: uploads and the copies of everything the page shows). So the app
+allows exactly the example files it offers, and copies each gallery image into its temp
+folder itself (``gallery_outputs``): the data root, run and index folders are never served.
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import functools
+import ipaddress
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPLOAD_MB = 100  # generous for one DICOM radiograph (a CR/DX film is 5-50 MB)
+MULTIPART_SLACK = 64 * 1024  # room for the multipart boundary and part headers around one file
+TEMP_PREFIX = "cxr-gradio-"
+_OWNED = re.compile(rf"^{re.escape(TEMP_PREFIX)}(\d+)-(\d+)-")  # cxr-gradio-<pid>-<process start>-<random>
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The serving options of app.py."""
+    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",
+                        help=f"largest upload accepted; larger ones are refused and not kept (default {DEFAULT_MAX_UPLOAD_MB})")
+    parser.add_argument("--auth-file", metavar="FILE",
+                        help="require a login: one 'user:password' per line (blank lines and # comments ignored)")
+
+
+def max_upload_bytes(megabytes: float) -> int:
+    if not megabytes > 0:
+        raise SystemExit("error: --max-upload-mb must be a positive number")
+    return int(megabytes * 1024 * 1024)
+
+
+class UploadLimit:
+    """ASGI middleware: a request declaring a body larger than one upload may be is answered 413
+    before any of it is read. Gradio's own ``max_file_size`` check covers bodies sent without
+    a length (chunked): it counts bytes as they arrive and deletes the part already written."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http":
+            length = dict(scope.get("headers") or []).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.limit + MULTIPART_SLACK:
+                body = (f"Upload refused: {int(length):,} bytes is over this server's limit of "
+                        f"{self.limit / 2**20:g} MB (app.py --max-upload-mb).").encode()
+                await send({"type": "http.response.start", "status": 413,
+                            "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                        (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+# ----------------------------------------------------------------------------- who may connect
+def read_auth_file(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """``user:password`` lines -> gradio's ``auth=`` list. Errors name the line, never the password."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"error: cannot read --auth-file {path}: {exc.__class__.__name__}") from None
+    pairs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep or not user.strip() or not password:
+            raise SystemExit(f"error: --auth-file {path} line {number}: expected 'user:password'")
+        pairs.append((user.strip(), password))
+    if not pairs:
+        raise SystemExit(f"error: --auth-file {path} holds no 'user:password' line")
+    return pairs
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(host: str, share: bool, authenticated: bool) -> str | None:
+    """One line for the console when the app is reachable from beyond this machine."""
+    where = "a public gradio.live link" if share else (None if is_loopback(host) else f"{host}")
+    if where is None:
+        return None
+    if authenticated:
+        return (f"warning: serving on {where} with a login over plain HTTP; put it behind a TLS reverse proxy "
+                "(README: Serving beyond this machine)")
+    return (f"warning: serving on {where} with no authentication: anyone who reaches it can search the index; "
+            "use --auth-file or a reverse proxy with a login (README: Serving beyond this machine)")
+
+
+# ----------------------------------------------------------------------------- temp folder
+def _process_start(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _alive(pid: int, start: int) -> bool:
+    """Is the process that made a folder still running? Same pid and same start time (pids are reused)."""
+    now = _process_start(pid)
+    if now is not None and start:
+        return now == start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_dirs(parent: str | os.PathLike) -> list[Path]:
+    """Delete this app's temp folders under ``parent`` whose owning process is gone (a kill -9,
+    a crash). Folders of live apps, of other users, and anything not named by this app stay."""
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _OWNED.match(entry.name)
+        if not match or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        if not _alive(int(match.group(1)), int(match.group(2))):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def make_temp_dir() -> Path:
+    """A fresh temp folder owned by this process, set as GRADIO_TEMP_DIR (must precede importing
+    gradio). A GRADIO_TEMP_DIR given by the user is the parent it is made in. It is removed at
+    exit, SIGTERM included; stale folders of earlier runs are swept first."""
+    parent = Path(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temp_dirs(parent)
+    if stale:
+        log.info("removed %d stale temp folder(s) of earlier runs under %s", len(stale), parent)
+    pid = os.getpid()
+    folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{pid}-{_process_start(pid) or 0}-", dir=parent))
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    os.environ["GRADIO_EXAMPLES_CACHE"] = str(folder / "examples")  # gradio serves it too; default: ./.gradio
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    _exit_cleanly_on_sigterm()
+    return folder
+
+
+def serve(demo: Any, **launch_kwargs: Any) -> None:
+    """``demo.launch`` until Ctrl-C or SIGTERM, then remove the temp folder and exit at once:
+    the interpreter's own teardown (garbage-collecting the model and the page) takes ~10 s on
+    2 busy cores, long enough for a supervisor to give up and SIGKILL, leaving the folder."""
+    demo.launch(**launch_kwargs)  # returns once gradio has closed its server
+    shutil.rmtree(os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """SIGTERM ends the app like Ctrl-C: gradio closes its server and atexit handlers run."""
+    def interrupt(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+# ----------------------------------------------------------------------------- what is served
+def served_examples(paths: Sequence[str]) -> list[str]:
+    """allowed_paths: exactly the example files the page offers (absolute), nothing around them."""
+    return sorted({str(Path(p).resolve()) for p in paths if Path(p).is_file()})
+
+
+def stage_file(path: str) -> str:
+    """A copy of ``path`` in the app's temp folder (gradio's own content-addressed cache layout),
+    so gradio serves the copy and never needs the folder it came from."""
+    from gradio import processing_utils, utils
+
+    temp_dir = utils.get_upload_folder()
+    if not path or utils.is_in_or_equal(path, temp_dir) or not Path(path).is_file():
+        return path
+    return processing_utils.save_file_to_cache(path, cache_dir=temp_dir)
+
+
+def _is_gallery(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], (str, os.PathLike)) for item in value)
+
+
+def gallery_outputs(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a handler so every gallery it returns ((path, caption) lists) points at staged copies."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        out = fn(*args, **kwargs)
+        if isinstance(out, tuple):
+            return tuple([(stage_file(str(p)), c) for p, c in v] if _is_gallery(v) else v for v in out)
+        return [(stage_file(str(p)), c) for p, c in out] if _is_gallery(out) else out
+    return wrapper
+
+
+def launch_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for ``Blocks.launch`` from the command line, checked before the slow
+    start-up (a bad --auth-file fails in milliseconds): address, upload limit, login."""
+    auth = read_auth_file(args.auth_file) if args.auth_file else None
+    from starlette.middleware import Middleware
+
+    limit = max_upload_bytes(args.max_upload_mb)
+    options = {"server_name": args.host, "server_port": args.port, "share": args.share, "max_file_size": limit,
+               "app_kwargs": {"middleware": [Middleware(UploadLimit, limit=limit)]}, "auth": auth, "show_error": False}
+    warning = exposure_warning(args.host, args.share, auth is not None)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    return options
