@@ -139,6 +139,10 @@ def build_ui(service, examples: list[str], phantom_examples: list[str]):
                         reports_txt = gr.HTML()
                         with gr.Accordion("Results as JSON", open=False):
                             json_txt = gr.JSON()
+            from webapp.extras import ExtrasService
+            from webapp.extras_ui import build_compose_tab
+
+            build_compose_tab(ExtrasService(service), examples + phantom_examples)
             with gr.Tab("Embedding map", id="map"):
                 gr.Markdown("Each dot is an indexed study (green normal, red abnormal); hover for its impression. "
                             "The star is your last query, placed among its nearest studies.")

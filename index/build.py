@@ -83,8 +83,12 @@ def build_index(
     ef: int = DEFAULT_EF,
     data_root: Path | str | None = None,
     run_dir: Path | str | None = None,
+    frozen_image_feats: np.ndarray | None = None,
 ) -> Manifest:
     """Build both graphs and the metadata store, and publish them atomically as ``out_dir``.
+
+    ``frozen_image_feats`` (the backbone's features before the head, row-aligned) are kept in
+    the folder for the frozen-vs-fine-tuned view (``index.frozen``), covered by the manifest.
 
     ``identity`` is ``{"backbone_id", "head_checksum", "embed_dim"}`` of the encoder that
     produced the embeddings (see ``encoder_identity``). Image paths under ``data_root`` are
@@ -116,7 +120,12 @@ def build_index(
             data_root=str(Path(data_root).absolute()) if data_root is not None else None,
             run_dir=str(Path(run_dir).absolute()) if run_dir is not None else None,
         )
-        write_manifest(staging, manifest)
+        extra = ()
+        if frozen_image_feats is not None:
+            from index.frozen import write_frozen
+
+            extra = (write_frozen(staging, frozen_image_feats, len(studies)),)
+        write_manifest(staging, manifest, extra)
     log.info("built index %s: %d studies, dim %d", out_dir, len(studies), dim)
     return manifest
 
