@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run", metavar="DIR", help="trained run folder (head.safetensors + config.json); default: offline demo")
     p.add_argument("--index", metavar="DIR", help="index folder built for that run (python -m index build)")
     p.add_argument("--data-root", metavar="DIR", help="folder the index's relative image paths live in")
+    p.add_argument("--bundle", metavar="PATH_OR_HUB_DATASET_ID",
+                   help="serve a bundle (python -m index.bundle pack): a folder or a Hugging Face dataset id")
     p.add_argument("--backbone-path", metavar="DIR", help="local copy of the run's backbone weights (no hub)")
     p.add_argument("--host", default=os.environ.get("CXR_HOST", "127.0.0.1"), help="address to listen on")
     p.add_argument("--port", type=int, default=int(os.environ.get("CXR_PORT", os.environ.get("GRADIO_SERVER_PORT", 7860))))
@@ -65,7 +67,13 @@ def load_service(args: argparse.Namespace):
     from webapp.plots import EmbeddingMaps
     from webapp.service import RunInfo, SearchService
 
-    if args.run and args.index:
+    if args.bundle:
+        from index.bundle import open_bundle
+
+        bundle = open_bundle(args.bundle)  # checksums verified; a hub id fails fast offline
+        run_dir, index_dir = bundle.run_dir, bundle.index_dir
+        args.data_root = args.data_root or bundle.data_root
+    elif args.run and args.index:
         run_dir, index_dir = Path(args.run), Path(args.index)
     elif args.run or args.index:
         raise SystemExit("give both --run and --index, or neither for the offline demo")
