@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_service(args: argparse.Namespace):
+def load_service(args: argparse.Namespace, train_args: list[str] | None = None):
     """Build (first start) or load the model, the index and the plots."""
     from index.engine import SearchEngine
     from model.retrieval_model import RetrievalModel
@@ -78,7 +78,8 @@ def load_service(args: argparse.Namespace):
     elif args.run or args.index:
         raise SystemExit("give both --run and --index, or neither for the offline demo")
     else:
-        run_dir, index_dir = ensure_demo()
+        run_dir, index_dir = ensure_demo(train_args=train_args)
+    log.info("loading the model and index")
     model = RetrievalModel.from_run(run_dir, backbone_path=args.backbone_path)
     engine = SearchEngine.load(index_dir, model, data_root=args.data_root)
     impressions = {m.study_id: m.impression or m.findings for m in engine.store.all()}
@@ -154,7 +155,10 @@ def build_ui(service, examples: list[str], phantom_examples: list[str]):
             with gr.Tab("Embedding map", id="map"):
                 gr.Markdown("Each dot is an indexed study (green normal, red abnormal); hover for its impression. "
                             "The star is your last query, placed among its nearest studies.")
-                method = gr.Radio(service.maps.methods if service.maps else [], value=(service.maps.methods[0] if service.maps else None),
+                from model.embedding_map import METHODS  # maps computed after start-up arrive later
+
+                method = gr.Radio(service.maps.methods if service.maps else list(METHODS),
+                                  value=(service.maps.methods[0] if service.maps else METHODS[0]),
                                   label="Projection")
                 with gr.Row():
                     plot_frozen = gr.Plot(label="Frozen backbone")
@@ -226,12 +230,18 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="cxr-gradio-"))
     t0 = time.time()
+    from webapp.startup import ProgressServer, first_start, maps_later
+
+    # First start of the demo: a progress page at once, search when the index is ready, maps after.
+    progress = ProgressServer.start(args.host, args.port) if first_start(args) else None
     from model.threads import configure_serving
 
     configure_serving(args.concurrency)  # then each query takes its share of the cores (model.threads.query_threads)
     try:
-        service = load_service(args)
+        service = load_service(args, train_args=["--no-maps"] if progress else None)
     except startup_errors() as exc:
+        if progress:
+            progress.close()
         raise SystemExit(f"error: {exc}") from None
     examples = example_uploads()
     demo = build_ui(service, examples, phantom_examples(service))
@@ -241,6 +251,10 @@ def main(argv: list[str] | None = None) -> None:
         allowed.add(str(service.engine.data_root))
     import gradio as gr
 
+    if progress:
+        progress.handover()
+    if not (args.run or args.bundle):
+        maps_later(service, service.run.run_dir)
     log.info("ready in %.1fs", time.time() - t0)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=sorted(allowed),
                 show_error=False, theme=gr.themes.Soft(), css=CSS)

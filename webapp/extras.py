@@ -129,7 +129,8 @@ class ExtrasService:
         except Exception:
             return None, self.service._unexpected("heat-map")
         caption = (f"Hit #{rank} ({state['ids'][rank - 1]}), cosine {maps.cosine(target):.3f}. Red: regions of the "
-                   f"query whose occlusion lowers the similarity most ({maps.grid}×{maps.grid} occlusion, "
+                   f"query whose occlusion lowers the similarity most ({maps.grid}×{maps.grid} occlusion of the "
+                   f"{'feature map' if maps.method == 'features' else 'image'}, "
                    f"{seconds:.2f} s).")
         return overlay(image, heat), caption
 
