@@ -17,6 +17,8 @@ every demo study (what the app's index holds) minus the query itself. For each w
   have an effusion, and the same other-findings overlap.
 
 ``w = 0`` is the image alone; "phrase alone" (the text query without the image) is given too.
+``results`` use the app's arithmetic (the phrase's direction from a neutral phrase, see
+``webapp.composed``); ``plain_sum_results`` the plain ``normalise(z_img ± w z_text)`` for comparison.
 """
 from __future__ import annotations
 
@@ -75,7 +77,7 @@ def run(run_dir: Path | None = None, n: int = 60, seed: int = 0, data: Path | No
     from model.features import embed_studies
     from model.retrieval_model import RetrievalModel
     from webapp.bootstrap import default_run_dir
-    from webapp.composed import compose
+    from webapp.composed import NEUTRAL_PHRASE, compose
 
     run_dir = Path(run_dir or default_run_dir())
     model = RetrievalModel.from_run(run_dir)
@@ -113,14 +115,17 @@ def run(run_dir: Path | None = None, n: int = 60, seed: int = 0, data: Path | No
             out["groups"][name] = {"n_queries": 0}
             continue
         z_txt = model.embed_texts([phrase])[0]
+        z_neutral = model.embed_texts([NEUTRAL_PHRASE])[0]
         hit_ok = _has_left_effusion if mode == "with" else (lambda p: EFFUSION in p)
         measure = "share of top-10 with a left-side pleural effusion" if mode == "with" else \
             "share of top-10 that still have a pleural effusion"
-        rows = {}
+        rows, plain = {}, {}
         for w in WEIGHTS:
-            rows[f"w={w:g}"] = evaluate(Z, profiles, queries, lambda qi: compose(Z[qi], z_txt, w, mode), hit_ok)
+            rows[f"w={w:g}"] = evaluate(Z, profiles, queries, lambda qi: compose(Z[qi], z_txt, w, mode, z_neutral), hit_ok)
+            plain[f"w={w:g}"] = evaluate(Z, profiles, queries, lambda qi: compose(Z[qi], z_txt, w, mode), hit_ok)
         rows["phrase alone"] = evaluate(Z, profiles, queries, lambda qi: z_txt / np.linalg.norm(z_txt), hit_ok)
-        out["groups"][name] = {"n_queries": len(queries), "finding_share_means": measure, "results": rows}
+        out["groups"][name] = {"n_queries": len(queries), "finding_share_means": measure, "results": rows,
+                               "plain_sum_results": plain}
         log(f"composed: {name}: image alone {rows['w=0']}, w=1 {rows['w=1']}, phrase alone {rows['phrase alone']}")
     return out
 

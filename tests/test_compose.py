@@ -99,13 +99,16 @@ def _upload(small_demo, tmp_path: Path, name: str = "q.png") -> str:
 
 def test_composed_search_moves_towards_the_phrase(extras, small_demo, tmp_path):
     engine = extras.engine
-    z_txt = engine.encoder.embed_texts(["left pleural effusion"])[0]
+    from webapp.composed import NEUTRAL_PHRASE
+
+    z_txt, z_neutral = engine.encoder.embed_texts(["left pleural effusion", NEUTRAL_PHRASE])
+    direction = z_txt - z_neutral  # what the composed query moves along (webapp.composed)
     gallery = engine.vectors("images")
     upload = _upload(small_demo, tmp_path)
     alone = extras.search_composed(upload, "", "with", 1.0, 8)
     with_ = extras.search_composed(upload, "left pleural effusion", "with", 2.0, 8)
     without = extras.search_composed(upload, "left pleural effusion", "without", 1.0, 8)
-    mean_cos = lambda out: float(np.mean([gallery[r] @ z_txt for r in out[7]["rows"]]))  # noqa: E731
+    mean_cos = lambda out: float(np.mean([gallery[r] @ direction for r in out[7]["rows"]]))  # noqa: E731
     assert mean_cos(with_) > mean_cos(alone) > mean_cos(without)
     records = with_[4]
     assert len(records["hits"]) == 8 and records["mode"] == "with" and records["weight"] == 2.0
@@ -158,3 +161,14 @@ def test_heatmap_on_demand(extras, small_demo, tmp_path):
     assert heat.shape == (maps.grid, maps.grid) and heat.min() >= 0 and heat.max() == pytest.approx(1.0)
     assert extras.heatmap(out[7], 99)[0] is None
     assert extras.heatmap(None, 1)[0] is None
+
+
+def test_compose_with_a_neutral_phrase_moves_along_the_difference():
+    rng = np.random.default_rng(1)
+    img, txt, neutral = (rng.normal(size=32).astype(np.float32) for _ in range(3))
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+    d = unit(unit(txt) - unit(neutral))
+    np.testing.assert_allclose(compose(img, txt, 1.5, "with", neutral), unit(unit(img) + 1.5 * d), atol=1e-6)
+    np.testing.assert_allclose(compose(img, txt, 1.5, "without", neutral), unit(unit(img) - 1.5 * d), atol=1e-6)
+    with pytest.raises(ValueError, match="nothing beyond"):
+        compose(img, txt, 1.0, "with", txt)

@@ -1,16 +1,22 @@
 """Composed queries: an image plus a text modifier, in the head's shared space.
 
 "Like this film, but with a left pleural effusion" / "... without the effusion". The head maps
-images and reports into one L2-normalised space (trained with CLIP InfoNCE), so a text vector
-points towards the images of its findings. The composed query is plain vector arithmetic:
+images and reports into one L2-normalised space (trained with CLIP InfoNCE), so text vectors
+point towards the images of their findings. The composed query is vector arithmetic:
 
-    with:     q = normalise(z_img + w * z_text)
-    without:  q = normalise(z_img - w * z_text)
+    d = normalise(z_text - z_neutral)        the phrase's direction (default)
+    with:     q = normalise(z_img + w * d)
+    without:  q = normalise(z_img - w * d)
 
-``z_img`` and ``z_text`` are the unit-length head embeddings of the image and of the modifier;
-``w`` (the page's weight slider, 0-3) sets how far the query moves from the image towards
-(or away from) the phrase: 0 is the image alone, large ``w`` approaches the phrase alone
-("with") or its opposite. The composed vector searches the image graph like any query.
+``z_img``, ``z_text`` and ``z_neutral`` are unit-length head embeddings of the image, of the
+modifier and of a neutral report phrase (:data:`NEUTRAL_PHRASE`, the normal study's usual
+impression). Why the neutral phrase: every text vector sits in the text side of the space (the
+"modality gap"), so adding ``z_text`` itself mostly adds "a report" and barely moves an image
+query towards the finding (``bench.composed``: 0.3% of the top 10 with a left effusion at w = 1,
+normal source images); ``z_text - z_neutral`` keeps only what the phrase says beyond "normal"
+(19% at w = 1, 57% at w = 2). ``z_neutral=None`` gives the plain sum ``normalise(z_img ± w z_text)``.
+``w`` (the page's weight slider, 0-3) sets how far the query moves: 0 is the image alone.
+The composed vector searches the image graph like any query.
 """
 from __future__ import annotations
 
@@ -19,11 +25,13 @@ import numpy as np
 from index.ann import normalise
 
 MODES = ("with", "without")
-DEFAULT_WEIGHT = 1.0
+NEUTRAL_PHRASE = "no acute cardiopulmonary abnormality"
+DEFAULT_WEIGHT = 1.5
 MAX_WEIGHT = 3.0
 
 
-def compose(z_img: np.ndarray, z_text: np.ndarray, weight: float = DEFAULT_WEIGHT, mode: str = "with") -> np.ndarray:
+def compose(z_img: np.ndarray, z_text: np.ndarray, weight: float = DEFAULT_WEIGHT, mode: str = "with",
+            z_neutral: np.ndarray | None = None) -> np.ndarray:
     """(D,) unit vector of the composed query (see the module docstring for the formula)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -34,6 +42,11 @@ def compose(z_img: np.ndarray, z_text: np.ndarray, weight: float = DEFAULT_WEIGH
     b = normalise(np.asarray(z_text, np.float32).reshape(1, -1))[0]
     if a.shape != b.shape:
         raise ValueError(f"image and text vectors differ in size: {a.shape} vs {b.shape}")
+    if z_neutral is not None:
+        b = b - normalise(np.asarray(z_neutral, np.float32).reshape(1, -1))[0]
+        if float(np.linalg.norm(b)) < 1e-6:
+            raise ValueError("the modifier says nothing beyond the neutral phrase")
+        b = normalise(b[None])[0]
     q = a + w * b if mode == "with" else a - w * b
     if float(np.linalg.norm(q)) < 1e-6:  # "without" the image's own direction: nothing left
         raise ValueError("the modifier cancels the image exactly; lower the weight")

@@ -19,7 +19,7 @@ from data.images import ImageLoadError
 from index.frozen import FrozenGallery
 from model.attribution import OcclusionMaps, occlusion_maps, overlay
 from model.threads import query_threads
-from webapp.composed import DEFAULT_WEIGHT, MAX_WEIGHT, MODES, compose, compose_findings
+from webapp.composed import DEFAULT_WEIGHT, MAX_WEIGHT, MODES, NEUTRAL_PHRASE, compose, compose_findings
 from webapp.presenters import gallery_caption, hits_as_records
 from webapp.queries import QueryError, clean_query, parse_k
 from webapp.why import consensus, from_phrase, why_html, why_rows
@@ -82,10 +82,11 @@ class ExtrasService:
             feats = model.backbone.encode_images([image])
             z_img = model.project_image_features(feats)[0]
             z_txt = model.embed_texts([phrase])[0] if phrase else None
+            z_neutral = model.embed_texts([NEUTRAL_PHRASE])[0] if phrase else None  # cached after the first
         alone = self.engine.search_by_image_vector(z_img, k=k)
         image_findings = consensus([h.tags for h in alone.hits])
         if z_txt is not None:
-            hits = self.engine.search_by_image_vector(compose(z_img, z_txt, weight, mode), k=k).hits
+            hits = self.engine.search_by_image_vector(compose(z_img, z_txt, weight, mode, z_neutral), k=k).hits
             query_findings = compose_findings(image_findings, from_phrase(parse_phrase(phrase)), mode)
         else:
             hits, query_findings = alone.hits, image_findings

@@ -4,8 +4,9 @@ from __future__ import annotations
 from webapp.composed import DEFAULT_WEIGHT, MAX_WEIGHT, MODES
 
 HELP = ("Start from a radiograph and move the query **with** or **without** a findings phrase "
-        "(e.g. *left pleural effusion*): the search runs on normalise(image ± weight × phrase) in the "
-        "fine-tuned head's shared space; weight 0 is the image alone. Click a result for a heat-map of the "
+        "(e.g. *left pleural effusion*): the search runs on normalise(image ± weight × direction) in the "
+        "fine-tuned head's shared space, where direction = normalise(phrase − “no acute cardiopulmonary "
+        "abnormality”); weight 0 is the image alone. Click a result for a heat-map of the "
         "query regions that make it match.")
 
 
