@@ -1,6 +1,8 @@
 """The "Compose & compare" tab: image + modifier, why each hit matched, heat-maps, frozen beside fine-tuned."""
 from __future__ import annotations
 
+import gradio as gr  # module level: the select handler's gr.SelectData hint must resolve
+
 from webapp.composed import DEFAULT_WEIGHT, MAX_WEIGHT, MODES
 
 HELP = ("Start from a radiograph and move the query **with** or **without** a findings phrase "
@@ -12,8 +14,6 @@ HELP = ("Start from a radiograph and move the query **with** or **without** a fi
 
 def build_compose_tab(extras, examples: list[str]) -> None:
     """Add the tab inside an open ``gr.Tabs`` context and wire its events."""
-    import gradio as gr
-
     with gr.Tab("Compose & compare", id="compose"):
         gr.Markdown(HELP)
         state = gr.State(None)
