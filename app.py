@@ -48,8 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run", metavar="DIR", help="trained run folder (head.safetensors + config.json); default: offline demo")
     p.add_argument("--index", metavar="DIR", help="index folder built for that run (python -m index build)")
     p.add_argument("--data-root", metavar="DIR", help="folder the index's relative image paths live in")
-    p.add_argument("--bundle", metavar="PATH_OR_HUB_DATASET_ID",
-                   help="serve a bundle (python -m index.bundle pack): a folder or a Hugging Face dataset id")
+    p.add_argument("--bundle", metavar="PATH_OR_HUB_DATASET_ID", default=os.environ.get("CXR_BUNDLE") or None,
+                   help="serve a bundle (python -m index.bundle pack): a folder or a Hugging Face dataset id "
+                        "(default: $CXR_BUNDLE, e.g. set as a Space variable)")
     p.add_argument("--backbone-path", metavar="DIR", help="local copy of the run's backbone weights (no hub)")
     p.add_argument("--host", default=os.environ.get("CXR_HOST", "127.0.0.1"), help="address to listen on")
     p.add_argument("--port", type=int, default=int(os.environ.get("CXR_PORT", os.environ.get("GRADIO_SERVER_PORT", 7860))))

@@ -172,3 +172,24 @@ def test_compose_with_a_neutral_phrase_moves_along_the_difference():
     np.testing.assert_allclose(compose(img, txt, 1.5, "without", neutral), unit(unit(img) - 1.5 * d), atol=1e-6)
     with pytest.raises(ValueError, match="nothing beyond"):
         compose(img, txt, 1.0, "with", txt)
+
+
+def test_index_cli_build_keeps_frozen_vectors(small_demo, model, tmp_path):
+    """`python -m index build` (build_from_encoder) stores the frozen vectors from the same forward pass."""
+    from data.dataset import load_dataset
+    from index.build import build_from_encoder
+    from index.engine import SearchEngine
+    from index.frozen import FrozenGallery
+
+    studies = load_dataset(small_demo[0])[:12]
+    build_from_encoder(tmp_path / "idx", model, studies, batch_size=5, progress=False)
+    engine = SearchEngine.load(tmp_path / "idx", model)
+    gallery = FrozenGallery.load(engine.index_dir, engine.manifest)
+    assert gallery is not None and gallery.vectors.shape == (12, model.backbone.image_dim)
+    from data.images import load_radiograph
+
+    feats = model.backbone.encode_images([load_radiograph(studies[7].image_path).image]).numpy()[0]
+    rows, scores = gallery.search(feats, 3)
+    assert rows[0] == 7 and scores[0] == pytest.approx(1.0, abs=2e-3)
+    # the head-space graph is what it was before: the image finds itself
+    assert engine.search_by_image(load_radiograph(studies[7].image_path).image, k=1).hits[0].study_id == studies[7].study_id
