@@ -193,3 +193,16 @@ def test_index_cli_build_keeps_frozen_vectors(small_demo, model, tmp_path):
     assert rows[0] == 7 and scores[0] == pytest.approx(1.0, abs=2e-3)
     # the head-space graph is what it was before: the image finds itself
     assert engine.search_by_image(load_radiograph(studies[7].image_path).image, k=1).hits[0].study_id == studies[7].study_id
+
+
+def test_main_tabs_show_why_each_hit_matched(extras, small_demo, tmp_path):
+    service = extras.service
+    _, reports, status, records, _ = service.search_text("left pleural effusion, no pneumothorax", 6, "any", "any", "any")
+    assert reports.startswith("<div class='cxr-why'>") and "left pleural effusion, no pneumothorax" in reports
+    for hit in records["hits"]:
+        has_ptx = any(t.lower().startswith("pneumothorax") for t in hit["tags"])
+        row = reports.split(f"<td>{hit['rank']}</td>", 1)[1].split("</tr>", 1)[0]
+        assert ("no pneumothorax (as asked)" in row) == (not has_ptx)
+        assert ("has pneumothorax (asked without)" in row) == has_ptx
+    image_reports = service.search_image(_upload(small_demo, tmp_path), 5, "any", "any", "any")[2]
+    assert "consensus of the nearest studies" in image_reports
