@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bench.common import ROOT, emit, log, machine, setup_environment, summary, target
 
 if str(ROOT) not in sys.path:
