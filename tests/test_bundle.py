@@ -88,7 +88,7 @@ def test_pack_refuses_a_mismatched_pair_and_a_used_folder(small_demo, tmp_path, 
 
 
 def test_app_serves_a_bundle_folder_and_refuses_a_hub_id_offline(bundle, tmp_path):
-    from gradio_client import Client
+    from gradio_client import Client, handle_file
 
     from tests.app_server import running_app
 
@@ -97,6 +97,13 @@ def test_app_serves_a_bundle_folder_and_refuses_a_hub_id_offline(bundle, tmp_pat
         gallery, _html, status, records = client.predict("left pleural effusion", 5, "any", "any", "any",
                                                          api_name="/search_text")
         assert len(records["hits"]) == 5 and len(gallery) == 5
+        # the composed query's named endpoint, with the frozen side by side (bundled frozen vectors)
+        image = sorted((bundle.root / "images").rglob("*.png"))[0]
+        out = client.predict(handle_file(str(image)), "left pleural effusion", "with", 1.5, 4, True,
+                             api_name="/search_composed")
+        records = out[4]
+        assert len(records["hits"]) == 4 and records["mode"] == "with" and records["frozen"]["available"]
+        assert records["frozen"]["overlap"] == len(set(records["frozen"]["frozen_ids"]) & set(records["frozen"]["finetuned_ids"]))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     started = time.monotonic()
     proc = subprocess.run([sys.executable, str(ROOT / "app.py"), "--bundle", "someone/cxr-bundle"], cwd=ROOT,
