@@ -13,6 +13,7 @@ every demo study (what the app's index holds) minus the query itself. For each w
   - ``other_overlap``: mean graded relevance (``data.findings.relevance``) between the query's own
     findings and each hit's findings *other than* the added one (1 = same other findings;
     a normal query scores 1 for a hit whose only finding is the added one);
+  - ``right_only_effusion_share``: hits whose effusion is on the right only (the wrong side);
 * **without** ``"pleural effusion"`` on test studies that have one: share of the top 10 that still
   have an effusion, and the same other-findings overlap.
 
@@ -62,14 +63,16 @@ def _other_overlap(query_p, hit_p) -> float:
 def evaluate(Z: np.ndarray, profiles: list, queries: list[int], make_query: Callable[[int], np.ndarray],
              hit_ok: Callable[[Any], bool]) -> dict[str, float]:
     """Top-10 (query excluded) of each query vector; share of hits passing ``hit_ok`` and other-findings overlap."""
-    ok, overlap = [], []
+    ok, overlap, wrong = [], [], []
     for qi in queries:
         scores = Z @ make_query(qi)
         scores[qi] = -np.inf
         top = np.argpartition(-scores, K)[:K]
         ok += [hit_ok(profiles[j]) for j in top]
         overlap += [_other_overlap(profiles[qi], profiles[j]) for j in top]
-    return {"finding_share": round(float(np.mean(ok)), 3), "other_overlap": round(float(np.mean(overlap)), 3)}
+        wrong += [profiles[j].get(EFFUSION) == frozenset({"right"}) for j in top]
+    return {"finding_share": round(float(np.mean(ok)), 3), "other_overlap": round(float(np.mean(overlap)), 3),
+            "right_only_effusion_share": round(float(np.mean(wrong)), 3)}
 
 
 def run(run_dir: Path | None = None, n: int = 60, seed: int = 0, data: Path | None = None) -> dict[str, Any]:
