@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run", metavar="DIR", help="trained run folder (head.safetensors + config.json); default: offline demo")
     p.add_argument("--index", metavar="DIR", help="index folder built for that run (python -m index build)")
     p.add_argument("--data-root", metavar="DIR", help="folder the index's relative image paths live in")
+    p.add_argument("--bundle", metavar="PATH_OR_HUB_DATASET_ID", default=os.environ.get("CXR_BUNDLE") or None,
+                   help="serve a bundle (python -m index.bundle pack): a folder or a Hugging Face dataset id "
+                        "(default: $CXR_BUNDLE, e.g. set as a Space variable)")
     p.add_argument("--backbone-path", metavar="DIR", help="local copy of the run's backbone weights (no hub)")
     p.add_argument("--host", default=os.environ.get("CXR_HOST", "127.0.0.1"), help="address to listen on")
     p.add_argument("--port", type=int, default=int(os.environ.get("CXR_PORT", os.environ.get("GRADIO_SERVER_PORT", 7860))))
@@ -62,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_service(args: argparse.Namespace):
+def load_service(args: argparse.Namespace, train_args: list[str] | None = None):
     """Build (first start) or load the model, the index and the plots."""
     from index.engine import SearchEngine
     from model.retrieval_model import RetrievalModel
@@ -70,12 +73,19 @@ def load_service(args: argparse.Namespace):
     from webapp.plots import EmbeddingMaps
     from webapp.service import RunInfo, SearchService
 
-    if args.run and args.index:
+    if args.bundle:
+        from index.bundle import open_bundle
+
+        bundle = open_bundle(args.bundle)  # checksums verified; a hub id fails fast offline
+        run_dir, index_dir = bundle.run_dir, bundle.index_dir
+        args.data_root = args.data_root or bundle.data_root
+    elif args.run and args.index:
         run_dir, index_dir = Path(args.run), Path(args.index)
     elif args.run or args.index:
         raise SystemExit("give both --run and --index, or neither for the offline demo")
     else:
-        run_dir, index_dir = ensure_demo()
+        run_dir, index_dir = ensure_demo(train_args=train_args)
+    log.info("loading the model and index")
     model = RetrievalModel.from_run(run_dir, backbone_path=args.backbone_path)
     engine = SearchEngine.load(index_dir, model, data_root=args.data_root)
     impressions = {m.study_id: m.impression or m.findings for m in engine.store.all()}
@@ -146,10 +156,17 @@ def build_ui(service, examples: list[str], phantom_examples: list[str]):
                         reports_txt = gr.HTML()
                         with gr.Accordion("Results as JSON", open=False):
                             json_txt = gr.JSON()
+            from webapp.extras import ExtrasService
+            from webapp.extras_ui import build_compose_tab
+
+            build_compose_tab(ExtrasService(service), examples + phantom_examples)
             with gr.Tab("Embedding map", id="map"):
                 gr.Markdown("Each dot is an indexed study (green normal, red abnormal); hover for its impression. "
                             "The star is your last query, placed among its nearest studies.")
-                method = gr.Radio(service.maps.methods if service.maps else [], value=(service.maps.methods[0] if service.maps else None),
+                from model.embedding_map import METHODS  # maps computed after start-up arrive later
+
+                method = gr.Radio(service.maps.methods if service.maps else list(METHODS),
+                                  value=(service.maps.methods[0] if service.maps else METHODS[0]),
                                   label="Projection")
                 with gr.Row():
                     plot_frozen = gr.Plot(label="Frozen backbone")
@@ -226,12 +243,18 @@ def main(argv: list[str] | None = None) -> None:
     temp_dir = serving.make_temp_dir()  # removed at exit; stale ones of earlier runs swept now
     log.info("temp folder %s", temp_dir)
     t0 = time.time()
+    from webapp.startup import ProgressServer, first_start, maps_later
+
+    # First start of the demo: a progress page at once, search when the index is ready, maps after.
+    progress = ProgressServer.start(args.host, args.port) if first_start(args) else None
     from model.threads import configure_serving
 
     configure_serving(args.concurrency)  # then each query takes its share of the cores (model.threads.query_threads)
     try:
-        service = load_service(args)
+        service = load_service(args, train_args=["--no-maps"] if progress else None)
     except startup_errors() as exc:
+        if progress:
+            progress.close()
         raise SystemExit(f"error: {exc}") from None
     examples = example_uploads()
     phantoms = phantom_examples(service)
@@ -239,6 +262,10 @@ def main(argv: list[str] | None = None) -> None:
     demo.queue(default_concurrency_limit=args.concurrency, max_size=64)
     import gradio as gr
 
+    if progress:
+        progress.handover()
+    if not (args.run or args.bundle):
+        maps_later(service, service.run.run_dir)
     log.info("ready in %.1fs", time.time() - t0)
     serving.serve(demo, **options, allowed_paths=serving.served_examples(examples + phantoms),  # nothing else as-is
                   theme=gr.themes.Soft(), css=CSS)

@@ -83,8 +83,12 @@ def build_index(
     ef: int = DEFAULT_EF,
     data_root: Path | str | None = None,
     run_dir: Path | str | None = None,
+    frozen_image_feats: np.ndarray | None = None,
 ) -> Manifest:
     """Build both graphs and the metadata store, and publish them atomically as ``out_dir``.
+
+    ``frozen_image_feats`` (the backbone's features before the head, row-aligned) are kept in
+    the folder for the frozen-vs-fine-tuned view (``index.frozen``), covered by the manifest.
 
     ``identity`` is ``{"backbone_id", "head_checksum", "embed_dim"}`` of the encoder that
     produced the embeddings (see ``encoder_identity``). Image paths under ``data_root`` are
@@ -116,7 +120,12 @@ def build_index(
             data_root=str(Path(data_root).absolute()) if data_root is not None else None,
             run_dir=str(Path(run_dir).absolute()) if run_dir is not None else None,
         )
-        write_manifest(staging, manifest)
+        extra = ()
+        if frozen_image_feats is not None:
+            from index.frozen import write_frozen
+
+            extra = (write_frozen(staging, frozen_image_feats, len(studies)),)
+        write_manifest(staging, manifest, extra)
     log.info("built index %s: %d studies, dim %d", out_dir, len(studies), dim)
     return manifest
 
@@ -199,9 +208,13 @@ def with_images(studies: Sequence[Study]) -> tuple[list[Study], list[Study]]:
 
 
 def embed_studies(
-    encoder: Encoder, studies: Sequence[Study], batch_size: int = 64, progress: bool = True
+    encoder: Encoder, studies: Sequence[Study], batch_size: int = 64, progress: bool = True,
+    frozen_out: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Image and report embeddings of ``studies`` in batches (bounded memory), with tqdm bars."""
+    """Image and report embeddings of ``studies`` in batches (bounded memory), with tqdm bars.
+
+    With ``frozen_out`` (a list) and an encoder that exposes its backbone, the frozen image
+    features of each batch are appended to it too (same forward pass; ``index.frozen``)."""
     from tqdm.auto import tqdm
 
     dim = int(encoder.embed_dim)
@@ -210,7 +223,13 @@ def embed_studies(
     starts = range(0, len(studies), batch_size)
     for start in tqdm(starts, desc="embedding images", unit="batch", disable=not progress):
         batch = studies[start : start + batch_size]
-        image_parts.append(np.asarray(encoder.embed_images([_open_image(s.image_path) for s in batch]), np.float32))
+        images = [_open_image(s.image_path) for s in batch]
+        if frozen_out is not None and hasattr(encoder, "backbone") and hasattr(encoder, "project_image_features"):
+            feats = encoder.backbone.encode_images(images)
+            frozen_out.append(feats.numpy().astype(np.float32))
+            image_parts.append(np.asarray(encoder.project_image_features(feats), np.float32))
+        else:
+            image_parts.append(np.asarray(encoder.embed_images(images), np.float32))
     for start in tqdm(starts, desc="embedding reports", unit="batch", disable=not progress):
         batch = studies[start : start + batch_size]
         report_parts.append(np.asarray(encoder.embed_texts([s.report_text for s in batch]), np.float32))
@@ -237,9 +256,11 @@ def build_from_encoder(
         log.warning("skipping %d studies without a readable image (e.g. %s)", len(missing), missing[0].study_id)
     if not usable:
         raise ValueError("no study has a readable image; nothing to index")
-    image_emb, report_emb = embed_studies(encoder, usable, batch_size=batch_size, progress=progress)
+    frozen: list[np.ndarray] = []
+    image_emb, report_emb = embed_studies(encoder, usable, batch_size=batch_size, progress=progress, frozen_out=frozen)
     return build_index(
-        out_dir, image_emb, report_emb, usable, encoder_identity(encoder), data_root=data_root, run_dir=run_dir, **hnsw
+        out_dir, image_emb, report_emb, usable, encoder_identity(encoder), data_root=data_root, run_dir=run_dir,
+        frozen_image_feats=np.concatenate(frozen) if frozen else None, **hnsw
     )
 
 

@@ -111,11 +111,12 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def write_manifest(folder: Path, manifest: Manifest) -> None:
-    """Checksum the data files, then write ``manifest.json`` (always the last file written)."""
+def write_manifest(folder: Path, manifest: Manifest, extra_files: tuple[str, ...] = ()) -> None:
+    """Checksum the data files (and optional ``extra_files``, e.g. ``index.frozen``'s vectors), then
+    write ``manifest.json`` (always the last file written)."""
     folder = Path(folder)
     manifest.files = {}
-    for name in DATA_FILES:
+    for name in (*DATA_FILES, *extra_files):
         fsync_path(folder / name)
         manifest.files[name] = file_digest(folder / name)
     atomic_write_json(folder / MANIFEST, manifest.to_dict())
@@ -153,7 +154,7 @@ def verify_files(index_dir: Path, manifest: Manifest, checksums: bool = True) ->
     altered in place. Raises ``IndexCorruptError`` naming the file.
     """
     index_dir = Path(index_dir)
-    for name in DATA_FILES:
+    for name in (*DATA_FILES, *sorted(set(manifest.files) - set(DATA_FILES))):
         path = index_dir / name
         expected = manifest.files.get(name)
         if expected is None:

@@ -214,8 +214,15 @@ class OfflineBackbone(Backbone):
         self.context_length = int(self.text_model.max_seq_length)
 
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        pixels = pixels.contiguous(memory_format=torch.channels_last)
-        fmap = self.image_model.forward_features(pixels)  # (N, 1280, 7, 7)
+        return self.pool_feature_map(self.feature_map(pixels))
+
+    def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N,3,H,W) preprocessed pixels -> (N, 1280, 7, 7) last feature map (used by model.attribution)."""
+        return self.image_model.forward_features(pixels.contiguous(memory_format=torch.channels_last))
+
+    @staticmethod
+    def pool_feature_map(fmap: torch.Tensor) -> torch.Tensor:
+        """Feature map -> (N, 5120) un-normalised image features (2x2 grid pooling)."""
         return torch.nn.functional.adaptive_avg_pool2d(fmap, OFFLINE_GRID).flatten(1)
 
     def _quantize_towers(self) -> None:

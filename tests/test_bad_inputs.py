@@ -52,7 +52,8 @@ def _loads(run: Path, index: Path) -> bool:
 
         _, config = load_checkpoint(run, expected_backbone_id=OFFLINE_BACKBONE_ID)
         manifest = read_manifest(index)
-        return (manifest.head_checksum, manifest.backbone_id) == (config["head_sha256"], OFFLINE_BACKBONE_ID)
+        return (manifest.head_checksum, manifest.backbone_id) == (config["head_sha256"], OFFLINE_BACKBONE_ID) \
+            and "frozen_images.npy" in manifest.files  # indexes built before the frozen vectors: rebuild
     except Exception:
         return False
 

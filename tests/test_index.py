@@ -367,7 +367,7 @@ def test_failed_save_leaves_previous_index_loadable(built, encoder, monkeypatch)
     before = digests(index_dir)
     expected = SearchEngine.load(index_dir, encoder).search_by_image_vector(queries[0], k=10).study_ids
 
-    def fail_after_partial_write(folder, manifest):
+    def fail_after_partial_write(folder, manifest, *extra_files):
         (folder / "manifest.json").write_text('{"partial": ')  # half-written, then the "crash"
         raise OSError("disk full")
 

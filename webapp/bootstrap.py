@@ -32,7 +32,8 @@ def ensure_demo(run_dir: Path | None = None, index_dir: Path | None = None, trai
         import train
 
         train.main(["--out", str(run_dir), *(train_args or [])])
-    if not (index_dir / "manifest.json").is_file() or _stale_store(index_dir):
+    if (not (index_dir / "manifest.json").is_file() or _stale_store(index_dir)
+            or not _has_frozen_vectors(index_dir)):
         log.info("[2/2] building the search index -> %s", index_dir)
         build_index_for_run(run_dir, index_dir)
     return run_dir, index_dir
@@ -49,6 +50,16 @@ def _stale_store(index_dir: Path) -> bool:
         log.info("the demo index's metadata is schema %s, this code writes %s: rebuilding it", found, SCHEMA_VERSION)
         return True
     return False
+
+
+def _has_frozen_vectors(index_dir: Path) -> bool:
+    """Indexes built before ``index.frozen`` lack the frozen vectors: rebuilt from cached features (seconds)."""
+    import json
+
+    try:
+        return "frozen_images.npy" in json.loads((index_dir / "manifest.json").read_text()).get("files", {})
+    except (OSError, ValueError):
+        return False
 
 
 def build_index_for_run(run_dir: Path, index_dir: Path, studies=None, progress: bool = True) -> None:
@@ -79,6 +90,7 @@ def build_index_for_run(run_dir: Path, index_dir: Path, studies=None, progress: 
         encoder_identity(model),
         data_root=data_root,
         run_dir=run_dir,
+        frozen_image_feats=image_feats,
     )
 
 

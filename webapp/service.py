@@ -20,6 +20,8 @@ from webapp.plots import EmbeddingMaps
 from webapp.negation import warm_in_background
 from webapp.presenters import (ERROR, NOTE, OK, WARNING, gallery_caption, hit_terms, hits_as_records, query_terms,
                                 report_cards)
+from data.findings_text import parse_phrase
+from webapp.why import consensus, from_phrase, why_html
 from webapp.queries import LABEL_CHOICES, QueryError, clean_query, parse_choice, parse_k
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,7 @@ class SearchService:
         status = _status(f"{len(result.hits)} similar studies from {result.n_candidates:,} candidates.", notes, warnings)
         gallery = [(h.image_path, gallery_caption(h)) for h in result.hits]
         reports = report_cards(result.reports, lambda h: hit_terms(h.finding_names, h.tags))
+        reports = why_html(consensus([h.tags for h in result.hits]), result.hits) + reports  # why: issue 15
         records = {"hits": hits_as_records(result.hits), "reports": hits_as_records(result.reports),
                    "abnormal_probability": prob}
         state = self._query_state("uploaded image", result.hits)
@@ -108,7 +111,7 @@ class SearchService:
             return [], "", self._unexpected("text search"), {"hits": []}, None
         terms = query_terms(query, self.vocabulary)
         gallery = [(h.image_path, gallery_caption(h)) for h in result.hits]
-        reports = report_cards(result.hits, lambda h: terms)
+        reports = why_html(from_phrase(parse_phrase(query)), result.hits) + report_cards(result.hits, lambda h: terms)
         status = _status(f"{len(result.hits)} radiographs from {result.n_candidates:,} candidates.", notes)
         return gallery, reports, status, {"hits": hits_as_records(result.hits)}, self._query_state(query[:80], result.hits)
 

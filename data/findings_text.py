@@ -1,0 +1,137 @@
+"""A findings phrase ("small left pleural effusion, no pneumothorax") -> :class:`data.findings.Finding`s.
+
+Why: "why this match" for a text query must say which of the *phrase's* findings a hit shares,
+with the side the user asked for and respecting "no ...". The phrase is short and written in
+report language, so a small rule-based parser over the shared vocabulary is enough (and is
+predictable): the phrase is cut into clauses at punctuation and "but" / "with" / "and"; each
+clause names findings (longest surface form first), and its side, size, zone and negation words
+apply to the findings of that clause.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from data.findings import BILATERAL, LEFT, NEGATIVE, POSITIVE, RIGHT, UNCERTAIN, VOCABULARY, Finding
+
+# Extra surface forms (report wording) beyond the vocabulary's names and source headings.
+_SYNONYMS: dict[str, str] = {
+    "effusion": "pleural effusion", "effusions": "pleural effusion", "pleural fluid": "pleural effusion",
+    "enlarged heart": "cardiomegaly", "heart is enlarged": "cardiomegaly", "cardiac enlargement": "cardiomegaly",
+    "heart size is enlarged": "cardiomegaly", "collapse": "atelectasis", "atelectatic": "atelectasis",
+    "opacities": "opacity", "opacification": "opacity", "airspace opacity": "opacity", "infiltrates": "opacity",
+    "nodules": "nodule", "granulomas": "granuloma", "masses": "mass", "fractures": "fracture",
+    "pacemaker": "support device", "catheter": "support device", "line": "support device", "tube": "support device",
+    "device": "support device", "devices": "support device", "hyperinflated": "hyperinflation",
+    "hyperexpanded": "hyperinflation", "hyperexpansion": "hyperinflation", "tortuous aorta": "aortic tortuosity",
+    "hernia": "hiatal hernia", "edematous": "edema", "scar": "scarring", "scars": "scarring",
+    "emphysematous": "emphysema", "blunting": "blunted costophrenic angle", "ptx": "pneumothorax",
+}
+_NEGATORS = ("no evidence of", "negative for", "free of", "without", "absent", "resolved", "no", "not")
+_UNCERTAIN = ("possible", "possibly", "probable", "likely", "may represent", "questionable", "suspected", "?")
+_SEVERITY = {"small": "mild", "mild": "mild", "minimal": "mild", "trace": "mild", "tiny": "mild",
+             "moderate": "moderate", "large": "severe", "severe": "severe", "massive": "severe"}
+_LOCATION = (("retrocardiac", "retrocardiac"), ("apical", "apex"), ("apex", "apex"), ("upper", "upper"),
+             ("middle lobe", "middle"), ("lingula", "middle"), ("lingular", "middle"), ("lower", "lower"),
+             ("basilar", "lower"), ("base", "lower"), ("bases", "lower"), ("hilar", "hilum"))
+_CLAUSE_SPLIT = re.compile(r"[,;.:\n]|\bbut\b|\bwith\b|\bwhile\b|\bhowever\b")
+_NORMAL = re.compile(r"\b(normal|unremarkable|no acute (?:cardiopulmonary )?(?:abnormality|disease|process)|clear lungs?)\b")
+
+_LATERAL = {name for name, (_, lateral) in VOCABULARY.items() if lateral}
+
+
+def _surface_forms() -> list[tuple[str, str]]:
+    forms = {name: name for name in VOCABULARY}
+    for name, (headings, _) in VOCABULARY.items():
+        for heading in headings:
+            if "," not in heading:
+                forms.setdefault(heading, name)
+    forms.update(_SYNONYMS)
+    return sorted(forms.items(), key=lambda kv: len(kv[0]), reverse=True)
+
+
+_FORMS = _surface_forms()
+
+
+@dataclass(frozen=True)
+class ParsedPhrase:
+    """What a phrase asks for: its findings (positive, negated or uncertain) and whether it says "normal"."""
+
+    findings: tuple[Finding, ...]
+    normal: bool
+
+    @property
+    def positive(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.certainty == POSITIVE)
+
+    @property
+    def negated(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.certainty == NEGATIVE)
+
+
+def parse_phrase(text: str) -> ParsedPhrase:
+    """Parse a findings phrase into Findings; unknown words are ignored (never raises)."""
+    q = " ".join(str(text or "").lower().replace("-", " ").split())
+    found: list[Finding] = []
+    for clause in _CLAUSE_SPLIT.split(q):
+        for finding in _clause_findings(clause):
+            if finding not in found:
+                found.append(finding)
+    normal = bool(_NORMAL.search(q)) and not any(f.certainty == POSITIVE for f in found)
+    return ParsedPhrase(tuple(found), normal)
+
+
+def _clause_findings(clause: str) -> list[Finding]:
+    clause = f" {clause.strip()} "
+    # Sub-clauses joined by "and" keep their own negation ("no effusion and a small left pneumothorax"),
+    # except when "and" joins sides or sizes ("left and right", "small and large").
+    parts = re.split(r"\band\b(?!\s+(?:left|right|both|bilateral)\b)", clause)
+    out: list[Finding] = []
+    negated_scope = False
+    for part in parts:
+        names, rest = _names(part)
+        if not names:
+            negated_scope = negated_scope or _has_any(part, _NEGATORS)
+            continue
+        if _has_any(rest, _NEGATORS):
+            certainty = NEGATIVE
+        elif _has_any(rest, _UNCERTAIN):
+            certainty = UNCERTAIN
+        else:
+            certainty = NEGATIVE if negated_scope and not _has_any(rest, ("left", "right", "small", "large")) else POSITIVE
+        negated_scope = certainty == NEGATIVE
+        side = _side(rest)
+        severity = next((v for k, v in _SEVERITY.items() if _has_word(rest, k)), "")
+        location = next((v for k, v in _LOCATION if _has_word(rest, k)), "")
+        for name in names:
+            out.append(Finding(name=name, side=side if name in _LATERAL else "", location=location,
+                               severity=severity, certainty=certainty))
+    return out
+
+
+def _names(part: str) -> tuple[list[str], str]:
+    """Finding names mentioned in ``part`` (longest surface form first) and the text left around them."""
+    names: list[str] = []
+    rest = part
+    for form, name in _FORMS:
+        pattern = re.compile(rf"\b{re.escape(form)}\b")
+        if pattern.search(rest):
+            rest = pattern.sub(" ", rest)
+            if name not in names:
+                names.append(name)
+    return names, rest
+
+
+def _side(text: str) -> str:
+    left, right = _has_word(text, "left"), _has_word(text, "right")
+    if _has_any(text, ("bilateral", "bilaterally", "both")) or (left and right):
+        return BILATERAL
+    return LEFT if left else RIGHT if right else ""
+
+
+def _has_word(text: str, word: str) -> bool:
+    return re.search(rf"(?<![a-z]){re.escape(word)}(?![a-z])", text) is not None
+
+
+def _has_any(text: str, words: tuple[str, ...]) -> bool:
+    return any(_has_word(text, w) for w in words)
