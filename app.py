@@ -46,7 +46,7 @@ CSS = """
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", metavar="DIR", help="trained run folder (head.safetensors + config.json); default: offline demo")
-    p.add_argument("--index", metavar="DIR", help="index folder built for that run (python -m index build)")
+    p.add_argument("--index", metavar="DIR", help="index built for that run: a folder or milvus://PATH.db#NAME / HOST:PORT#NAME")
     p.add_argument("--data-root", metavar="DIR", help="folder the index's relative image paths live in")
     p.add_argument("--backbone-path", metavar="DIR", help="local copy of the run's backbone weights (no hub)")
     p.add_argument("--host", default=os.environ.get("CXR_HOST", "127.0.0.1"), help="address to listen on")
@@ -59,20 +59,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_service(args: argparse.Namespace):
     """Build (first start) or load the model, the index and the plots."""
-    from index.engine import SearchEngine
+    from index.vector_store import open_engine
     from model.retrieval_model import RetrievalModel
     from webapp.bootstrap import ensure_demo
     from webapp.plots import EmbeddingMaps
     from webapp.service import RunInfo, SearchService
 
     if args.run and args.index:
-        run_dir, index_dir = Path(args.run), Path(args.index)
+        run_dir, index_dir = Path(args.run), args.index  # a folder or milvus://...
     elif args.run or args.index:
         raise SystemExit("give both --run and --index, or neither for the offline demo")
     else:
         run_dir, index_dir = ensure_demo()
     model = RetrievalModel.from_run(run_dir, backbone_path=args.backbone_path)
-    engine = SearchEngine.load(index_dir, model, data_root=args.data_root)
+    engine = open_engine(index_dir, model, data_root=args.data_root)
     impressions = {m.study_id: m.impression or m.findings for m in engine.store.all()}
     maps = EmbeddingMaps.load(run_dir / "embedding_map.json", impressions)
     return SearchService(engine, RunInfo.load(run_dir), maps, keep_uploads=args.keep_uploads)
