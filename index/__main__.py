@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     ray.add_argument("--workers", type=int, default=1, help="embedding actors (one backbone each)")
     ray.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per embedding actor")
     ray.add_argument("--shards", metavar="DIR", help="Parquet feature shards (default: next to the feature cache)")
+    ray.add_argument("--shard-size", type=int, default=64, help="studies per Parquet shard (the unit of resume)")
     add_data_arguments(build)
 
     add = sub.add_parser("add", help="embed studies not yet in an index and add them (no rebuild)")
@@ -160,7 +161,7 @@ def _build_scaled(args: argparse.Namespace, source) -> int:
         report = ray_ingest.ingest(
             source.studies, shards, encoder.backbone, ray_ingest.backbone_factory_for(encoder.backbone.name),
             workers=args.workers, gpus_per_worker=args.gpus_per_worker, address=args.ray_address,
-            batch_size=min(args.batch_size, 32),
+            batch_size=min(args.batch_size, 32), shard_size=args.shard_size,
         )
         ray_ingest.shutdown()
         print(f"shards {shards}: embedded {len(report.embedded)}, already there {len(report.skipped)}, "

@@ -26,7 +26,7 @@ import numpy as np
 
 from data.dataset import studies_fingerprint
 from data.records import Study
-from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, Neighbours, normalise
+from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, EXACT_THRESHOLD, Neighbours, normalise
 from index.manifest import IndexLoadError, Manifest, check_identity, now_iso
 from index.store import MetadataStore, relative_path, write_store
 
@@ -34,6 +34,7 @@ SCHEME = "milvus://"
 DEFAULT_COLLECTION = "cxr"
 TARGETS = ("images", "reports")
 INSERT_BATCH = 5000
+QUERY_PAGE = 10_000  # rows per metadata read (Milvus caps a query's result window at 16384)
 MAX_FINDINGS = 64
 
 
@@ -81,13 +82,17 @@ def _filter_expr(label: int | None, view: str | None, finding: str | None) -> st
 
 
 def _index_params(client, lite: bool, n: int) -> tuple[Any, dict[str, Any]]:
-    """(index params, search params): IVF_FLAT on Lite with ~4 sqrt(n) lists and 1/16 of them
-    probed (recall@10 >= 0.98 at 100k, ``bench.scale``), HNSW like the hnswlib graph on a server."""
+    """(index params, search params). Below ``EXACT_THRESHOLD`` items FLAT (exact, like the
+    hnswlib engine's small-gallery rule); on Lite IVF_FLAT with ~4 sqrt(n) lists and 1/16 of
+    them probed (recall@10 >= 0.98 at 100k, ``bench.scale``); on a server HNSW like the hnswlib graph."""
     params = client.prepare_index_params()
+    if n < EXACT_THRESHOLD:
+        params.add_index("vector", index_type="FLAT", metric_type="COSINE")
+        return params, {"metric_type": "COSINE", "params": {}}
     if lite:
-        nlist = int(min(4096, max(16, 4 * math.sqrt(max(n, 1)))))
+        nlist = int(min(4096, max(16, 4 * math.sqrt(n))))
         params.add_index("vector", index_type="IVF_FLAT", metric_type="COSINE", params={"nlist": nlist})
-        return params, {"metric_type": "COSINE", "params": {"nprobe": max(8, nlist // 16)}}
+        return params, {"metric_type": "COSINE", "params": {"nprobe": max(8, nlist // 16)}, "nlist": nlist}
     params.add_index("vector", index_type="HNSW", metric_type="COSINE",
                      params={"M": DEFAULT_M, "efConstruction": DEFAULT_EF_CONSTRUCTION})
     return params, {"metric_type": "COSINE", "params": {"ef": DEFAULT_EF}}
@@ -210,10 +215,12 @@ class MilvusVectorStore:
                finding: str | None = None) -> Neighbours:
         """Top-k row ids and cosine scores; the filters run inside Milvus."""
         queries = normalise(queries)
-        results = self.client.search(
-            self._name(target), data=queries.tolist(), limit=int(k), filter=_filter_expr(label, view, finding),
-            search_params=self.search_params, output_fields=[], anns_field="vector",
-        )
+        expr = _filter_expr(label, view, finding)
+        results = self._search(target, queries, k, expr, self.search_params)
+        if "nlist" in self.search_params and min(len(r) for r in results) < k:
+            # a restrictive filter can leave the probed lists short of k hits: probe them all
+            exhaustive = {**self.search_params, "params": {"nprobe": self.search_params["nlist"]}}
+            results = self._search(target, queries, k, expr, exhaustive)
         width = max((len(r) for r in results), default=0)
         ids = np.full((len(results), width), -1, np.int64)
         scores = np.zeros((len(results), width), np.float32)
@@ -223,16 +230,17 @@ class MilvusVectorStore:
                 scores[q, j] = float(hit["distance"])  # COSINE: the similarity, higher is closer
         return Neighbours(ids, scores, exact=False)
 
+    def _search(self, target: str, queries: np.ndarray, k: int, expr: str, params: dict[str, Any]) -> list:
+        params = {key: value for key, value in params.items() if key != "nlist"}
+        return self.client.search(self._name(target), data=queries.tolist(), limit=int(k), filter=expr,
+                                  search_params=params, output_fields=[], anns_field="vector")
+
     def metadata_store(self) -> MetadataStore:
         """The studies' display metadata as the engine's in-memory SQLite store (rows = ids)."""
         rows: dict[int, Study] = {}
-        iterator = self.client.query_iterator(self._name("images"), batch_size=2000, filter="id >= 0",
-                                              output_fields=["id", "meta"])
-        while True:
-            page = iterator.next()
-            if not page:
-                iterator.close()
-                break
+        for a in range(0, self.manifest.count, QUERY_PAGE):
+            page = self.client.query(self._name("images"), filter=f"id >= {a} and id < {a + QUERY_PAGE}",
+                                     output_fields=["id", "meta"])
             rows.update({int(r["id"]): Study.from_dict(json.loads(r["meta"])) for r in page})
         if sorted(rows) != list(range(len(rows))) or len(rows) != self.manifest.count:
             raise IndexLoadError(f"Milvus index {self.address.collection}: {len(rows)} rows, "
