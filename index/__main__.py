@@ -1,8 +1,8 @@
 """Command line: build an index for a trained run, add new studies to one, or describe one.
 
     python -m index build --run RUN_DIR --out INDEX_DIR [--data DATA_DIR] [--batch-size 64]
-    python -m index build --run RUN_DIR --out INDEX_DIR|milvus://... --engine ray [--ray-address ADDR]
-                          [--workers N] [--gpus-per-worker G] [--shards DIR]
+    python -m index build ... --engine ray | --out milvus://...   (index.scale_cli: Ray ingest, Milvus)
+    python -m index embed --backbone NAME --shards DIR [--workers N] (features once, for train.py --features)
     python -m index add   --index INDEX_DIR --data DATA_DIR [--run RUN_DIR]
     python -m index info  --index INDEX_DIR
 
@@ -41,6 +41,7 @@ def _load_encoder(run_dir: str):
 
 def _parser() -> argparse.ArgumentParser:
     from data.sources import add_data_arguments
+    from index import scale_cli
 
     parser = argparse.ArgumentParser(prog="python -m index", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,13 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--M", type=int, default=DEFAULT_M, help="hnsw graph degree")
     build.add_argument("--ef-construction", type=int, default=DEFAULT_EF_CONSTRUCTION)
     build.add_argument("--ef", type=int, default=DEFAULT_EF, help="hnsw query beam width")
-    ray = build.add_argument_group("scale-out (index.ray_ingest; --out may be milvus://PATH.db#NAME or milvus://HOST:PORT#NAME)")
-    ray.add_argument("--engine", choices=("local", "ray"), default="local", help="embed in this process or on Ray")
-    ray.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address (default: a local Ray)")
-    ray.add_argument("--workers", type=int, default=1, help="embedding actors (one backbone each)")
-    ray.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per embedding actor")
-    ray.add_argument("--shards", metavar="DIR", help="Parquet feature shards (default: next to the feature cache)")
-    ray.add_argument("--shard-size", type=int, default=64, help="studies per Parquet shard (the unit of resume)")
+    scale_cli.add_build_arguments(build)
     add_data_arguments(build)
 
     add = sub.add_parser("add", help="embed studies not yet in an index and add them (no rebuild)")
@@ -66,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--run", help="trained run folder (default: the one the index was built from)")
     add.add_argument("--batch-size", type=int, default=64)
     add_data_arguments(add)
+
+    scale_cli.add_embed_command(sub)
 
     info = sub.add_parser("info", help="print an index's manifest after verifying its files")
     info.add_argument("--index", required=True)
@@ -115,8 +112,12 @@ def _run(args: argparse.Namespace) -> int:
     from data.sources import load_source
 
     source = load_source(args)
-    if args.command == "build" and (args.engine == "ray" or args.out.startswith("milvus://")):
-        return _build_scaled(args, source)
+    from index import scale_cli
+
+    if args.command == "embed":
+        return scale_cli.run_embed(args, source)
+    if scale_cli.wants_scaled_build(args):
+        return scale_cli.run_build(args, source, _data_root(args, source.studies), _load_encoder)
     if args.command == "build":
         encoder = _load_encoder(args.run)
         manifest = build_from_encoder(
@@ -141,33 +142,6 @@ def _run(args: argparse.Namespace) -> int:
             args.index, encoder, source.studies, batch_size=args.batch_size
         )
         print(f"added {added} studies to {args.index}: now {manifest.count}")
-    return 0
-
-
-def _build_scaled(args: argparse.Namespace, source) -> int:
-    """``--engine ray`` (Parquet shards on Ray, then the index from them) or a Milvus ``--out``."""
-    from index import ray_ingest
-    from index.build import embed_studies, encoder_identity, with_images
-    from index.vector_store import build_store
-
-    encoder = _load_encoder(args.run)
-    root = _data_root(args, source.studies)
-    if args.engine != "ray":
-        usable, _ = with_images(source.studies)
-        image_emb, report_emb = embed_studies(encoder, usable, batch_size=args.batch_size)
-        manifest = build_store(args.out, image_emb, report_emb, usable, encoder_identity(encoder), root, args.run)
-    else:
-        shards = Path(args.shards) if args.shards else ray_ingest.default_shards_dir(encoder, source.studies)
-        report = ray_ingest.ingest(
-            source.studies, shards, encoder.backbone, ray_ingest.backbone_factory_for(encoder.backbone.name),
-            workers=args.workers, gpus_per_worker=args.gpus_per_worker, address=args.ray_address,
-            batch_size=min(args.batch_size, 32), shard_size=args.shard_size,
-        )
-        ray_ingest.shutdown()
-        print(f"shards {shards}: embedded {len(report.embedded)}, already there {len(report.skipped)}, "
-              f"bad images {len(report.bad)} ({report.seconds:.1f}s)")
-        manifest = ray_ingest.build_from_shards(args.out, encoder, source.studies, shards, root, args.run)
-    print(f"built {args.out}: {manifest.count} studies, backbone {manifest.backbone_id}")
     return 0
 
 

@@ -104,3 +104,19 @@ def test_ray_vectors_equal_single_process_and_bad_images_are_skipped(collection,
     image = _cosines(model.project_image_features(features.image), image_ref)
     report = _cosines(model.project_text_features(features.text), report_ref)
     assert image.min() >= 0.9999 and report.min() >= 0.9999, (image.min(), report.min())
+
+
+def test_shards_serve_as_the_training_feature_cache(collection, shards, ray_local, model):
+    """What ``train.py --features DIR`` reads equals what ``model.features.embed_studies`` caches."""
+    from index.shards import ShardMismatchError, features_for
+    from model.features import embed_studies
+
+    data, studies = collection
+    ray_ingest.ingest(studies, shards, model.backbone, ray_ingest.backbone_factory_for("offline"), workers=2,
+                      shard_size=SHARD)
+    good = [s for s in studies if s.study_id != "broken-study"][::-1]  # any order, any subset
+    image, text = features_for(shards, model.backbone, good)
+    image_ref, text_ref = embed_studies(model.backbone, good, cache_dir=shards.parent / "train-cache", progress=False)
+    assert _cosines(image, image_ref).min() >= 0.9999 and _cosines(text, text_ref).min() >= 0.9999
+    with pytest.raises(ShardMismatchError, match="no features"):
+        features_for(shards, model.backbone, studies)  # the broken study has none
