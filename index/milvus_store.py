@@ -15,6 +15,7 @@ server uses HNSW with the hnswlib graph's parameters.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 import time
@@ -66,6 +67,9 @@ def _client(address: MilvusAddress):
 
     if address.lite:
         Path(address.uri).parent.mkdir(parents=True, exist_ok=True)
+        # Milvus Lite's in-process gRPC server logs a traceback for each client call it does not
+        # implement (AllocTimestamp: the client then uses its own clock); nothing fails
+        logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
     return MilvusClient(address.uri)
 
 

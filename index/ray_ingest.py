@@ -37,6 +37,15 @@ class IngestReport:
     bad: list[dict[str, str]] = field(default_factory=list)  # {study_id, error} of undecodable images
     seconds: float = 0.0
     n_studies: int = 0
+    done_at: list[float] = field(default_factory=list)  # seconds from the start at which each shard came back
+    shard_rows: list[int] = field(default_factory=list)  # studies in each shard, in the order they came back
+
+    def steady_studies_per_s(self) -> float | None:
+        """Throughput once the workers are up: studies after the first shard over the time
+        from the first shard to the last (start-up excluded; ``None`` with < 2 shards)."""
+        if len(self.done_at) < 2 or self.done_at[-1] <= self.done_at[0]:
+            return None
+        return sum(self.shard_rows[1:]) / (self.done_at[-1] - self.done_at[0])
 
 
 def _study_row(s: Study) -> dict[str, str]:
@@ -143,12 +152,13 @@ def ingest(
     shard_size: int = DEFAULT_SHARD_SIZE,
     batch_size: int = 32,
     max_shards: int | None = None,
+    progress: bool = True,
 ) -> IngestReport:
     """Embed the shards of ``studies`` missing from ``out_dir``.
 
     ``backbone`` (already built in the driver) gives the identity and the preprocessing
     transform; ``backbone_factory`` (picklable) builds the same backbone in each worker.
-    ``max_shards`` stops after that many shards (tests use it to leave a run half done).
+    ``max_shards`` stops after that many shards; ``progress=False`` silences Ray Data's progress.
     """
     import ray
 
@@ -166,6 +176,7 @@ def ingest(
         report.seconds = time.perf_counter() - started
         return report
     init_ray(address, workers, gpus_per_worker)
+    ray.data.DataContext.get_current().enable_progress_bars = progress
     slices = shard_slices(len(studies), shard_size)
     rows = [{"shard": i, "studies": json.dumps([_study_row(s) for s in studies[slice(*slices[i])]])} for i in todo]
     transform = backbone._transform  # the backbone's own preprocessing, shipped without its weights
@@ -182,6 +193,8 @@ def ingest(
     )
     for row in ds.iter_rows():
         report.embedded.append(int(row["shard"]))
+        report.done_at.append(time.perf_counter() - started)
+        report.shard_rows.append(int(row["n"]) + len(json.loads(row["bad"])))
         report.bad += json.loads(row["bad"])
         log.info("shard %d: %d studies in %.1fs", row["shard"], row["n"], row["seconds"])
     report.embedded.sort()

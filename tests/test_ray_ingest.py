@@ -77,7 +77,7 @@ def test_killed_run_resumes_with_only_missing_shards(small_demo, collection, sha
     assert 2 <= len(before) < n_shards, f"the kill came too late or too early: {sorted(before)}"
 
     report = ray_ingest.ingest(studies, shards, model.backbone, ray_ingest.backbone_factory_for("offline"),
-                               workers=2, shard_size=SHARD)
+                               workers=2, shard_size=SHARD, progress=False)
     done_before = sorted(int(name[6:11]) for name in before)
     assert report.skipped == done_before
     assert report.embedded == sorted(set(range(n_shards)) - set(done_before))
@@ -85,7 +85,7 @@ def test_killed_run_resumes_with_only_missing_shards(small_demo, collection, sha
     assert all(shard_path(shards, i).is_file() for i in range(n_shards))
 
     again = ray_ingest.ingest(studies, shards, model.backbone, ray_ingest.backbone_factory_for("offline"),
-                              workers=2, shard_size=SHARD)
+                              workers=2, shard_size=SHARD, progress=False)
     assert again.embedded == [] and again.skipped == list(range(n_shards))
 
 
@@ -95,7 +95,7 @@ def test_ray_vectors_equal_single_process_and_bad_images_are_skipped(collection,
 
     data, studies = collection
     ray_ingest.ingest(studies, shards, model.backbone, ray_ingest.backbone_factory_for("offline"), workers=2,
-                      shard_size=SHARD)
+                      shard_size=SHARD, progress=False)
     features = read_shards(shards)
     assert [b["study_id"] for b in features.bad] == ["broken-study"]
     good = [s for s in studies if s.study_id != "broken-study"]
@@ -113,7 +113,7 @@ def test_shards_serve_as_the_training_feature_cache(collection, shards, ray_loca
 
     data, studies = collection
     ray_ingest.ingest(studies, shards, model.backbone, ray_ingest.backbone_factory_for("offline"), workers=2,
-                      shard_size=SHARD)
+                      shard_size=SHARD, progress=False)
     good = [s for s in studies if s.study_id != "broken-study"][::-1]  # any order, any subset
     image, text = features_for(shards, model.backbone, good)
     image_ref, text_ref = embed_studies(model.backbone, good, cache_dir=shards.parent / "train-cache", progress=False)
