@@ -110,10 +110,9 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
         return 0
     from data.sources import load_source
-
-    source = load_source(args)
     from index import scale_cli
 
+    source = load_source(args)
     if args.command == "embed":
         return scale_cli.run_embed(args, source)
     if scale_cli.wants_scaled_build(args):
