@@ -250,7 +250,7 @@ def search_case(n: int, dim: int, n_queries: int, tmp: Path) -> dict[str, Any]:
     out["milvus"] = {
         "recall_at_10": round(recall_at_k(store.search("images", queries, 10).ids, truth), 4),
         "p50_ms": round(p50, 3), "p95_ms": round(p95, 3), "build_s_two_collections": round(t_build["s"], 1),
-        "index": store.search_params,
+        "index": store.search_params, "index_state": store.client.describe_index("bench_images", "vector"),
         "bytes_per_vector_rss_in_process": round((rss1 - rss0) * 2**20 / n, 1),
         "bytes_per_vector_disk_two_collections_with_metadata": round(_dir_bytes(tmp / "m.db") / n, 1)
         if (tmp / "m.db").exists() else None,

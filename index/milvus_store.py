@@ -180,6 +180,7 @@ class MilvusVectorStore:
                     for i, s in enumerate(studies[a:a + INSERT_BATCH], start=a)
                 ])
             client.flush(name)
+            _wait_for_index(client, name)
         manifest.build_seconds = round(time.perf_counter() - started, 3)
         description = json.dumps({"search_params": search_params, **manifest.to_dict()})
         for target in TARGETS:  # written last: a half-built index has no manifest and fails to open
@@ -255,6 +256,18 @@ class MilvusVectorStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _wait_for_index(client, name: str, timeout_s: float = 900.0) -> None:
+    """Block until every flushed row is in the vector index: until then Milvus answers the
+    unindexed rows by brute force, so a fresh index would be timed (and served) slower than it is."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = client.describe_index(name, "vector") or {}
+        if int(info.get("pending_index_rows", 0)) == 0 and int(info.get("indexed_rows", 0)) >= int(info.get("total_rows", 0)):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"Milvus did not finish indexing {name} in {timeout_s:.0f}s")
 
 
 def _description(client, name: str) -> str:
