@@ -50,7 +50,7 @@ CSS = """
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", metavar="DIR", help="trained run folder (head.safetensors + config.json); default: offline demo")
-    p.add_argument("--index", metavar="DIR", help="index folder built for that run (python -m index build)")
+    p.add_argument("--index", metavar="DIR", help="index built for that run: a folder or milvus://PATH.db#NAME / HOST:PORT#NAME")
     p.add_argument("--data-root", metavar="DIR", help="folder the index's relative image paths live in")
     p.add_argument("--bundle", metavar="PATH_OR_HUB_DATASET_ID", default=os.environ.get("CXR_BUNDLE") or None,
                    help="serve a bundle (python -m index.bundle pack): a folder or a Hugging Face dataset id "
@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_service(args: argparse.Namespace, train_args: list[str] | None = None):
     """Build (first start) or load the model, the index and the plots."""
-    from index.engine import SearchEngine
+    from index.vector_store import open_engine
     from model.retrieval_model import RetrievalModel
     from webapp.bootstrap import ensure_demo
     from webapp.plots import EmbeddingMaps
@@ -80,14 +80,14 @@ def load_service(args: argparse.Namespace, train_args: list[str] | None = None):
         run_dir, index_dir = bundle.run_dir, bundle.index_dir
         args.data_root = args.data_root or bundle.data_root
     elif args.run and args.index:
-        run_dir, index_dir = Path(args.run), Path(args.index)
+        run_dir, index_dir = Path(args.run), args.index  # a folder or milvus://...
     elif args.run or args.index:
         raise SystemExit("give both --run and --index, or neither for the offline demo")
     else:
         run_dir, index_dir = ensure_demo(train_args=train_args)
     log.info("loading the model and index")
     model = RetrievalModel.from_run(run_dir, backbone_path=args.backbone_path)
-    engine = SearchEngine.load(index_dir, model, data_root=args.data_root)
+    engine = open_engine(index_dir, model, data_root=args.data_root)
     impressions = {m.study_id: m.impression or m.findings for m in engine.store.all()}
     maps = EmbeddingMaps.load(run_dir / "embedding_map.json", impressions)
     return SearchService(engine, RunInfo.load(run_dir), maps, keep_uploads=args.keep_uploads)

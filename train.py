@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--backbone-path", metavar="DIR", help="local folder/file with the backbone weights (no hub)")
     g.add_argument("--cache-dir", metavar="DIR", help="hub cache folder for backbone downloads")
     g.add_argument("--embed-batch-size", type=int, default=32, help="images per forward pass when embedding")
+    g.add_argument("--features", metavar="DIR", help="frozen features from these Parquet shards (python -m index embed)")
     add_data_arguments(p)
     g = p.add_argument_group("head")
     g.add_argument("--embed-dim", type=int, default=256, help="shared embedding width")
@@ -117,7 +118,12 @@ def main(argv: list[str] | None = None) -> Path:
     # ---- step 1: frozen features (cached) --------------------------------------------
     backbone = create_backbone(args.backbone, path=args.backbone_path, cache_dir=args.cache_dir)
     t0 = time.time()
-    image_feats, text_feats = embed_studies(backbone, studies, batch_size=args.embed_batch_size, progress=not args.quiet)
+    if args.features:  # shards of `python -m index embed`: embedded once for training and indexing
+        from index.shards import features_for
+
+        image_feats, text_feats = features_for(args.features, backbone, studies)
+    else:
+        image_feats, text_feats = embed_studies(backbone, studies, batch_size=args.embed_batch_size, progress=not args.quiet)
     t_embed = time.time() - t0
     log.info("features: image %s, text %s (%.1fs)", image_feats.shape, text_feats.shape, t_embed)
     Xi, Xt, y = torch.from_numpy(image_feats), torch.from_numpy(text_feats), torch.from_numpy(labels).float()

@@ -1,6 +1,8 @@
 """Command line: build an index for a trained run, add new studies to one, or describe one.
 
     python -m index build --run RUN_DIR --out INDEX_DIR [--data DATA_DIR] [--batch-size 64]
+    python -m index build ... --engine ray | --out milvus://...   (index.scale_cli: Ray ingest, Milvus)
+    python -m index embed --backbone NAME --shards DIR [--workers N] (features once, for train.py --features)
     python -m index add   --index INDEX_DIR --data DATA_DIR [--run RUN_DIR]
     python -m index info  --index INDEX_DIR
 
@@ -39,6 +41,7 @@ def _load_encoder(run_dir: str):
 
 def _parser() -> argparse.ArgumentParser:
     from data.sources import add_data_arguments
+    from index import scale_cli
 
     parser = argparse.ArgumentParser(prog="python -m index", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--M", type=int, default=DEFAULT_M, help="hnsw graph degree")
     build.add_argument("--ef-construction", type=int, default=DEFAULT_EF_CONSTRUCTION)
     build.add_argument("--ef", type=int, default=DEFAULT_EF, help="hnsw query beam width")
+    scale_cli.add_build_arguments(build)
     add_data_arguments(build)
 
     add = sub.add_parser("add", help="embed studies not yet in an index and add them (no rebuild)")
@@ -57,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--run", help="trained run folder (default: the one the index was built from)")
     add.add_argument("--batch-size", type=int, default=64)
     add_data_arguments(add)
+
+    scale_cli.add_embed_command(sub)
 
     info = sub.add_parser("info", help="print an index's manifest after verifying its files")
     info.add_argument("--index", required=True)
@@ -104,8 +110,13 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
         return 0
     from data.sources import load_source
+    from index import scale_cli
 
     source = load_source(args)
+    if args.command == "embed":
+        return scale_cli.run_embed(args, source)
+    if scale_cli.wants_scaled_build(args):
+        return scale_cli.run_build(args, source, _data_root(args, source.studies), _load_encoder)
     if args.command == "build":
         encoder = _load_encoder(args.run)
         manifest = build_from_encoder(

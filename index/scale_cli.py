@@ -1,0 +1,89 @@
+"""The scale-out options of ``python -m index``: Ray ingest to Parquet shards, Milvus output.
+
+    python -m index embed --backbone offline --shards DIR [--workers N] [--gpus-per-worker G]
+                          [--ray-address ADDR] [data options]      # features once, for train.py --features DIR
+    python -m index build --run RUN --out INDEX_DIR|milvus://PATH.db#NAME|milvus://HOST:PORT#NAME
+                          --engine ray [--shards DIR] [...]        # shards (missing ones only) -> index
+
+Kept apart from ``index/__main__.py`` so the single-machine CLI stays as it was.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable
+
+from index.milvus_store import SCHEME
+
+
+def _ray_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("Ray ingest (index.ray_ingest)")
+    g.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address (default: a local Ray)")
+    g.add_argument("--workers", type=int, default=1, help="embedding actors (one backbone each)")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per embedding actor")
+    g.add_argument("--shards", metavar="DIR", help="Parquet feature shards (default: next to the feature cache)")
+    g.add_argument("--shard-size", type=int, default=64, help="studies per Parquet shard (the unit of resume)")
+
+
+def add_build_arguments(build: argparse.ArgumentParser) -> None:
+    build.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="embed in this process, or on Ray into Parquet shards first")
+    _ray_arguments(build)
+
+
+def add_embed_command(sub) -> None:
+    from data.sources import add_data_arguments
+
+    embed = sub.add_parser("embed", help="write a collection's frozen features as Parquet shards on Ray")
+    embed.add_argument("--backbone", default="offline", help="frozen backbone (as train.py --backbone)")
+    embed.add_argument("--backbone-path", metavar="DIR", help="local copy of the backbone weights")
+    embed.add_argument("--batch-size", type=int, default=32)
+    _ray_arguments(embed)
+    add_data_arguments(embed)
+
+
+def wants_scaled_build(args: argparse.Namespace) -> bool:
+    return args.command == "build" and (args.engine == "ray" or str(args.out).startswith(SCHEME))
+
+
+def _ingest(args: argparse.Namespace, studies, backbone, shards: Path, backbone_path: str | None = None) -> None:
+    from index import ray_ingest
+
+    report = ray_ingest.ingest(
+        studies, shards, backbone, ray_ingest.backbone_factory_for(backbone.name, backbone_path),
+        workers=args.workers, gpus_per_worker=args.gpus_per_worker, address=args.ray_address,
+        batch_size=min(args.batch_size, 32), shard_size=args.shard_size,
+    )
+    ray_ingest.shutdown()
+    print(f"shards {shards}: embedded {len(report.embedded)}, already there {len(report.skipped)}, "
+          f"bad images {len(report.bad)} ({report.seconds:.1f}s)")
+
+
+def run_embed(args: argparse.Namespace, source) -> int:
+    from model.factory import create_backbone
+
+    backbone = create_backbone(args.backbone, path=args.backbone_path)
+    if not args.shards:
+        raise SystemExit("pass --shards DIR (then train.py --features DIR and index build --shards DIR)")
+    _ingest(args, source.studies, backbone, Path(args.shards), args.backbone_path)
+    return 0
+
+
+def run_build(args: argparse.Namespace, source, data_root: Path | None, load_encoder: Callable[[str], Any]) -> int:
+    """``--engine ray``: shards, then the index from them; ``--engine local``: embed here. Either
+    writes an hnswlib folder or a Milvus index, as ``--out`` says."""
+    from index import ray_ingest
+    from index.build import embed_studies, encoder_identity, with_images
+    from index.vector_store import build_store
+
+    encoder = load_encoder(args.run)
+    if args.engine == "ray":
+        shards = Path(args.shards) if args.shards else ray_ingest.default_shards_dir(encoder, source.studies)
+        _ingest(args, source.studies, encoder.backbone, shards)
+        manifest = ray_ingest.build_from_shards(args.out, encoder, source.studies, shards, data_root, args.run)
+    else:
+        usable, _ = with_images(source.studies)
+        image_emb, report_emb = embed_studies(encoder, usable, batch_size=args.batch_size)
+        manifest = build_store(args.out, image_emb, report_emb, usable, encoder_identity(encoder), data_root, args.run)
+    print(f"built {args.out}: {manifest.count} studies, backbone {manifest.backbone_id}")
+    return 0
