@@ -5,6 +5,7 @@ bench/out/latest.json). About 6-9 minutes on 2 cores; progress goes to stderr.
     python -m bench --cold               # + cold start of the full demo (many minutes)
     python -m bench --with-1m            # + the 1M x 512 search case (2 GB; long hnsw build)
     python -m bench --only query embed   # some parts
+    python -m bench --quick              # every part at smoke sizes (seconds to minutes; what the tests run)
 
 Each part runs in its own process (``python -m bench.<part>``, also runnable alone), so one
 part's threads, caches and peak memory never colour another's. Every figure that has a
@@ -24,6 +25,15 @@ from bench.common import ROOT, emit, log, machine, setup_environment
 
 PARTS = ("embed", "search", "query", "train_head", "startup")
 
+# ``--quick``: the same parts at smoke sizes (the documented-commands test runs this; figures not for the README).
+QUICK_ARGS = {
+    "embed": ["--n", "8", "--reps", "1"],
+    "search": ["--demo-n", "300", "--big-n", "2000", "--small-n", "500", "--queries", "20"],
+    "query": ["--backbones", "offline", "--n-image", "3", "--n-policy", "0"],
+    "train_head": ["--no-thread-compare"],
+    "startup": ["--warm-demo-limit", "40"],
+}
+
 
 def part_command(part: str, args: argparse.Namespace) -> list[str]:
     cmd = [sys.executable, "-m", f"bench.{part}"]
@@ -31,6 +41,8 @@ def part_command(part: str, args: argparse.Namespace) -> list[str]:
         cmd += ["--suite"] + (["--with-1m"] if args.with_1m else [])
     if part == "startup" and args.cold:
         cmd += ["--cold"]
+    if args.quick:
+        cmd += QUICK_ARGS.get(part, [])
     return cmd
 
 
@@ -90,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts")
     p.add_argument("--cold", action="store_true", help="also time a cold start of the full demo (many minutes)")
     p.add_argument("--with-1m", action="store_true", help="also the 1M x 512 search case (2 GB, long build)")
+    p.add_argument("--quick", action="store_true", help="smoke sizes: checks every part runs (figures not comparable)")
     args = p.parse_args(argv)
     setup_environment()
     started = time.perf_counter()
@@ -101,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["machine"]["load_average_at_end"] = machine()["load_average"]
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     report["summary"] = {k: v for k, v in collect_targets({p: report[p] for p in PARTS if p in report}).items() if v}
-    emit(report, save_as="latest.json")
+    emit(report, save_as="quick.json" if args.quick else "latest.json")  # smoke figures never replace a real run
     return report
 
 

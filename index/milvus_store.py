@@ -29,7 +29,8 @@ from data.dataset import studies_fingerprint
 from data.records import Study
 from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, EXACT_THRESHOLD, Neighbours, normalise
 from index.manifest import IndexLoadError, Manifest, check_identity, now_iso
-from index.store import MetadataStore, relative_path, write_store
+from data.findings import BILATERAL, LEFT, RIGHT, canonical_name
+from index.store import MetadataStore, finding_rows, relative_path, write_store
 
 SCHEME = "milvus://"
 DEFAULT_COLLECTION = "cxr"
@@ -73,7 +74,18 @@ def _client(address: MilvusAddress):
     return MilvusClient(address.uri)
 
 
-def _filter_expr(label: int | None, view: str | None, finding: str | None) -> str:
+def finding_keys(study: Study) -> list[str]:
+    """The ``findings`` array of one study: each positive finding name, and ``name|side`` for each
+    side it covers (a bilateral finding covers left, right and bilateral), so a side filter is one
+    ``array_contains`` with the store's meaning: "left" keeps left and bilateral, "bilateral" only bilateral."""
+    keys = []
+    for _, name, side in finding_rows(0, study):
+        keys.append(name)
+        keys += [f"{name}|{s}" for s in ((LEFT, RIGHT, BILATERAL) if side == BILATERAL else (side,) if side else ())]
+    return keys[:MAX_FINDINGS]
+
+
+def _filter_expr(label: int | None, view: str | None, finding: str | None, side: str | None = None) -> str:
     """The engine's filters as a Milvus boolean expression (same matching as ``MetadataStore``)."""
     parts = []
     if label is not None:
@@ -81,7 +93,8 @@ def _filter_expr(label: int | None, view: str | None, finding: str | None) -> st
     if view:
         parts.append(f"view == {json.dumps(view.upper())}")
     if finding:
-        parts.append(f"array_contains(findings, {json.dumps(finding.lower())})")
+        key = canonical_name(finding) + (f"|{side.lower()}" if side else "")
+        parts.append(f"array_contains(findings, {json.dumps(key)})")
     return " and ".join(parts)
 
 
@@ -176,7 +189,7 @@ class MilvusVectorStore:
             for a in range(0, len(studies), INSERT_BATCH):
                 client.insert(name, [
                     {"id": i, "vector": emb[i].tolist(), "label": int(s.label), "view": (s.view or "").upper(),
-                     "findings": list(s.finding_names)[:MAX_FINDINGS], "meta": metas[i]}
+                     "findings": finding_keys(s), "meta": metas[i]}
                     for i, s in enumerate(studies[a:a + INSERT_BATCH], start=a)
                 ])
             client.flush(name)
@@ -217,10 +230,10 @@ class MilvusVectorStore:
 
     # -- queries -------------------------------------------------------------------
     def search(self, target: str, queries: np.ndarray, k: int, label: int | None = None, view: str | None = None,
-               finding: str | None = None) -> Neighbours:
+               finding: str | None = None, side: str | None = None) -> Neighbours:
         """Top-k row ids and cosine scores; the filters run inside Milvus."""
         queries = normalise(queries)
-        expr = _filter_expr(label, view, finding)
+        expr = _filter_expr(label, view, finding, side)
         results = self._search(target, queries, k, expr, self.search_params)
         if "nlist" in self.search_params and min(len(r) for r in results) < k:
             # a restrictive filter can leave the probed lists short of k hits: probe them all

@@ -28,7 +28,7 @@ class VectorStore(Protocol):
     def __len__(self) -> int: ...
 
     def search(self, target: str, queries: np.ndarray, k: int, label: int | None = None, view: str | None = None,
-               finding: str | None = None) -> Neighbours: ...
+               finding: str | None = None, side: str | None = None) -> Neighbours: ...
 
     def close(self) -> None: ...
 
@@ -56,9 +56,9 @@ class HnswVectorStore:
         return self.engine.count
 
     def search(self, target: str, queries: np.ndarray, k: int, label: int | None = None, view: str | None = None,
-               finding: str | None = None) -> Neighbours:
-        filters = Filters(label, view, finding)
-        allowed = self.engine.store.matching_ids(label, view, finding) if filters.active else None
+               finding: str | None = None, side: str | None = None) -> Neighbours:
+        filters = Filters(label, view, finding, side)
+        allowed = self.engine.store.matching_ids(label, view, finding, side) if filters.active else None
         return self.engine._graphs[target].search(np.atleast_2d(queries), int(k), allowed)
 
     def close(self) -> None:
@@ -100,9 +100,9 @@ class MilvusSearchEngine(SearchEngine):
         if query.shape[1] != self.manifest.embed_dim:
             raise ValueError(f"query vector has shape {query.shape}; expected ({self.manifest.embed_dim},)")
         parsed = Filters.parse(filters)
-        found = self.milvus.search(target, query, int(k), parsed.label, parsed.view, parsed.finding)
+        found = self.milvus.search(target, query, int(k), parsed.label, parsed.view, parsed.finding, parsed.side)
         keep = found.ids[0] >= 0
-        n_candidates = (len(self.store.matching_ids(parsed.label, parsed.view, parsed.finding))
+        n_candidates = (len(self.store.matching_ids(parsed.label, parsed.view, parsed.finding, parsed.side))
                         if parsed.active else self.count)
         hits = self._hits(found.ids[0][keep], found.scores[0][keep])
         return SearchResult(hits, target, query_type, parsed, n_candidates, exact=False)

@@ -85,14 +85,15 @@ def test_app_engine_on_milvus_matches_the_hnswlib_folder(small_demo, model, tmp_
 
     _, _, index_dir = small_demo
     folder = SearchEngine.load(index_dir, model)
-    studies = [m.to_study() for m in folder.store.all()]
+    studies = [m.study for m in folder.store.all()]
     spec = f"milvus://{tmp_path}/demo.db#demo"
     build_store(spec, folder.vectors("images"), folder.vectors("reports"), studies, encoder_identity(model),
                 data_root=folder.data_root)
     engine = open_engine(spec, model)
     try:
-        for text in ("cardiomegaly", "no acute cardiopulmonary abnormality"):
-            for filters in (None, {"label": "abnormal"}):
+        for text in ("cardiomegaly", "no acute cardiopulmonary abnormality", "left pleural effusion"):
+            for filters in (None, {"label": "abnormal"}, {"finding": "pleural effusion", "side": "left"},
+                            {"finding": "pleural effusion", "side": "bilateral"}):
                 mine, theirs = engine.search_by_text(text, 10, filters), folder.search_by_text(text, 10, filters)
                 assert mine.study_ids == theirs.study_ids
                 assert np.allclose([h.score for h in mine], [h.score for h in theirs], atol=1e-4)
