@@ -21,6 +21,7 @@ from data.dataset import studies_fingerprint
 from data.records import Study
 from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswIndex, normalise
 from index.manifest import (
+    FAMILIARITY,
     IMAGES,
     META,
     REPORTS,
@@ -83,8 +84,12 @@ def build_index(
     ef: int = DEFAULT_EF,
     data_root: Path | str | None = None,
     run_dir: Path | str | None = None,
+    familiarity: Any = None,
 ) -> Manifest:
     """Build both graphs and the metadata store, and publish them atomically as ``out_dir``.
+
+    ``familiarity`` (an ``index.familiarity.FamiliarityModel`` fitted on the same studies) is
+    stored beside them and covered by the manifest's checksums.
 
     ``identity`` is ``{"backbone_id", "head_checksum", "embed_dim"}`` of the encoder that
     produced the embeddings (see ``encoder_identity``). Image paths under ``data_root`` are
@@ -100,6 +105,8 @@ def build_index(
     with staged_write(Path(out_dir)) as staging:
         _write_graph(staging, images, reports)
         write_store(staging / META, studies, data_root=data_root)
+        if familiarity is not None:
+            familiarity.save(staging / FAMILIARITY)
         stamp = now_iso()
         manifest = Manifest(
             backbone_id=str(identity["backbone_id"]),
@@ -151,6 +158,8 @@ def add_studies(
         verify_files(index_dir, manifest)  # never extend a damaged index
         new_count = manifest.count + len(studies)
         shutil.copyfile(index_dir / META, staging / META)
+        if FAMILIARITY in manifest.files:  # kept as fitted: the added studies widen the index a little
+            shutil.copyfile(index_dir / FAMILIARITY, staging / FAMILIARITY)
         append_to_store(staging / META, studies, data_root=manifest.data_root, start=manifest.count)
         for name, emb in ((IMAGES, image_emb), (REPORTS, report_emb)):
             graph = HnswIndex.load(index_dir / name, dim=manifest.embed_dim, ef=manifest.ef)
@@ -221,6 +230,21 @@ def embed_studies(
     )
 
 
+def fit_familiarity(encoder: Encoder, studies: Sequence[Study], image_feats: np.ndarray | None = None) -> Any:
+    """The familiarity model of an index of ``studies`` (None when the encoder exposes no frozen
+    backbone). ``image_feats``: their frozen image features when already computed."""
+    from index.familiarity import fit_for_studies
+
+    backbone = getattr(encoder, "backbone", None)
+    if backbone is None:
+        return None
+    if image_feats is None:
+        image_feats = np.concatenate([
+            np.asarray(backbone.encode_images([_open_image(s.image_path) for s in studies[i:i + 64]]), np.float32)
+            for i in range(0, len(studies), 64)])
+    return fit_for_studies(backbone, image_feats, [s.report_text for s in studies])
+
+
 def build_from_encoder(
     out_dir: Path | str,
     encoder: Encoder,
@@ -239,7 +263,8 @@ def build_from_encoder(
         raise ValueError("no study has a readable image; nothing to index")
     image_emb, report_emb = embed_studies(encoder, usable, batch_size=batch_size, progress=progress)
     return build_index(
-        out_dir, image_emb, report_emb, usable, encoder_identity(encoder), data_root=data_root, run_dir=run_dir, **hnsw
+        out_dir, image_emb, report_emb, usable, encoder_identity(encoder), data_root=data_root, run_dir=run_dir,
+        familiarity=fit_familiarity(encoder, usable), **hnsw
     )
 
 

@@ -32,6 +32,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from data.images import colourfulness
+
 FAMILIAR, UNLIKE_INDEX, NOT_RADIOGRAPH = "familiar", "unlike_index", "not_radiograph"
 VERDICTS = (FAMILIAR, UNLIKE_INDEX, NOT_RADIOGRAPH)
 FILE = "familiarity.safetensors"
@@ -91,16 +93,6 @@ def verdict(name: str, reason: str, score: float = float("nan"), percentile: flo
 
 
 # --------------------------------------------------------------------------- pixel checks
-def colourfulness(img: Image.Image) -> float:
-    """Mean (max - min) over RGB channels of a 64 px thumbnail: 0 for grey, ~0.2+ for photos."""
-    if img.mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
-        return 0.0
-    thumb = img.convert("RGB")
-    thumb.thumbnail((64, 64))
-    a = np.asarray(thumb, np.float32) / 255.0
-    return float((a.max(axis=2) - a.min(axis=2)).mean())
-
-
 def pixel_check(img: Image.Image, colour: float | None = None) -> str | None:
     """The reason key when the pixels alone rule out a radiograph, else None.
 

@@ -31,6 +31,8 @@ IMAGES = "images.hnsw"
 REPORTS = "reports.hnsw"
 META = "meta.sqlite"
 DATA_FILES = (IMAGES, REPORTS, META)
+FAMILIARITY = "familiarity.safetensors"  # optional (index.familiarity); checksummed when present
+OPTIONAL_FILES = (FAMILIARITY,)
 
 _STAGING = "staging"
 _PREVIOUS = "previous"
@@ -115,7 +117,7 @@ def write_manifest(folder: Path, manifest: Manifest) -> None:
     """Checksum the data files, then write ``manifest.json`` (always the last file written)."""
     folder = Path(folder)
     manifest.files = {}
-    for name in DATA_FILES:
+    for name in DATA_FILES + tuple(n for n in OPTIONAL_FILES if (folder / n).is_file()):
         fsync_path(folder / name)
         manifest.files[name] = file_digest(folder / name)
     atomic_write_json(folder / MANIFEST, manifest.to_dict())
@@ -153,7 +155,7 @@ def verify_files(index_dir: Path, manifest: Manifest, checksums: bool = True) ->
     altered in place. Raises ``IndexCorruptError`` naming the file.
     """
     index_dir = Path(index_dir)
-    for name in DATA_FILES:
+    for name in DATA_FILES + tuple(n for n in OPTIONAL_FILES if n in manifest.files):
         path = index_dir / name
         expected = manifest.files.get(name)
         if expected is None:

@@ -50,8 +50,11 @@ def _loads(run: Path, index: Path) -> bool:
         from model.checkpoint import load_checkpoint
 
         _, config = load_checkpoint(run, expected_backbone_id=OFFLINE_BACKBONE_ID)
+        from index.manifest import FAMILIARITY
+
         manifest = read_manifest(index)
-        return (manifest.head_checksum, manifest.backbone_id) == (config["head_sha256"], OFFLINE_BACKBONE_ID)
+        return ((manifest.head_checksum, manifest.backbone_id) == (config["head_sha256"], OFFLINE_BACKBONE_ID)
+                and FAMILIARITY in manifest.files and "calibration" in config)
     except Exception:
         return False
 

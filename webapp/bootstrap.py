@@ -32,10 +32,20 @@ def ensure_demo(run_dir: Path | None = None, index_dir: Path | None = None, trai
         import train
 
         train.main(["--out", str(run_dir), *(train_args or [])])
-    if not (index_dir / "manifest.json").is_file():
+    if not (index_dir / "manifest.json").is_file() or not _has_familiarity(index_dir):
         log.info("[2/2] building the search index -> %s", index_dir)
         build_index_for_run(run_dir, index_dir)
     return run_dir, index_dir
+
+
+def _has_familiarity(index_dir: Path) -> bool:
+    """Indexes built before the familiarity model are rebuilt once (seconds: features are cached)."""
+    from index.manifest import FAMILIARITY, read_manifest
+
+    try:
+        return FAMILIARITY in read_manifest(index_dir).files
+    except Exception:
+        return True  # a damaged index is reported by the loader, not silently rebuilt here
 
 
 def build_index_for_run(run_dir: Path, index_dir: Path, studies=None, progress: bool = True) -> None:
@@ -43,7 +53,7 @@ def build_index_for_run(run_dir: Path, index_dir: Path, studies=None, progress: 
     import json
 
     from data.demo import demo_dir, load_demo_dataset
-    from index.build import build_index, encoder_identity
+    from index.build import build_index, encoder_identity, fit_familiarity
     from model.features import embed_studies
     from model.retrieval_model import RetrievalModel
 
@@ -66,6 +76,7 @@ def build_index_for_run(run_dir: Path, index_dir: Path, studies=None, progress: 
         encoder_identity(model),
         data_root=data_root,
         run_dir=run_dir,
+        familiarity=fit_familiarity(model, studies, image_feats),
     )
 
 

@@ -19,6 +19,7 @@ from index.engine import SearchEngine
 from webapp.plots import EmbeddingMaps
 from webapp.presenters import gallery_caption, hit_terms, hits_as_records, query_terms, report_cards
 from webapp.queries import LABEL_CHOICES, QueryError, clean_query, parse_choice, parse_k
+from webapp.trust import warning_lines
 
 log = logging.getLogger(__name__)
 
@@ -71,24 +72,30 @@ class SearchService:
             loaded = self._read_upload(upload)
             k, notes = parse_k(k)
             filters = self._filters(label, view, finding)
-            result = self.engine.search_by_image(loaded.image, k=k, filters=filters)
+            result = self.engine.search_by_image(loaded.image, k=k, filters=filters, colour=loaded.colourfulness)
         except (ImageLoadError, QueryError) as exc:
             return (*empty[:4], f"⚠️ {exc}", *empty[5:])
         except Exception:
             return (*empty[:4], self._unexpected("image search"), *empty[5:])
         notes = list(loaded.notes) + notes
-        warnings = []
+        familiarity = result.familiarity.to_dict() if result.familiarity is not None else None
+        if not result.hits and familiarity and familiarity["verdict"] == "not_radiograph":
+            records = {"hits": [], "reports": [], "abnormal_probability": None, "familiarity": familiarity}
+            return loaded.image, [], "", None, f"⛔ {familiarity['message']} No search was run.", records, None
+        warnings = warning_lines(result.familiarity) + _floor_warnings(result)
         if loaded.view and loaded.view not in FRONTAL and all(v in FRONTAL for v in self.views):
             warnings.append(f"This looks like a {_plain(loaded.view)} (non-frontal) view, but only frontal views "
                             "are indexed: results may be poor.")
         prob = result.abnormal_probability
-        status = _status(f"{len(result.hits)} similar studies from {result.n_candidates:,} candidates.", notes, warnings)
+        status = _status(f"{len(result.hits)} similar studies from {result.n_candidates:,} candidates.", notes, warnings,
+                         trusted=result.familiarity is None or result.familiarity.trusted)
         gallery = [(h.image_path, gallery_caption(h)) for h in result.hits]
         reports = report_cards(result.reports, lambda h: hit_terms(h.finding_names, h.tags))
         records = {"hits": hits_as_records(result.hits), "reports": hits_as_records(result.reports),
-                   "abnormal_probability": prob}
-        state = self._query_state("uploaded image", result.hits)
-        return loaded.image, gallery, reports, {"abnormal": prob, "normal": 1 - prob}, status, records, state
+                   "abnormal_probability": prob, "familiarity": familiarity}
+        state = self._query_state("uploaded image", result.hits, familiarity)
+        estimate = {"abnormal": prob, "normal": 1 - prob} if prob is not None else None
+        return loaded.image, gallery, reports, estimate, status, records, state
 
     # ---- text -> images ------------------------------------------------------------
     def search_text(self, text: str | None, k: int, label: str, view: str, finding: str):
@@ -106,8 +113,12 @@ class SearchService:
         terms = query_terms(query, self.vocabulary)
         gallery = [(h.image_path, gallery_caption(h)) for h in result.hits]
         reports = report_cards(result.hits, lambda h: terms)
-        status = _status(f"{len(result.hits)} radiographs from {result.n_candidates:,} candidates.", notes)
-        return gallery, reports, status, {"hits": hits_as_records(result.hits)}, self._query_state(query[:80], result.hits)
+        familiarity = result.familiarity.to_dict() if result.familiarity is not None else None
+        status = _status(f"{len(result.hits)} radiographs from {result.n_candidates:,} candidates.", notes,
+                         warning_lines(result.familiarity) + _floor_warnings(result),
+                         trusted=result.familiarity is None or result.familiarity.trusted)
+        records = {"hits": hits_as_records(result.hits), "familiarity": familiarity}
+        return gallery, reports, status, records, self._query_state(query[:80], result.hits, familiarity)
 
     # ---- embedding map -------------------------------------------------------------
     def map_figures(self, method: str, query_state: dict[str, Any] | None):
@@ -170,10 +181,10 @@ class SearchService:
                 f"{self.context_length} tokens, so the rest was ignored."]
 
     @staticmethod
-    def _query_state(label: str, hits) -> dict[str, Any]:
+    def _query_state(label: str, hits, familiarity: dict[str, Any] | None = None) -> dict[str, Any]:
         # The label becomes plotly hover text, which renders a subset of HTML: escape it.
         return {"label": html.escape(label), "neighbour_ids": [h.study_id for h in hits],
-                "scores": [h.score for h in hits]}
+                "scores": [h.score for h in hits], "familiarity": familiarity}
 
     @staticmethod
     def _unexpected(what: str) -> str:
@@ -186,8 +197,17 @@ def _filters(label: str, view: str, finding: str) -> dict[str, str | None]:
     return {k: (None if (v is None or v == ANY) else v) for k, v in (("label", label), ("view", view), ("finding", finding))}
 
 
-def _status(headline: str, notes: list[str], warnings: list[str] | None = None) -> str:
-    lines = [f"✅ {headline}", *(f"- ⚠️ {w}" for w in warnings or []), *(f"- ℹ️ {n}" for n in notes)]
+def _floor_warnings(result) -> list[str]:
+    if not result.n_below_floor:
+        return []
+    return [f"{result.n_below_floor} filtered result(s) were cut: they are far less similar than the query's best "
+            "match without filters, so they would only be filler."]
+
+
+def _status(headline: str, notes: list[str], warnings: list[str] | None = None, trusted: bool = True) -> str:
+    """``trusted=False`` (a query unlike the index) heads the results with a warning, not a tick."""
+    lines = [f"{'✅' if trusted else '⚠️'} {headline}", *(f"- ⚠️ {w}" for w in warnings or []),
+             *(f"- ℹ️ {n}" for n in notes)]
     return "\n".join(lines)
 
 
