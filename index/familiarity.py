@@ -53,7 +53,7 @@ MAX_SENTENCES = 3000  # report sentences kept as the text reference (most freque
 MESSAGES = {
     "colour": "This looks like a colour photograph or picture, not a chest radiograph.",
     "aspect": "This image's shape (a long strip) is not that of a chest radiograph.",
-    "flat": "This image is almost uniform: there is no radiograph to search.",
+    "flat": "This image is almost uniform (a flat field or faint noise): there is no radiograph to search.",
     "document": "This looks like a document, a screenshot or a drawing, not a chest radiograph.",
     "noise": "This looks like noise or a fine texture, not a chest radiograph.",
     "smooth": "This looks like a smooth gradient with no anatomy, not a chest radiograph.",
@@ -108,15 +108,15 @@ def pixel_check(img: Image.Image, colour: float | None = None) -> str | None:
     thumb = img.convert("L")
     thumb.thumbnail((128, 128))
     a = np.asarray(thumb, np.float32) / 255.0
+    lap = float(np.abs(4 * a[1:-1, 1:-1] - a[:-2, 1:-1] - a[2:, 1:-1] - a[1:-1, :-2] - a[1:-1, 2:]).mean())
+    if lap > 0.14:
+        return "noise"
     if a.std() < 0.06:
         return "flat"
     hist = np.histogram(a, bins=32, range=(0.0, 1.0))[0] / a.size
     entropy = float(-(hist[hist > 0] * np.log2(hist[hist > 0])).sum())
     if (a >= 0.92).mean() > 0.25 or entropy < 2.6:
         return "document"
-    lap = float(np.abs(4 * a[1:-1, 1:-1] - a[:-2, 1:-1] - a[2:, 1:-1] - a[1:-1, :-2] - a[1:-1, 2:]).mean())
-    if lap > 0.14:
-        return "noise"
     if lap < 0.012:
         return "smooth"
     return None
