@@ -208,18 +208,28 @@ def with_images(studies: Sequence[Study]) -> tuple[list[Study], list[Study]]:
 
 
 def embed_studies(
-    encoder: Encoder, studies: Sequence[Study], batch_size: int = 64, progress: bool = True
+    encoder: Encoder, studies: Sequence[Study], batch_size: int = 64, progress: bool = True,
+    frozen: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Image and report embeddings of ``studies`` in batches (bounded memory), with tqdm bars."""
+    """Image and report embeddings of ``studies`` in batches (bounded memory), with tqdm bars.
+
+    ``frozen``: a list that receives the frozen image features of each batch too (same
+    backbone pass), when the encoder can give them (``embed_images_with_features``)."""
     from tqdm.auto import tqdm
 
     dim = int(encoder.embed_dim)
     image_parts: list[np.ndarray] = []
     report_parts: list[np.ndarray] = []
     starts = range(0, len(studies), batch_size)
+    both = frozen is not None and hasattr(encoder, "embed_images_with_features")
     for start in tqdm(starts, desc="embedding images", unit="batch", disable=not progress):
-        batch = studies[start : start + batch_size]
-        image_parts.append(np.asarray(encoder.embed_images([_open_image(s.image_path) for s in batch]), np.float32))
+        images = [_open_image(s.image_path) for s in studies[start : start + batch_size]]
+        if both:
+            feats, emb = encoder.embed_images_with_features(images)
+            frozen.append(np.asarray(feats, np.float32))
+        else:
+            emb = encoder.embed_images(images)
+        image_parts.append(np.asarray(emb, np.float32))
     for start in tqdm(starts, desc="embedding reports", unit="batch", disable=not progress):
         batch = studies[start : start + batch_size]
         report_parts.append(np.asarray(encoder.embed_texts([s.report_text for s in batch]), np.float32))
@@ -261,10 +271,12 @@ def build_from_encoder(
         log.warning("skipping %d studies without a readable image (e.g. %s)", len(missing), missing[0].study_id)
     if not usable:
         raise ValueError("no study has a readable image; nothing to index")
-    image_emb, report_emb = embed_studies(encoder, usable, batch_size=batch_size, progress=progress)
+    frozen: list[np.ndarray] = []
+    image_emb, report_emb = embed_studies(encoder, usable, batch_size=batch_size, progress=progress, frozen=frozen)
+    familiarity = fit_familiarity(encoder, usable, np.concatenate(frozen) if frozen else None)
     return build_index(
         out_dir, image_emb, report_emb, usable, encoder_identity(encoder), data_root=data_root, run_dir=run_dir,
-        familiarity=fit_familiarity(encoder, usable), **hnsw
+        familiarity=familiarity, **hnsw
     )
 
 

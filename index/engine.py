@@ -313,10 +313,12 @@ class SearchEngine:
         return replace(result, familiarity=familiarity)
 
     def search_by_image_vector(
-        self, vec: np.ndarray, k: int = 10, filters: Any = None, target: Target = "images", exact: bool = False
+        self, vec: np.ndarray, k: int = 10, filters: Any = None, target: Target = "images", exact: bool = False,
+        floor: float | None = None,
     ) -> SearchResult:
-        """Search with a precomputed embedding (any query in the shared space, image or text)."""
-        return self._search(vec, k, filters, target, exact, "vector")
+        """Search with a precomputed embedding (any query in the shared space, image or text).
+        Exactly k filtered hits unless a relevance ``floor`` is given (the app's queries use one)."""
+        return self._search(vec, k, filters, target, exact, "vector", floor)
 
     # -- internals -----------------------------------------------------------------
     def _require_encoder(self) -> Encoder:
@@ -331,7 +333,8 @@ class SearchEngine:
                 self._exact[target] = ExactIndex(self._graphs[target].vectors(), normalised=True)
             return self._exact[target]
 
-    def _search(self, vec: np.ndarray, k: int, filters: Any, target: str, exact: bool, query_type: str) -> SearchResult:
+    def _search(self, vec: np.ndarray, k: int, filters: Any, target: str, exact: bool, query_type: str,
+                floor: float | None = RELEVANCE_FLOOR) -> SearchResult:
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
         if int(k) < 1:
@@ -351,10 +354,10 @@ class SearchEngine:
         found: Neighbours = backend.search(query[None, :], int(k), allowed)
         ids, scores = found.ids[0], found.scores[0]
         cut = 0
-        if allowed is not None and len(scores):
+        if allowed is not None and floor is not None and len(scores):
             best = backend.search(query[None, :], 1, None).scores[0]
             if len(best):
-                keep = scores >= float(best[0]) - RELEVANCE_FLOOR
+                keep = scores >= float(best[0]) - floor
                 cut = int((~keep).sum())
                 ids, scores = ids[keep], scores[keep]
         hits = self._hits(ids, scores)

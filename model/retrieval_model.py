@@ -116,13 +116,14 @@ class RetrievalModel:
         return vector
 
     def abnormal_probability(self, image_emb: np.ndarray) -> np.ndarray:
-        """sigmoid(classifier / T) per row of projected image embeddings -> (N,) float32 in [0,1];
-        T is the validation-fitted temperature of ``model.calibration`` (1 for older runs)."""
-        from model.calibration import temperature_of
+        """Calibrated P(abnormal) per row of projected image embeddings -> (N,) float32 in [0,1]:
+        the classifier's logit through the run's validation-fitted ``model.calibration``."""
+        from model.calibration import calibrated_probability
 
         x = _as_tensor(image_emb, self.embed_dim, "image embeddings")
         with torch.inference_mode():
-            return torch.sigmoid(self.head.classify(x) / temperature_of(self.config)).numpy().astype(np.float32, copy=True)
+            logits = self.head.classify(x).numpy()
+        return calibrated_probability(self.config, logits).astype(np.float32)
 
     # --- loading -------------------------------------------------------------------------
     @classmethod

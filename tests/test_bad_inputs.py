@@ -54,7 +54,7 @@ def _loads(run: Path, index: Path) -> bool:
 
         manifest = read_manifest(index)
         return ((manifest.head_checksum, manifest.backbone_id) == (config["head_sha256"], OFFLINE_BACKBONE_ID)
-                and FAMILIARITY in manifest.files and "calibration" in config)
+                and FAMILIARITY in manifest.files and (config.get("calibration") or {}).get("method") == "platt")
     except Exception:
         return False
 

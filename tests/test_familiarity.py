@@ -179,42 +179,49 @@ def test_filtered_search_cuts_hits_far_below_the_unfiltered_best(small_demo, tmp
     engine = SearchEngine.load(tmp_path / "idx", None)
     query = np.eye(dim, dtype=np.float32)[0]
     n_abnormal = sum(s.label == 1 for s in studies)
-    cut = engine.search_by_image_vector(query, k=5, filters={"label": "abnormal"})
+    assert len(engine.search_by_image_vector(query, k=5, filters={"label": "abnormal"}).hits) == 5  # no floor asked
+    cut = engine.search_by_image_vector(query, k=5, filters={"label": "abnormal"}, floor=RELEVANCE_FLOOR)
     assert cut.hits == [] and cut.n_below_floor == min(5, n_abnormal) and cut.n_candidates == n_abnormal
-    kept = engine.search_by_image_vector(query, k=5, filters={"label": "normal"})
+    kept = engine.search_by_image_vector(query, k=5, filters={"label": "normal"}, floor=RELEVANCE_FLOOR)
     assert len(kept.hits) == 5 and kept.n_below_floor == 0
     assert all(h.score >= 1 - RELEVANCE_FLOOR for h in kept.hits)
-    unfiltered = engine.search_by_image_vector(query, k=5)
+    unfiltered = engine.search_by_image_vector(query, k=5, floor=RELEVANCE_FLOOR)
     assert unfiltered.n_below_floor == 0 and len(unfiltered.hits) == 5
 
 
 # ----------------------------------------------------------------------------- calibration
-def test_temperature_scaling_fixes_an_overconfident_estimate():
-    from model.calibration import calibration_report, fit_temperature, reliability
+def test_platt_scaling_fixes_an_overconfident_and_biased_estimate():
+    from model.calibration import calibration_report, fit_platt, fit_temperature, reliability
 
     rng = np.random.default_rng(0)
     true_logit = rng.normal(0, 2, 4000)
     labels = (rng.random(4000) < 1 / (1 + np.exp(-true_logit))).astype(int)
-    overconfident = 3.0 * true_logit
-    assert fit_temperature(overconfident[:2000], labels[:2000]) == pytest.approx(3.0, rel=0.15)
-    stored, report = calibration_report(overconfident[:2000], labels[:2000], overconfident[2000:], labels[2000:])
-    assert stored["method"] == "temperature" and report["ece_after"] < report["ece_before"] / 2
-    assert report["ece_after"] < 0.05 and sum(b["n"] for b in report["reliability_after"]) == 2000
+    skewed = 3.0 * true_logit + 2.0  # too sharp and biased towards "abnormal"
+    scale, bias = fit_platt(skewed[:2000], labels[:2000])
+    assert scale == pytest.approx(1 / 3, rel=0.15) and bias == pytest.approx(-2 / 3, abs=0.2)
+    assert fit_temperature(3.0 * true_logit[:2000], labels[:2000]) == pytest.approx(3.0, rel=0.15)
+    stored, report = calibration_report(skewed[:2000], labels[:2000], skewed[2000:], labels[2000:])
+    assert stored["method"] == "platt" and report["ece_after"] < report["ece_before"] / 2
+    assert report["ece_after"] < 0.05 and report["ece_after"] <= report["ece_temperature_only"]
+    assert sum(b["n"] for b in report["reliability_after"]) == 2000
     assert reliability(np.array([0.9, 0.9]), np.array([1, 1]))["ece"] == pytest.approx(0.1)
 
 
-def test_trained_run_stores_its_temperature_and_reports_ece(small_demo, model):
-    from model.calibration import temperature_of
+def test_trained_run_stores_its_calibration_and_the_model_applies_it(small_demo, model):
+    import torch
+
+    from model.calibration import calibrated_probability
 
     run = small_demo[1]
     config = json.loads((run / "config.json").read_text())
     report = json.loads((run / "eval.json").read_text())
-    assert temperature_of(config) == pytest.approx(config["calibration"]["temperature"]) and temperature_of(config) > 0
+    assert config["calibration"]["method"] == "platt" and config["calibration"]["fitted_on"] == "val"
     assert {"ece_before", "ece_after", "reliability_after"} <= set(report["calibration"])
-    emb = np.eye(model.embed_dim, dtype=np.float32)[:2]
-    raw = 1 / (1 + np.exp(-np.asarray(model.head.classify(__import__("torch").from_numpy(emb)).detach())))
-    calibrated = model.abnormal_probability(emb)
-    assert np.all((calibrated - 0.5) * (raw - 0.5) >= 0)  # same side of 0.5: ranking kept
+    emb = np.eye(model.embed_dim, dtype=np.float32)[:4]
+    logits = model.head.classify(torch.from_numpy(emb)).detach().numpy()
+    np.testing.assert_allclose(model.abnormal_probability(emb), calibrated_probability(config, logits), rtol=1e-5)
+    order = np.argsort(logits)
+    assert np.all(np.diff(model.abnormal_probability(emb)[order]) >= -1e-7)  # ranking kept (scale > 0)
 
 
 # ----------------------------------------------------------------------------- the criteria, full demo
