@@ -56,15 +56,24 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, iterations: int = 100) -> 
     if len(z) == 0 or len(set(y.tolist())) < 2:
         return 1.0, 0.0
     x = np.stack([z, np.ones_like(z)], axis=1)
-    w = np.array([1.0, 0.0])
-    ridge = 1e-3 * np.eye(2)
+    prior = np.array([1.0, 0.0])
+    ridge = 1e-3
+
+    def loss(w: np.ndarray) -> float:
+        return nll(x @ w, y) + 0.5 * ridge * float(((w - prior) ** 2).sum())
+
+    w = np.zeros(2)  # IRLS from p = 0.5 everywhere, with backtracking: never a step that raises the loss
+    current = loss(w)
     for _ in range(iterations):
         p = _sigmoid(x @ w)
-        grad = x.T @ (p - y) / len(z) + ridge @ (w - [1.0, 0.0])
-        hess = (x * (p * (1 - p))[:, None]).T @ x / len(z) + ridge
+        grad = x.T @ (p - y) / len(z) + ridge * (w - prior)
+        hess = (x * (p * (1 - p))[:, None]).T @ x / len(z) + ridge * np.eye(2)
         step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-8:
+        t = 1.0
+        while t > 1e-6 and loss(w - t * step) > current:
+            t /= 2
+        w, previous, current = w - t * step, current, loss(w - t * step)
+        if abs(previous - current) < 1e-12:
             break
     return float(w[0]), float(w[1])
 
