@@ -43,6 +43,7 @@ FORMAT_VERSION = 1
 PCA_DIMS = 128  # principal components kept of the frozen image features
 K = 3  # neighbours averaged in the score
 HELD_OUT = 0.2  # share of indexed studies left out of the subspace fit, for calibration
+FOLDS, KFOLD_UP_TO = 5, 2000  # up to this many studies: 5-fold instead (a 20% share would be too few scores)
 MAX_REFERENCE = 8000  # indexed studies kept as neighbours (larger indexes: a fixed random sample)
 UNLIKE_QUANTILE = 0.99  # beyond this share of held-out indexed studies: "unlike the index"
 # "Not a radiograph" from features alone: this many (q99 - q50) spreads above the median held-out
@@ -185,21 +186,29 @@ class _Space:
     @classmethod
     def fit(cls, feats: np.ndarray, dims: int | None, rng: np.random.Generator, loo: bool = False) -> "_Space":
         """Reference = every row. Calibration = held-out scores: without ``dims``, each row against
-        all others (leave-one-out); with ``dims``, the subspace is fitted on a random
-        (1 - HELD_OUT) of the rows and the rest are scored against all other rows, so their
-        off-subspace part counts as it does for a new query."""
+        all others (leave-one-out); with ``dims``, rows left out of the subspace fit are scored
+        against all other rows, so their off-subspace part counts as it does for a new query
+        (5 folds up to KFOLD_UP_TO rows; above, one fit without a random HELD_OUT share)."""
         feats = _unit(feats)
         if len(feats) > MAX_REFERENCE:
             feats = feats[np.sort(rng.choice(len(feats), MAX_REFERENCE, replace=False))]
-        if dims is None or loo:
+        if dims is None or loo or len(feats) < 4:
             space = cls._fit_rows(feats, feats, dims)
             space.calibration = np.sort(space._loo_scores(np.arange(len(feats)), feats))
             return space
         order = rng.permutation(len(feats))
-        n_held = int(np.clip(round(len(feats) * HELD_OUT), 1, max(len(feats) - 2, 1)))
-        held, fitted = np.sort(order[:n_held]), order[n_held:]
+        if len(feats) <= KFOLD_UP_TO:  # small index: every row scored once, its fold left out of the fit
+            held = []
+            for fold in np.array_split(order, min(FOLDS, len(feats) // 2)):
+                rest = np.setdiff1d(order, fold)
+                held.append(cls._fit_rows(feats[rest], feats, dims)._loo_scores(np.sort(fold), feats))
+            space = cls._fit_rows(feats, feats, dims)
+            space.calibration = np.sort(np.concatenate(held))
+            return space
+        n_held = int(round(len(feats) * HELD_OUT))
+        held_rows, fitted = np.sort(order[:n_held]), order[n_held:]
         space = cls._fit_rows(feats[fitted], feats, dims)
-        space.calibration = np.sort(space._loo_scores(held, feats))
+        space.calibration = np.sort(space._loo_scores(held_rows, feats))
         return space
 
     def _loo_scores(self, rows: np.ndarray, feats: np.ndarray) -> np.ndarray:
@@ -292,6 +301,7 @@ class FamiliarityModel:
             "format_version": FORMAT_VERSION, "backbone_id": backbone_id, "count": int(len(image_feats)),
             "pca_dims": int(image.basis.shape[0]) if image.basis is not None else 0, "k": K,
             "image_q50": q50, "image_unlike": q99, "unlike_quantile": UNLIKE_QUANTILE,
+            "calibration": "5-fold" if len(image_feats) <= KFOLD_UP_TO else f"{HELD_OUT:.0%} held out",
         }
         text = None
         if text_feats is not None and len(text_feats) > K:

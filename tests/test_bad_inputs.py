@@ -50,9 +50,12 @@ def _loads(run: Path, index: Path) -> bool:
         from model.checkpoint import load_checkpoint
 
         _, config = load_checkpoint(run, expected_backbone_id=OFFLINE_BACKBONE_ID)
+        from index.familiarity import FamiliarityModel
         from index.manifest import FAMILIARITY
 
         manifest = read_manifest(index)
+        if "calibration" not in FamiliarityModel.load(index / FAMILIARITY).meta:
+            return False  # fitted by older code
         return ((manifest.head_checksum, manifest.backbone_id) == (config["head_sha256"], OFFLINE_BACKBONE_ID)
                 and FAMILIARITY in manifest.files and (config.get("calibration") or {}).get("method") == "platt")
     except Exception:
