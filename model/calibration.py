@@ -102,9 +102,11 @@ def calibration_report(val_logits: np.ndarray, val_labels: np.ndarray, test_logi
     scale, bias = fit_platt(val_logits, val_labels)
     t = fit_temperature(val_logits, val_labels)
     z = np.asarray(test_logits, np.float64)
+    stored = {"method": "platt", "scale": round(scale, 6), "bias": round(bias, 6), "fitted_on": "val"}
+    if z.size == 0:
+        return stored, {**stored, "note": "no test studies: nothing to measure"}
     before = reliability(_sigmoid(z), test_labels)
     after = reliability(_sigmoid(scale * z + bias), test_labels)
-    stored = {"method": "platt", "scale": round(scale, 6), "bias": round(bias, 6), "fitted_on": "val"}
     report = {"method": "platt", "scale": round(scale, 4), "bias": round(bias, 4), "fitted_on": "val",
               "evaluated_on": "test", "nll_before": round(nll(z, test_labels), 4),
               "nll_after": round(nll(scale * z + bias, test_labels), 4),

@@ -273,3 +273,19 @@ def test_finding_phrases_pass_and_non_clinical_phrases_are_warned(demo_engine):
     assert len(findings) >= 60 and [p for p, v in findings.items() if v != FAMILIAR] == []
     other = text_verdicts(demo_engine, NON_CLINICAL_PHRASES)
     assert [p for p, v in other.items() if v == FAMILIAR] == []
+
+
+def test_growing_an_index_keeps_its_familiarity_model_under_the_checksums(small_demo, model, tmp_path):
+    import dataclasses
+
+    from data.dataset import load_dataset
+    from index.build import add_studies
+    from index.engine import SearchEngine
+
+    copy = Path(shutil.copytree(small_demo[2], tmp_path / "index"))
+    before = (copy / FILE).read_bytes()
+    new = [dataclasses.replace(load_dataset(small_demo[0])[0], study_id="NEW-1")]
+    vec = np.random.default_rng(0).normal(size=(1, model.embed_dim)).astype(np.float32)
+    manifest = add_studies(copy, vec, vec, new)
+    assert manifest.count == 41 and FILE in manifest.files and (copy / FILE).read_bytes() == before
+    assert SearchEngine.load(copy, model).familiarity is not None  # checksums verified on load
