@@ -289,3 +289,15 @@ def test_growing_an_index_keeps_its_familiarity_model_under_the_checksums(small_
     manifest = add_studies(copy, vec, vec, new)
     assert manifest.count == 41 and FILE in manifest.files and (copy / FILE).read_bytes() == before
     assert SearchEngine.load(copy, model).familiarity is not None  # checksums verified on load
+
+
+def test_embedding_map_star_is_labelled_with_the_verdict():
+    from webapp.plots import EmbeddingMaps
+
+    data = {"ids": ["A", "B"], "labels": [0, 1], "maps": {"finetuned": {"tsne": [[0, 0], [1, 1]]}}}
+    maps = EmbeddingMaps(data, {"A": "clear", "B": "effusion"})
+    query = {"label": "uploaded image", "neighbour_ids": ["A", "B"], "scores": [0.9, 0.8],
+             "familiarity": {"verdict": UNLIKE_INDEX}}
+    star = maps.figure("finetuned", "tsne", query).data[-1]
+    assert star.name == "your query (unlike the index)" and list(star.text) == ["your query (unlike the index)"]
+    assert "unlike the index" in star.hovertext[0]
