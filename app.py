@@ -120,6 +120,7 @@ def build_ui(service, examples: list[str], phantom_examples: list[str]):
                     with gr.Column(scale=1):
                         upload = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", type="filepath", file_count="single")
                         preview = gr.Image(label="Query (de-identified preview)", type="pil", interactive=False, height=260)
+                        verdict_img = gr.HTML(elem_id="verdict-image")  # familiarity verdict (webapp.trust)
                         probability = gr.Label(label="Head's normal / abnormal estimate", num_top_classes=2)
                         with gr.Accordion("Filters", open=False):
                             k_img = gr.Slider(1, 30, value=8, step=1, label="Number of results (k)")
@@ -143,6 +144,7 @@ def build_ui(service, examples: list[str], phantom_examples: list[str]):
                         # lines=1: Enter searches (gradio submits on Enter only for one-line boxes); Shift+Enter adds a line
                         text = gr.Textbox(label="Findings phrase", placeholder="e.g. small left pleural effusion (Enter searches)",
                                           lines=1, max_lines=4)
+                        verdict_txt = gr.HTML(elem_id="verdict-text")
                         gr.Examples([[p] for p in EXAMPLE_PHRASES], inputs=text, label="Try")
                         with gr.Accordion("Filters", open=False):
                             k_txt = gr.Slider(1, 30, value=8, step=1, label="Number of results (k)")
@@ -175,14 +177,18 @@ def build_ui(service, examples: list[str], phantom_examples: list[str]):
                 gr.Markdown(model_card(service))
         img_inputs = [upload, k_img, label_img, view_img, finding_img]
         img_outputs = [preview, gallery_img, reports_img, probability, status_img, json_img, query_state]
+        from webapp.trust import verdict_of
+
         search_image = serving.gallery_outputs(service.search_image)  # gallery images: copies in the temp folder
         search_text = serving.gallery_outputs(service.search_text)
-        search_img_btn.click(search_image, img_inputs, img_outputs, api_name="search_image")
-        upload.upload(search_image, img_inputs, img_outputs, api_visibility="private")
+        for event in (search_img_btn.click(search_image, img_inputs, img_outputs, api_name="search_image"),
+                      upload.upload(search_image, img_inputs, img_outputs, api_visibility="private")):
+            event.then(verdict_of, json_img, verdict_img, api_visibility="private")
         txt_inputs = [text, k_txt, label_txt, view_txt, finding_txt]
         txt_outputs = [gallery_txt, reports_txt, status_txt, json_txt, query_state]
-        search_txt_btn.click(search_text, txt_inputs, txt_outputs, api_name="search_text")
-        text.submit(search_text, txt_inputs, txt_outputs, api_visibility="private")
+        for event in (search_txt_btn.click(search_text, txt_inputs, txt_outputs, api_name="search_text"),
+                      text.submit(search_text, txt_inputs, txt_outputs, api_visibility="private")):
+            event.then(verdict_of, json_txt, verdict_txt, api_visibility="private")
         for trigger in (method.change, query_state.change, demo.load):
             trigger(service.map_figures, [method, query_state], [plot_frozen, plot_tuned], api_visibility="private")
     return demo
@@ -267,8 +273,10 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.run or args.bundle):
         maps_later(service, service.run.run_dir)
     log.info("ready in %.1fs", time.time() - t0)
+    from webapp.trust import CSS as VERDICT_CSS
+
     serving.serve(demo, **options, allowed_paths=serving.served_examples(examples + phantoms),  # nothing else as-is
-                  theme=gr.themes.Soft(), css=CSS)
+                  theme=gr.themes.Soft(), css=CSS + VERDICT_CSS)
 
 
 if __name__ == "__main__":

@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> Path:
     # ---- step 3: evaluate on the held-out test split ----------------------------------
     test = rows["test"]
     report = evaluate_models(backbone, head, untrained, Xi, Xt, labels, test, args.bootstrap)
+    calibration, report["calibration"] = calibrate_head(head, Xi, labels, rows)
     report.update({"n_test": int(len(test)), "split_hash": split_hash(split), "split_level": level,
                    "data": source.name, "best_epoch": best_epoch, "timings_s": {"embed": round(t_embed, 1), "train_head": round(t_train, 1)}})
 
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> Path:
         "image_dim": backbone.image_dim, "text_dim": backbone.text_dim, "shared_space": backbone.shared_space,
         "loss": args.loss, "loss_weights": weights, "supcon_temperature": args.supcon_temperature,
         "optim": {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "patience")},
-        "best_epoch": best_epoch, "seed": args.seed, "data": source.name,
+        "best_epoch": best_epoch, "seed": args.seed, "data": source.name, "calibration": calibration,
         "data_version": studies_fingerprint(studies), "split_hash": split_hash(split),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
     }
@@ -287,6 +288,14 @@ def recall_and_precision_at_10(similarity: np.ndarray, labels: np.ndarray) -> tu
     rank = np.argmax(order == np.arange(n_q)[:, None], axis=1)
     same_label = labels[order[:, : min(10, n_g)]] == labels[:, None]
     return float((rank < 10).astype(np.float64).mean()), float(same_label.mean(axis=1).mean())
+
+
+def calibrate_head(head: RetrievalHead, Xi: torch.Tensor, labels: np.ndarray, rows: dict) -> tuple[dict, dict]:
+    """Temperature of the abnormal estimate fitted on val, ECE/reliability on test (model.calibration)."""
+    from model.calibration import calibration_report, head_logits
+
+    logits = {k: head_logits(head, project(head, Xi[rows[k]], "image")) for k in ("val", "test")}
+    return calibration_report(logits["val"], labels[rows["val"]], logits["test"], labels[rows["test"]])
 
 
 def evaluate_models(backbone, head, untrained_state, Xi, Xt, labels, test, n_bootstrap) -> dict:

@@ -34,6 +34,7 @@ class LoadedImage:
     source_format: str  # "PNG", "JPEG", "DICOM", ...
     view: str = ""  # from DICOM ViewPosition when present
     notes: list[str] = field(default_factory=list)
+    colourfulness: float = 0.0  # of the file before the grey conversion (index.familiarity: photos are colourful)
 
 
 def load_radiograph(source: str | Path | bytes) -> LoadedImage:
@@ -92,9 +93,20 @@ def _load_raster(data: bytes) -> LoadedImage:
     if img.size[0] < 32 or img.size[1] < 32:
         raise ImageLoadError(f"The image is only {img.size[0]}×{img.size[1]} pixels; a radiograph is needed.")
     img = ImageOps.exif_transpose(img)
+    colour = colourfulness(img)
     gray = to_grayscale_8bit(img, notes)
     gray = _limit_size(gray, notes)
-    return LoadedImage(image=gray, source_format=fmt, notes=notes)
+    return LoadedImage(image=gray, source_format=fmt, notes=notes, colourfulness=colour)
+
+
+def colourfulness(img: Image.Image) -> float:
+    """Mean (max - min) over RGB channels of a 64 px thumbnail: 0 for grey, ~0.2+ for photos."""
+    if img.mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
+        return 0.0
+    thumb = img.convert("RGB")
+    thumb.thumbnail((64, 64))
+    a = np.asarray(thumb, np.float32) / 255.0
+    return float((a.max(axis=2) - a.min(axis=2)).mean())
 
 
 def to_grayscale_8bit(img: Image.Image, notes: list[str] | None = None) -> Image.Image:

@@ -21,6 +21,7 @@ from data.dataset import studies_fingerprint
 from data.records import Study
 from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswIndex, normalise
 from index.manifest import (
+    FAMILIARITY,
     IMAGES,
     META,
     REPORTS,
@@ -84,11 +85,14 @@ def build_index(
     data_root: Path | str | None = None,
     run_dir: Path | str | None = None,
     frozen_image_feats: np.ndarray | None = None,
+    familiarity: Any = None,
 ) -> Manifest:
     """Build both graphs and the metadata store, and publish them atomically as ``out_dir``.
 
     ``frozen_image_feats`` (the backbone's features before the head, row-aligned) are kept in
-    the folder for the frozen-vs-fine-tuned view (``index.frozen``), covered by the manifest.
+    the folder for the frozen-vs-fine-tuned view (``index.frozen``); ``familiarity`` (an
+    ``index.familiarity.FamiliarityModel`` fitted on the same studies) is stored beside them.
+    Both are covered by the manifest's checksums.
 
     ``identity`` is ``{"backbone_id", "head_checksum", "embed_dim"}`` of the encoder that
     produced the embeddings (see ``encoder_identity``). Image paths under ``data_root`` are
@@ -104,6 +108,8 @@ def build_index(
     with staged_write(Path(out_dir)) as staging:
         _write_graph(staging, images, reports)
         write_store(staging / META, studies, data_root=data_root)
+        if familiarity is not None:
+            familiarity.save(staging / FAMILIARITY)
         stamp = now_iso()
         manifest = Manifest(
             backbone_id=str(identity["backbone_id"]),
@@ -160,6 +166,8 @@ def add_studies(
         verify_files(index_dir, manifest)  # never extend a damaged index
         new_count = manifest.count + len(studies)
         shutil.copyfile(index_dir / META, staging / META)
+        if FAMILIARITY in manifest.files:  # kept as fitted: the added studies widen the index a little
+            shutil.copyfile(index_dir / FAMILIARITY, staging / FAMILIARITY)
         append_to_store(staging / META, studies, data_root=manifest.data_root, start=manifest.count)
         for name, emb in ((IMAGES, image_emb), (REPORTS, report_emb)):
             graph = HnswIndex.load(index_dir / name, dim=manifest.embed_dim, ef=manifest.ef)
@@ -213,23 +221,24 @@ def embed_studies(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Image and report embeddings of ``studies`` in batches (bounded memory), with tqdm bars.
 
-    With ``frozen_out`` (a list) and an encoder that exposes its backbone, the frozen image
-    features of each batch are appended to it too (same forward pass; ``index.frozen``)."""
+    ``frozen_out``: a list that receives the frozen image features of each batch too (same
+    backbone pass), when the encoder can give them (``embed_images_with_features``): the
+    familiarity model and the frozen-vs-fine-tuned view read them."""
     from tqdm.auto import tqdm
 
     dim = int(encoder.embed_dim)
     image_parts: list[np.ndarray] = []
     report_parts: list[np.ndarray] = []
     starts = range(0, len(studies), batch_size)
+    both = frozen_out is not None and hasattr(encoder, "embed_images_with_features")
     for start in tqdm(starts, desc="embedding images", unit="batch", disable=not progress):
-        batch = studies[start : start + batch_size]
-        images = [_open_image(s.image_path) for s in batch]
-        if frozen_out is not None and hasattr(encoder, "backbone") and hasattr(encoder, "project_image_features"):
-            feats = encoder.backbone.encode_images(images)
-            frozen_out.append(feats.numpy().astype(np.float32))
-            image_parts.append(np.asarray(encoder.project_image_features(feats), np.float32))
+        images = [_open_image(s.image_path) for s in studies[start : start + batch_size]]
+        if both:
+            feats, emb = encoder.embed_images_with_features(images)
+            frozen_out.append(np.asarray(feats, np.float32))
         else:
-            image_parts.append(np.asarray(encoder.embed_images(images), np.float32))
+            emb = encoder.embed_images(images)
+        image_parts.append(np.asarray(emb, np.float32))
     for start in tqdm(starts, desc="embedding reports", unit="batch", disable=not progress):
         batch = studies[start : start + batch_size]
         report_parts.append(np.asarray(encoder.embed_texts([s.report_text for s in batch]), np.float32))
@@ -238,6 +247,21 @@ def embed_studies(
         np.concatenate(image_parts) if image_parts else empty,
         np.concatenate(report_parts) if report_parts else empty,
     )
+
+
+def fit_familiarity(encoder: Encoder, studies: Sequence[Study], image_feats: np.ndarray | None = None) -> Any:
+    """The familiarity model of an index of ``studies`` (None when the encoder exposes no frozen
+    backbone). ``image_feats``: their frozen image features when already computed."""
+    from index.familiarity import fit_for_studies
+
+    backbone = getattr(encoder, "backbone", None)
+    if backbone is None:
+        return None
+    if image_feats is None:
+        image_feats = np.concatenate([
+            np.asarray(backbone.encode_images([_open_image(s.image_path) for s in studies[i:i + 64]]), np.float32)
+            for i in range(0, len(studies), 64)])
+    return fit_for_studies(backbone, image_feats, [s.report_text for s in studies])
 
 
 def build_from_encoder(
@@ -258,9 +282,10 @@ def build_from_encoder(
         raise ValueError("no study has a readable image; nothing to index")
     frozen: list[np.ndarray] = []
     image_emb, report_emb = embed_studies(encoder, usable, batch_size=batch_size, progress=progress, frozen_out=frozen)
+    frozen_feats = np.concatenate(frozen) if frozen else None
     return build_index(
         out_dir, image_emb, report_emb, usable, encoder_identity(encoder), data_root=data_root, run_dir=run_dir,
-        frozen_image_feats=np.concatenate(frozen) if frozen else None, **hnsw
+        frozen_image_feats=frozen_feats, familiarity=fit_familiarity(encoder, usable, frozen_feats), **hnsw
     )
 
 

@@ -19,7 +19,9 @@ from PIL import Image
 from data.records import ABNORMAL, LABEL_NAMES, NORMAL, Study
 from index.ann import EXACT_THRESHOLD, ExactIndex, HnswIndex, Neighbours, normalise
 from index.build import Encoder, encoder_identity
+from index.familiarity import FamiliarityModel, Familiarity, NOT_RADIOGRAPH
 from index.manifest import (
+    FAMILIARITY,
     IMAGES,
     META,
     REPORTS,
@@ -37,6 +39,9 @@ Target = Literal["images", "reports"]
 TARGETS = ("images", "reports")
 _LABELS = {"normal": NORMAL, "abnormal": ABNORMAL, "0": NORMAL, "1": ABNORMAL}
 _ANY = {"", "any", "all"}
+# Relevance floor of filtered searches: hits more than this far (cosine) below the query's best
+# unfiltered match are dropped instead of shown as filler (see SearchResult.n_below_floor).
+RELEVANCE_FLOOR = 0.35
 
 
 @dataclass(frozen=True)
@@ -130,8 +135,10 @@ class SearchResult:
     filters: Filters
     n_candidates: int  # how many indexed items pass the filters
     exact: bool  # True when exact search answered (small gallery, request, or filter fallback)
-    abnormal_probability: float | None = None  # search_by_image only
+    abnormal_probability: float | None = None  # search_by_image only; None when withheld (familiarity)
     reports: list[Hit] = field(default_factory=list)  # search_by_image only: image->report hits
+    familiarity: Familiarity | None = None  # None when the index has no familiarity model
+    n_below_floor: int = 0  # filtered search: hits cut for falling below the relevance floor
 
     def __len__(self) -> int:
         return len(self.hits)
@@ -153,6 +160,8 @@ class SearchResult:
             "exact": self.exact,
             "abnormal_probability": self.abnormal_probability,
             "reports": [h.to_dict() for h in self.reports],
+            "familiarity": self.familiarity.to_dict() if self.familiarity is not None else None,
+            "n_below_floor": self.n_below_floor,
         }
 
 
@@ -168,8 +177,10 @@ class SearchEngine:
         data_root: Path | str | None = None,
         exact_threshold: int = EXACT_THRESHOLD,
         index_dir: Path | None = None,
+        familiarity: FamiliarityModel | None = None,
     ):
         self._graphs = dict(graphs)
+        self.familiarity = familiarity
         self._exact: dict[str, ExactIndex] = {}
         self._exact_lock = threading.Lock()
         self.store = store
@@ -223,7 +234,8 @@ class SearchEngine:
             raise IndexCorruptError(f"index {index_dir} is inconsistent: item counts {sizes}; rebuild it")
         if data_root is None and manifest.data_root and Path(manifest.data_root).is_dir():
             data_root = manifest.data_root
-        return cls(graphs, store, manifest, encoder, data_root, exact_threshold, index_dir)
+        familiarity = FamiliarityModel.load(index_dir / FAMILIARITY) if FAMILIARITY in manifest.files else None
+        return cls(graphs, store, manifest, encoder, data_root, exact_threshold, index_dir, familiarity)
 
     # -- facts ---------------------------------------------------------------------
     def __len__(self) -> int:
@@ -250,13 +262,30 @@ class SearchEngine:
         return self._exact_index(target).vectors()
 
     # -- queries -------------------------------------------------------------------
-    def search_by_image(self, img: Image.Image, k: int = 10, filters: Any = None, exact: bool = False) -> SearchResult:
+    def search_by_image(self, img: Image.Image, k: int = 10, filters: Any = None, exact: bool = False,
+                        colour: float | None = None) -> SearchResult:
         """Similar prior studies (image->image), the closest reports (image->report, same
-        filters, same k), and the model's abnormal probability for the query image."""
+        filters, same k), and the model's abnormal probability for the query image.
+
+        With a familiarity model, a ``not_radiograph`` query gets no hits and no probability,
+        an ``unlike_index`` one gets hits but no probability (it cannot be trusted there).
+        ``colour``: the upload's colourfulness when ``img`` was already converted to grey.
+        """
         encoder = self._require_encoder()
+        familiarity = None
         with query_threads():
-            emb = normalise(encoder.embed_images([img]))
+            if self.familiarity is not None and hasattr(encoder, "embed_images_with_features"):
+                feats, emb = encoder.embed_images_with_features([img])
+                familiarity = self.familiarity.assess_image(img, feats, colour)
+            else:
+                emb = encoder.embed_images([img])
+            emb = normalise(emb)
+        parsed = Filters.parse(filters)
+        if familiarity is not None and familiarity.verdict == NOT_RADIOGRAPH:
+            return SearchResult([], "images", "image", parsed, self._n_candidates(parsed), exact, None, [], familiarity)
         probability = float(np.asarray(encoder.abnormal_probability(emb)).reshape(-1)[0])
+        if familiarity is not None and not familiarity.trusted:
+            probability = None
         images = self._search(emb, k, filters, "images", exact, "image")
         reports = self._search(emb, k, filters, "reports", exact, "image")
         return SearchResult(
@@ -268,22 +297,34 @@ class SearchEngine:
             exact=images.exact,
             abnormal_probability=probability,
             reports=reports.hits,
+            familiarity=familiarity,
+            n_below_floor=images.n_below_floor,
         )
 
     def search_by_text(self, text: str, k: int = 10, filters: Any = None, exact: bool = False) -> SearchResult:
-        """Radiographs matching a findings phrase (text->image)."""
+        """Radiographs matching a findings phrase (text->image), with the phrase's familiarity."""
         if not text or not text.strip():
             raise ValueError("the text query is empty")
         encoder = self._require_encoder()
+        text = text.strip()
+        familiarity = None
         with query_threads():
-            emb = normalise(encoder.embed_texts([text.strip()]))
-        return self._search(emb, k, filters, "images", exact, "text")
+            if self.familiarity is not None and hasattr(encoder, "embed_text_with_features"):
+                feats, emb = encoder.embed_text_with_features(text)
+                familiarity = self.familiarity.assess_text(text, feats)
+            else:
+                emb = encoder.embed_texts([text])
+            emb = normalise(emb)
+        result = self._search(emb, k, filters, "images", exact, "text")
+        return replace(result, familiarity=familiarity)
 
     def search_by_image_vector(
-        self, vec: np.ndarray, k: int = 10, filters: Any = None, target: Target = "images", exact: bool = False
+        self, vec: np.ndarray, k: int = 10, filters: Any = None, target: Target = "images", exact: bool = False,
+        floor: float | None = None,
     ) -> SearchResult:
-        """Search with a precomputed embedding (any query in the shared space, image or text)."""
-        return self._search(vec, k, filters, target, exact, "vector")
+        """Search with a precomputed embedding (any query in the shared space, image or text).
+        Exactly k filtered hits unless a relevance ``floor`` is given (the app's queries use one)."""
+        return self._search(vec, k, filters, target, exact, "vector", floor)
 
     # -- internals -----------------------------------------------------------------
     def _require_encoder(self) -> Encoder:
@@ -298,7 +339,8 @@ class SearchEngine:
                 self._exact[target] = ExactIndex(self._graphs[target].vectors(), normalised=True)
             return self._exact[target]
 
-    def _search(self, vec: np.ndarray, k: int, filters: Any, target: str, exact: bool, query_type: str) -> SearchResult:
+    def _search(self, vec: np.ndarray, k: int, filters: Any, target: str, exact: bool, query_type: str,
+                floor: float | None = RELEVANCE_FLOOR) -> SearchResult:
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
         if int(k) < 1:
@@ -316,8 +358,21 @@ class SearchEngine:
         use_exact = exact or self.count < self.exact_threshold
         backend = self._exact_index(target) if use_exact else self._graphs[target]
         found: Neighbours = backend.search(query[None, :], int(k), allowed)
-        hits = self._hits(found.ids[0], found.scores[0])
-        return SearchResult(hits, target, query_type, parsed, n_candidates, found.exact)
+        ids, scores = found.ids[0], found.scores[0]
+        cut = 0
+        if allowed is not None and floor is not None and len(scores):
+            best = backend.search(query[None, :], 1, None).scores[0]
+            if len(best):
+                keep = scores >= float(best[0]) - floor
+                cut = int((~keep).sum())
+                ids, scores = ids[keep], scores[keep]
+        hits = self._hits(ids, scores)
+        return SearchResult(hits, target, query_type, parsed, n_candidates, found.exact, n_below_floor=cut)
+
+    def _n_candidates(self, parsed: Filters) -> int:
+        if not parsed.active:
+            return self.count
+        return len(self.store.matching_ids(parsed.label, parsed.view, parsed.finding))
 
     def _hits(self, ids: np.ndarray, scores: np.ndarray) -> list[Hit]:
         metas = self.store.get(ids.tolist())

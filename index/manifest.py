@@ -31,6 +31,8 @@ IMAGES = "images.hnsw"
 REPORTS = "reports.hnsw"
 META = "meta.sqlite"
 DATA_FILES = (IMAGES, REPORTS, META)
+FAMILIARITY = "familiarity.safetensors"  # optional (index.familiarity); checksummed when present
+OPTIONAL_FILES = (FAMILIARITY,)
 
 _STAGING = "staging"
 _PREVIOUS = "previous"
@@ -116,7 +118,7 @@ def write_manifest(folder: Path, manifest: Manifest, extra_files: tuple[str, ...
     write ``manifest.json`` (always the last file written)."""
     folder = Path(folder)
     manifest.files = {}
-    for name in (*DATA_FILES, *extra_files):
+    for name in dict.fromkeys((*DATA_FILES, *(n for n in OPTIONAL_FILES if (folder / n).is_file()), *extra_files)):
         fsync_path(folder / name)
         manifest.files[name] = file_digest(folder / name)
     atomic_write_json(folder / MANIFEST, manifest.to_dict())

@@ -52,6 +52,7 @@ class RetrievalModel:
         self.head_checksum: str = str(self.config.get("head_sha256", ""))
         # per instance (a class-level lru_cache would keep every model alive); thread-safe
         self._embed_one_text = functools.lru_cache(maxsize=TEXT_CACHE_SIZE)(self._embed_one_text_uncached)
+        self._text_pair = functools.lru_cache(maxsize=TEXT_CACHE_SIZE)(self._text_pair_uncached)
 
     # --- frozen features -> head space -------------------------------------------------
     def project_image_features(self, feats: np.ndarray) -> np.ndarray:
@@ -88,6 +89,24 @@ class RetrievalModel:
             return self._embed_one_text(str(texts[0]))[None].copy()
         return self._embed_texts_uncached(texts)
 
+    def embed_images_with_features(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """(frozen backbone features, head embeddings) of images in one backbone pass: the
+        familiarity check (``index.familiarity``) reads the first, the search the second."""
+        feats = np.asarray(self.backbone.encode_images(images), np.float32)
+        return feats, self.project_image_features(feats)
+
+    def embed_text_with_features(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(frozen (1,text_dim), head (1,embed_dim)) of one query text, from the LRU cache."""
+        feats, emb = self._text_pair(str(text))
+        return feats[None].copy(), emb[None].copy()
+
+    def _text_pair_uncached(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        feats = np.asarray(self.backbone.encode_texts([text]), np.float32)
+        emb = self.project_text_features(feats)
+        for a in (feats, emb):
+            a.setflags(write=False)
+        return feats[0], emb[0]
+
     def _embed_texts_uncached(self, texts: Sequence[str]) -> np.ndarray:
         return self.project_text_features(self.backbone.encode_texts(texts))
 
@@ -97,10 +116,14 @@ class RetrievalModel:
         return vector
 
     def abnormal_probability(self, image_emb: np.ndarray) -> np.ndarray:
-        """sigmoid(classifier) per row of projected image embeddings -> (N,) float32 in [0,1]."""
+        """Calibrated P(abnormal) per row of projected image embeddings -> (N,) float32 in [0,1]:
+        the classifier's logit through the run's validation-fitted ``model.calibration``."""
+        from model.calibration import calibrated_probability
+
         x = _as_tensor(image_emb, self.embed_dim, "image embeddings")
         with torch.inference_mode():
-            return torch.sigmoid(self.head.classify(x)).numpy().astype(np.float32, copy=True)
+            logits = self.head.classify(x).numpy()
+        return calibrated_probability(self.config, logits).astype(np.float32)
 
     # --- loading -------------------------------------------------------------------------
     @classmethod

@@ -43,6 +43,11 @@ def test_upload_search_switch_tabs_and_screenshot(page, app_url, pediatric_films
     page.locator("input[type=file]").first.set_input_files(str(pediatric_films[0]))
     page.get_by_text("similar studies from").first.wait_for(timeout=120_000)
     page.wait_for_function("document.querySelectorAll('img').length >= 6", timeout=60_000)
+    # a real film against the phantom index: the verdict beside the preview and the warning above the results
+    badge = page.locator("[data-verdict='unlike_index']").first
+    badge.wait_for(timeout=30_000)
+    assert badge.is_visible() and "Unlike the indexed studies" in badge.inner_text()
+    assert page.get_by_text("estimate is withheld").first.is_visible()
     assert page.get_by_text("Closest reports").first.is_visible()
     assert page.locator(".cxr-card").count() >= 5
     page.screenshot(path=str(shots / "image_search.png"), full_page=True)
@@ -67,3 +72,19 @@ def test_upload_search_switch_tabs_and_screenshot(page, app_url, pediatric_films
     page.get_by_role("tab", name="Model").click()
     page.get_by_text("not a medical device").first.wait_for(timeout=10_000)
     page.screenshot(path=str(shots / "model.png"), full_page=True)
+
+
+def test_a_photo_is_refused_with_a_visible_reason(page, app_url, tmp_path):
+    from data.probes import non_radiographs
+
+    photo = tmp_path / "cat.png"
+    photo.write_bytes(dict(non_radiographs())["skimage:chelsea"])
+    page.goto(app_url)
+    page.get_by_text("Chest X-ray retrieval").first.wait_for(timeout=60_000)
+    page.locator("input[type=file]").first.set_input_files(str(photo))
+    badge = page.locator("[data-verdict='not_radiograph']").first
+    badge.wait_for(timeout=120_000)
+    assert badge.is_visible() and "Not a chest radiograph" in badge.inner_text()
+    assert page.get_by_text("No search was run").first.is_visible()
+    assert page.locator(".cxr-card").count() == 0
+    page.screenshot(path=str(tmp_path / "refused.png"), full_page=True)

@@ -133,7 +133,7 @@ def queried(audited_app, client, small_demo, tmp_path_factory):
     png = Path(shutil.copy(sorted((small_demo[0] / "images").glob("*.png"))[0], tmp / "query.png"))
     image = client.predict(handle_file(str(png)), 5, "any", "any", "any", api_name="/search_image")
     dicom = tmp / "Doe_Jane.dcm"
-    dicom.write_bytes(make_dicom((np.random.default_rng(0).random((128, 128)) * 4000).astype(np.uint16)))
+    dicom.write_bytes(make_dicom(_phantom_pixels(small_demo)))
     dicom_answer = client.predict(handle_file(str(dicom)), 5, "any", "any", "any", api_name="/search_image")
     return {"text": text, "image": image, "dicom": dicom_answer, "dicom_bytes": dicom.read_bytes()}
 
@@ -213,6 +213,14 @@ def test_an_api_call_cannot_make_the_app_read_or_delete_a_server_file(audited_ap
     assert victim.is_file(), "a file outside the upload folder was deleted"
 
 
+def _phantom_pixels(small_demo, invert: bool = False) -> np.ndarray:
+    """12-bit pixels of an indexed phantom (noise would now be refused as not a radiograph);
+    ``invert`` for MONOCHROME1, which the loader inverts back."""
+    source = sorted((small_demo[0] / "images").glob("*.png"))[1]
+    pixels = np.asarray(Image.open(source).convert("L").resize((128, 128)), np.uint16) * 16
+    return (4080 - pixels).astype(np.uint16) if invert else pixels
+
+
 def _service(small_demo, model, keep_uploads: bool):
     from index.engine import SearchEngine
     from webapp.service import RunInfo, SearchService
@@ -225,8 +233,7 @@ def test_dicom_query_through_the_service_shows_and_logs_no_identifiers(small_dem
     caplog.set_level("DEBUG")
     service = _service(small_demo, model, keep_uploads=False)
     upload = tmp_path / "upload.dcm"
-    upload.write_bytes(make_dicom((np.random.default_rng(1).random((128, 128)) * 4000).astype(np.uint16),
-                                  photometric="MONOCHROME1", view="AP"))
+    upload.write_bytes(make_dicom(_phantom_pixels(small_demo, invert=True), photometric="MONOCHROME1", view="AP"))
     preview, gallery, reports, probability, status, records, state = service.search_image(str(upload), 5, "any", "any", "any")
     assert status.startswith(OK), status
     _assert_no_identifiers("the answer", json.dumps([gallery, reports, probability, status, records, state], default=str))

@@ -32,34 +32,32 @@ def ensure_demo(run_dir: Path | None = None, index_dir: Path | None = None, trai
         import train
 
         train.main(["--out", str(run_dir), *(train_args or [])])
-    if (not (index_dir / "manifest.json").is_file() or _stale_store(index_dir)
-            or not _has_frozen_vectors(index_dir)):
+    if not (index_dir / "manifest.json").is_file() or _outdated_demo_index(index_dir):
         log.info("[2/2] building the search index -> %s", index_dir)
         build_index_for_run(run_dir, index_dir)
     return run_dir, index_dir
 
 
-def _stale_store(index_dir: Path) -> bool:
-    """The demo index's metadata was written by older code (another schema): rebuild it from the
-    cached features instead of failing (an index the user built is never rebuilt behind their back)."""
-    from index.manifest import META
+def _outdated_demo_index(index_dir: Path) -> bool:
+    """The demo index was written by older code: another metadata schema, or no frozen vectors
+    (``index.frozen``) or familiarity model (``index.familiarity``). It is rebuilt from the cached
+    features (seconds to a minute) instead of failing; an index the user built is never rebuilt
+    behind their back. A damaged index is left for the loader to report."""
+    from index.frozen import FROZEN_IMAGES
+    from index.manifest import FAMILIARITY, META, read_manifest
     from index.store import SCHEMA_VERSION, schema_version
 
+    try:
+        files = read_manifest(index_dir).files
+    except Exception:
+        return False
     found = schema_version(index_dir / META)
-    if found != SCHEMA_VERSION:
-        log.info("the demo index's metadata is schema %s, this code writes %s: rebuilding it", found, SCHEMA_VERSION)
+    missing = [name for name in (FROZEN_IMAGES, FAMILIARITY) if name not in files]
+    if found != SCHEMA_VERSION or missing:
+        log.info("the demo index is outdated (schema %s, this code writes %s; missing %s): rebuilding it",
+                 found, SCHEMA_VERSION, ", ".join(missing) or "nothing")
         return True
     return False
-
-
-def _has_frozen_vectors(index_dir: Path) -> bool:
-    """Indexes built before ``index.frozen`` lack the frozen vectors: rebuilt from cached features (seconds)."""
-    import json
-
-    try:
-        return "frozen_images.npy" in json.loads((index_dir / "manifest.json").read_text()).get("files", {})
-    except (OSError, ValueError):
-        return False
 
 
 def build_index_for_run(run_dir: Path, index_dir: Path, studies=None, progress: bool = True) -> None:
@@ -67,7 +65,7 @@ def build_index_for_run(run_dir: Path, index_dir: Path, studies=None, progress: 
     import json
 
     from data.demo import demo_dir, load_demo_dataset
-    from index.build import build_index, encoder_identity
+    from index.build import build_index, encoder_identity, fit_familiarity
     from model.features import embed_studies
     from model.retrieval_model import RetrievalModel
 
@@ -91,6 +89,7 @@ def build_index_for_run(run_dir: Path, index_dir: Path, studies=None, progress: 
         data_root=data_root,
         run_dir=run_dir,
         frozen_image_feats=image_feats,
+        familiarity=fit_familiarity(model, studies, image_feats),
     )
 
 

@@ -57,10 +57,13 @@ class EmbeddingMaps:
         if query:
             point = self.query_point(space, method, query["neighbour_ids"], query["scores"])
             if point is not None:
+                from webapp.trust import star_label
+
+                name = star_label("your query", query.get("familiarity"))
                 fig.add_trace(go.Scatter(
-                    x=[point[0]], y=[point[1]], mode="markers", name="your query",
+                    x=[point[0]], y=[point[1]], mode="markers+text", name=name, text=[name], textposition="top center",
                     marker={"symbol": "star", "size": 20, "color": "#ffb300", "line": {"width": 1.5, "color": "black"}},
-                    hovertext=[query.get("label", "query")], hoverinfo="text",
+                    hovertext=[star_label(query.get("label", "query"), query.get("familiarity"))], hoverinfo="text",
                 ))
         fig.update_layout(
             title=f"{SPACE_TITLES.get(space, space)} · {method.upper()}", height=480, margin={"l": 10, "r": 10, "t": 40, "b": 10},

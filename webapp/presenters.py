@@ -19,6 +19,7 @@ _STOP = {"the", "a", "an", "of", "and", "or", "with", "in", "on", "at", "to", "i
 
 # Status prefixes in words, not emoji: a browser without an emoji font draws those as empty boxes.
 OK, WARNING, ERROR, NOTE = "**OK:**", "**Warning:**", "**Error:**", "**Note:**"
+REFUSED = "**Not searched:**"  # a query refused by the familiarity check (not a radiograph)
 
 
 def badge(label_name: str) -> str:

@@ -18,11 +18,12 @@ from data.images import ImageLoadError, LoadedImage, load_radiograph
 from index.engine import SearchEngine
 from webapp.plots import EmbeddingMaps
 from webapp.negation import warm_in_background
-from webapp.presenters import (ERROR, NOTE, OK, WARNING, gallery_caption, hit_terms, hits_as_records, query_terms,
+from webapp.presenters import (ERROR, NOTE, OK, REFUSED, WARNING, gallery_caption, hit_terms, hits_as_records, query_terms,
                                 report_cards)
 from data.findings_text import parse_phrase
 from webapp.why import consensus, from_phrase, why_html
 from webapp.queries import LABEL_CHOICES, QueryError, clean_query, parse_choice, parse_k
+from webapp.trust import warning_lines
 
 log = logging.getLogger(__name__)
 
@@ -76,25 +77,31 @@ class SearchService:
             loaded = self._read_upload(upload)
             k, notes = parse_k(k)
             filters = self._filters(label, view, finding)
-            result = self.engine.search_by_image(loaded.image, k=k, filters=filters)
+            result = self.engine.search_by_image(loaded.image, k=k, filters=filters, colour=loaded.colourfulness)
         except (ImageLoadError, QueryError) as exc:
             return (*empty[:4], f"{WARNING} {exc}", *empty[5:])
         except Exception:
             return (*empty[:4], self._unexpected("image search"), *empty[5:])
         notes = list(loaded.notes) + notes
-        warnings = []
+        familiarity = result.familiarity.to_dict() if result.familiarity is not None else None
+        if not result.hits and familiarity and familiarity["verdict"] == "not_radiograph":
+            records = {"hits": [], "reports": [], "abnormal_probability": None, "familiarity": familiarity}
+            return loaded.image, [], "", None, f"{REFUSED} {familiarity['message']} No search was run.", records, None
+        warnings = warning_lines(result.familiarity) + _floor_warnings(result)
         if loaded.view and loaded.view not in FRONTAL and all(v in FRONTAL for v in self.views):
             warnings.append(f"This looks like a {_plain(loaded.view)} (non-frontal) view, but only frontal views "
                             "are indexed: results may be poor.")
         prob = result.abnormal_probability
-        status = _status(f"{len(result.hits)} similar studies from {result.n_candidates:,} candidates.", notes, warnings)
+        status = _status(f"{len(result.hits)} similar studies from {result.n_candidates:,} candidates.", notes, warnings,
+                         trusted=result.familiarity is None or result.familiarity.trusted)
         gallery = [(h.image_path, gallery_caption(h)) for h in result.hits]
         reports = report_cards(result.reports, lambda h: hit_terms(h.finding_names, h.tags))
         reports = why_html(consensus([h.tags for h in result.hits]), result.hits) + reports  # why: issue 15
         records = {"hits": hits_as_records(result.hits), "reports": hits_as_records(result.reports),
-                   "abnormal_probability": prob}
-        state = self._query_state("uploaded image", result.hits)
-        return loaded.image, gallery, reports, {"abnormal": prob, "normal": 1 - prob}, status, records, state
+                   "abnormal_probability": prob, "familiarity": familiarity}
+        state = self._query_state("uploaded image", result.hits, familiarity)
+        estimate = {"abnormal": prob, "normal": 1 - prob} if prob is not None else None
+        return loaded.image, gallery, reports, estimate, status, records, state
 
     # ---- text -> images ------------------------------------------------------------
     def search_text(self, text: str | None, k: int, label: str, view: str, finding: str):
@@ -112,8 +119,12 @@ class SearchService:
         terms = query_terms(query, self.vocabulary)
         gallery = [(h.image_path, gallery_caption(h)) for h in result.hits]
         reports = why_html(from_phrase(parse_phrase(query)), result.hits) + report_cards(result.hits, lambda h: terms)
-        status = _status(f"{len(result.hits)} radiographs from {result.n_candidates:,} candidates.", notes)
-        return gallery, reports, status, {"hits": hits_as_records(result.hits)}, self._query_state(query[:80], result.hits)
+        familiarity = result.familiarity.to_dict() if result.familiarity is not None else None
+        status = _status(f"{len(result.hits)} radiographs from {result.n_candidates:,} candidates.", notes,
+                         warning_lines(result.familiarity) + _floor_warnings(result),
+                         trusted=result.familiarity is None or result.familiarity.trusted)
+        records = {"hits": hits_as_records(result.hits), "familiarity": familiarity}
+        return gallery, reports, status, records, self._query_state(query[:80], result.hits, familiarity)
 
     # ---- embedding map -------------------------------------------------------------
     def map_figures(self, method: str, query_state: dict[str, Any] | None):
@@ -176,10 +187,10 @@ class SearchService:
                 f"{self.context_length} tokens, so the rest was ignored."]
 
     @staticmethod
-    def _query_state(label: str, hits) -> dict[str, Any]:
+    def _query_state(label: str, hits, familiarity: dict[str, Any] | None = None) -> dict[str, Any]:
         # The label becomes plotly hover text, which renders a subset of HTML: escape it.
         return {"label": html.escape(label), "neighbour_ids": [h.study_id for h in hits],
-                "scores": [h.score for h in hits]}
+                "scores": [h.score for h in hits], "familiarity": familiarity}
 
     @staticmethod
     def _unexpected(what: str) -> str:
@@ -192,8 +203,17 @@ def _filters(label: str, view: str, finding: str) -> dict[str, str | None]:
     return {k: (None if (v is None or v == ANY) else v) for k, v in (("label", label), ("view", view), ("finding", finding))}
 
 
-def _status(headline: str, notes: list[str], warnings: list[str] | None = None) -> str:
-    lines = [f"{OK} {headline}", *(f"- {WARNING} {w}" for w in warnings or []), *(f"- {NOTE} {n}" for n in notes)]
+def _floor_warnings(result) -> list[str]:
+    if not result.n_below_floor:
+        return []
+    return [f"{result.n_below_floor} filtered result(s) were cut: they are far less similar than the query's best "
+            "match without filters, so they would only be filler."]
+
+
+def _status(headline: str, notes: list[str], warnings: list[str] | None = None, trusted: bool = True) -> str:
+    """``trusted=False`` (a query unlike the index) heads the results with a warning, not an OK."""
+    lines = [f"{OK if trusted else WARNING} {headline}", *(f"- {WARNING} {w}" for w in warnings or []),
+             *(f"- {NOTE} {n}" for n in notes)]
     return "\n".join(lines)
 
 

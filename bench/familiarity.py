@@ -1,0 +1,151 @@
+"""Trust on unfamiliar inputs (issue 14), measured on the offline demo: one JSON document.
+
+    python -m bench.familiarity            # needs the built demo (python -m webapp.bootstrap)
+
+* ``false_alarms``: a familiarity model fitted on the train+val studies' frozen features, asked
+  about the held-out test studies (never in it): share not called ``familiar`` (target <= 5%).
+* ``pediatric_films``: the 16 real films against the full phantom index: verdict counts
+  (target: none ``not_radiograph``, all ``unlike_index``).
+* ``non_radiographs``: 50+ photos, colour images, noise, gradients, text pages and the app's
+  screenshot (``data.probes``) through the app's decoder and the engine (target >= 95% refused).
+* ``text``: IU-style finding phrases (all ``familiar``) and non-clinical phrases (all warned).
+* ``cost_ms``: what the check adds to one query on top of the embedding (target < 5 ms on
+  2 cores): pixel checks + neighbour score for an image, the score for a text.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import emit, log, machine, setup_environment, summary, target
+
+
+def split_rows(run_dir: Path, studies) -> dict[str, np.ndarray]:
+    split = json.loads((Path(run_dir) / "split.json").read_text())
+    row = {s.study_id: i for i, s in enumerate(studies)}
+    return {k: np.array([row[i] for i in ids if i in row], dtype=np.int64) for k, ids in split.items()}
+
+
+def false_alarms(run_dir: Path, studies, backbone) -> dict[str, Any]:
+    """Fit on train+val (frozen features from the cache), assess every test study with its pixels."""
+    from data.images import load_radiograph
+    from index.familiarity import FAMILIAR, FamiliarityModel
+    from model.features import embed_studies
+
+    image_feats, _ = embed_studies(backbone, studies, progress=False)
+    rows = split_rows(run_dir, studies)
+    fitted = np.concatenate([rows["train"], rows["val"]])
+    model = FamiliarityModel.fit(image_feats[fitted])
+    verdicts = [model.assess_image(load_radiograph(studies[i].image_path).image, image_feats[i][None]).verdict
+                for i in rows["test"]]
+    counts = {v: verdicts.count(v) for v in sorted(set(verdicts))}
+    rate = 1.0 - counts.get(FAMILIAR, 0) / max(len(verdicts), 1)
+    return {"n_index": int(len(fitted)), "n_test": len(verdicts), "verdicts": counts,
+            "false_alarm_rate": target(round(rate, 4), 0.05, "max")}
+
+
+def engine_verdicts(engine, inputs: list[tuple[str, Any]]) -> dict[str, str]:
+    """name -> verdict of each image input (path or encoded bytes) through the app's decoder."""
+    from data.images import load_radiograph
+
+    out = {}
+    for name, source in inputs:
+        loaded = load_radiograph(source)
+        result = engine.search_by_image(loaded.image, k=5, colour=loaded.colourfulness)
+        out[name] = result.familiarity.verdict
+    return out
+
+
+def counts_of(verdicts: dict[str, str]) -> dict[str, int]:
+    values = list(verdicts.values())
+    return {v: values.count(v) for v in sorted(set(values))}
+
+
+def text_verdicts(engine, phrases) -> dict[str, str]:
+    return {p: engine.search_by_text(p, k=5).familiarity.verdict for p in phrases}
+
+
+def cost_ms(engine, image, text: str, repeats: int = 200) -> dict[str, Any]:
+    """Time of the familiarity work alone, on features computed once (what a query adds)."""
+    from index.familiarity import pixel_check
+
+    fam = engine.familiarity
+    feats, _ = engine.encoder.embed_images_with_features([image])
+    text_feats, _ = engine.encoder.embed_text_with_features(text)
+    image_ms, text_ms = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fam.assess_image(image, feats, 0.0)
+        t1 = time.perf_counter()
+        fam.assess_text(text, text_feats)
+        t2 = time.perf_counter()
+        image_ms.append((t1 - t0) * 1e3)
+        text_ms.append((t2 - t1) * 1e3)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        pixel_check(image, 0.0)
+    pixel = (time.perf_counter() - t0) * 1e3 / repeats
+    img, txt = summary(image_ms), summary(text_ms)
+    return {"image": img, "text": txt, "pixel_checks_ms": round(pixel, 3),
+            "n_reference_images": int(len(fam.image.reference)),
+            "n_reference_sentences": int(len(fam.text.reference)) if fam.text is not None else 0,
+            "image_p50_ms": target(img["median_ms"], 5.0, "max", " ms"),
+            "text_p50_ms": target(txt["median_ms"], 5.0, "max", " ms")}
+
+
+def run() -> dict[str, Any]:
+    from data.demo import load_demo_dataset
+    from data.pediatric import fetch_pediatric_films
+    from data.probes import FINDING_PHRASES, NON_CLINICAL_PHRASES, non_radiographs
+    from index.engine import SearchEngine
+    from index.familiarity import FAMILIAR, NOT_RADIOGRAPH, UNLIKE_INDEX
+    from model.retrieval_model import RetrievalModel
+    from model.threads import torch_threads
+    from webapp.bootstrap import ensure_demo
+
+    run_dir, index_dir = ensure_demo()
+    model = RetrievalModel.from_run(run_dir)
+    engine = SearchEngine.load(index_dir, model)
+    studies = load_demo_dataset()
+    report: dict[str, Any] = {"familiarity_meta": engine.familiarity.meta}
+    with torch_threads(2):
+        log("false alarms (test split vs train+val)")
+        report["false_alarms"] = false_alarms(run_dir, studies, model.backbone)
+        log("pediatric films")
+        films = engine_verdicts(engine, [(p.name, p) for p in fetch_pediatric_films()])
+        c = counts_of(films)
+        report["pediatric_films"] = {"n": len(films), "verdicts": c, "per_film": films,
+                                     "none_not_radiograph": c.get(NOT_RADIOGRAPH, 0) == 0,
+                                     "all_unlike_index": c.get(UNLIKE_INDEX, 0) == len(films)}
+        log("non-radiographs")
+        probes = engine_verdicts(engine, non_radiographs())
+        c = counts_of(probes)
+        report["non_radiographs"] = {
+            "n": len(probes), "verdicts": c, "missed": {k: v for k, v in probes.items() if v != NOT_RADIOGRAPH},
+            "refused_share": target(round(c.get(NOT_RADIOGRAPH, 0) / len(probes), 4), 0.95, "min")}
+        log("text")
+        findings, other = text_verdicts(engine, FINDING_PHRASES), text_verdicts(engine, NON_CLINICAL_PHRASES)
+        report["text"] = {
+            "finding_phrases": {"n": len(findings), "familiar": sum(v == FAMILIAR for v in findings.values()),
+                                "not_familiar": [k for k, v in findings.items() if v != FAMILIAR]},
+            "non_clinical": {"n": len(other), "warned": sum(v != FAMILIAR for v in other.values()),
+                             "passed": [k for k, v in other.items() if v == FAMILIAR]}}
+        log("cost")
+        from data.images import load_radiograph
+
+        image = load_radiograph(studies[0].image_path).image
+        report["cost_ms"] = cost_ms(engine, image, "small left pleural effusion")
+    return report
+
+
+def main() -> None:
+    setup_environment()
+    emit({"machine": machine(), "familiarity": run()})
+
+
+if __name__ == "__main__":
+    main()
