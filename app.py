@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from model.runtime_option import add_runtime_argument, apply_runtime_argument
+
 log = logging.getLogger("app")
 
 EXAMPLE_PHRASES = [
@@ -54,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
     p.add_argument("--concurrency", type=int, default=2, help="queries processed at once (2 CPU cores: 2)")
     p.add_argument("--keep-uploads", action="store_true", help="keep uploaded files in the temp cache (default: deleted once read)")
+    add_runtime_argument(p)
     return p.parse_args(argv)
 
 
@@ -216,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     from model.threads import configure_serving
 
+    apply_runtime_argument(args)
     configure_serving(args.concurrency)  # then each query takes its share of the cores (model.threads.query_threads)
     try:
         service = load_service(args)

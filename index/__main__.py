@@ -19,6 +19,7 @@ from typing import Sequence
 
 from data.records import Study
 from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
+from model.runtime_option import add_runtime_argument, apply_runtime_argument
 
 
 def _data_root(args: argparse.Namespace, studies: Sequence[Study]) -> Path | None:
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     from data.sources import add_data_arguments
 
     parser = argparse.ArgumentParser(prog="python -m index", description=__doc__.split("\n")[0])
+    add_runtime_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     build = sub.add_parser("build", help="embed a dataset with a trained run and build its index")
@@ -82,6 +84,7 @@ def known_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
+    apply_runtime_argument(args)
     try:
         return _run(args)
     except known_errors() as exc:

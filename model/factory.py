@@ -391,8 +391,11 @@ def create_backbone(
     path: str | None = None,
     cache_dir: str | None = None,
     device: str = "cpu",
+    runtime: str | None = None,
 ) -> Backbone:
-    """Build the named frozen backbone (see the module docstring for names and ``path``).
+    """Build the named frozen backbone (see the module docstring for names and ``path``),
+    its towers run in ``runtime`` (default: ``model.runtime.default_runtime()``, torch unless
+    a CLI's ``--runtime`` set it; same features either way).
 
     Raises :class:`BackboneUnavailableError` when the weights cannot be had here, and
     ``ValueError`` for an unknown name.
@@ -404,4 +407,8 @@ def create_backbone(
     if factory is None:
         raise ValueError(f"unknown backbone {name!r}; available: {', '.join(available_backbones())}")
     backbone = factory(arg, str(path) if path else None, cache_dir, device)
-    return backbone.quantize_int8() if int8 else backbone
+    backbone = backbone.quantize_int8() if int8 else backbone
+    from model.runtime import default_runtime
+
+    runtime = runtime or default_runtime()
+    return backbone.use_runtime(runtime) if runtime != "torch" else backbone

@@ -36,13 +36,11 @@ import numpy as np
 import torch
 
 from data.dataset import atomic_write_json
+from model.runtime_option import RUNTIME_CHOICES, RUNTIMES
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("torch", "openvino", "onnxruntime")
-RUNTIME_CHOICES = ("auto", *RUNTIMES)
 AUTO_ORDER = ("openvino", "onnxruntime")  # fastest first, by measurement (module docstring)
-RUNTIME_ENV = "CXR_RUNTIME"
 EXPORT_RECIPE = "onnx-opset17-torchscript-v1"  # bump when the export changes: new cache entries
 _RUNTIME_MODULES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
 
@@ -62,6 +60,7 @@ def set_default_runtime(name: str) -> str:
 
 
 def default_runtime() -> str:
+    """The runtime backbones get unless told (``torch`` until :func:`set_default_runtime`)."""
     return _default_runtime
 
 
@@ -172,9 +171,15 @@ class CompiledTower:
 
 
 def _compile_openvino(ov: Any, path: Path, threads: int) -> Any:
+    from model.threads import available_cores
+
+    # ``threads`` per request and as many streams as fit the cores: a lone query gets one
+    # stream with every core; 1-thread callers (bulk workers, concurrent queries) get one
+    # stream each and run in parallel instead of queueing for a single stream.
+    streams = max(1, available_cores() // threads)
     core = ov.Core()
     config = {
-        "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": threads * streams, "NUM_STREAMS": streams, "PERFORMANCE_HINT": "LATENCY",
         # float32 everywhere: on CPUs with bf16/fp16 units OpenVINO would otherwise drop
         # precision by default, and the features must equal torch's.
         "INFERENCE_PRECISION_HINT": "f32",
