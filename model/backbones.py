@@ -30,6 +30,9 @@ from model.transform import IMAGENET_MEAN, IMAGENET_STD, build_transform, prepro
 # the features differ slightly from float32, so caches, checkpoints and indexes of the two
 # never mix, and "clip+int8" in a checkpoint recreates the quantised backbone.
 INT8_SUFFIX = "+int8"
+# The same, with the image tower in ONNX Runtime's dynamic int8 (model.runtime.quantize_onnx):
+# another set of features, so another identity.
+ORT_INT8_SUFFIX = "+ortint8"
 
 
 class BackboneUnavailableError(RuntimeError):

@@ -209,11 +209,16 @@ class TowerSpec:
     build: Callable[[], tuple[torch.nn.Module, tuple[torch.Tensor, ...]]]
 
 
-def compile_tower(runtime: str, backbone_id: str, spec: TowerSpec, root: Path | None = None) -> CompiledTower | None:
+def compile_tower(
+    runtime: str, backbone_id: str, spec: TowerSpec, root: Path | None = None, int8: bool = False,
+) -> CompiledTower | None:
     """The tower compiled in ``runtime``, exporting it first if not cached; None (and one log
-    line) when that cannot be done here, so the caller keeps torch."""
+    line) when that cannot be done here, so the caller keeps torch. ``int8``: ONNX Runtime's
+    dynamic int8 of the export (:func:`quantize_onnx`; ``runtime`` must be onnxruntime)."""
     if runtime == "torch":
         return None
+    if int8 and runtime != "onnxruntime":
+        raise ValueError("int8 towers run in onnxruntime (its dynamic int8 graph)")
     try:
         if not runtime_installed(runtime):
             raise RuntimeUnavailable(f"the {runtime} package is not installed")
@@ -224,8 +229,29 @@ def compile_tower(runtime: str, backbone_id: str, spec: TowerSpec, root: Path | 
             export_onnx(module, examples, spec.input_names, spec.dynamic_axes, folder)
             atomic_write_json(folder / "key.json", {"backbone_id": backbone_id, "tower": spec.name,
                                                     "recipe": EXPORT_RECIPE, "torch": torch.__version__})
+        if int8:
+            path = quantize_onnx(path)
         return CompiledTower(path, runtime, spec.input_names)
     except Exception as exc:  # any failure: serve with torch rather than not at all
         log.warning("runtime %s unavailable for the %s tower of %s (%s: %s); using torch",
                     runtime, spec.name, backbone_id, type(exc).__name__, str(exc).splitlines()[0][:300])
         return None
+
+
+def quantize_onnx(path: Path) -> Path:
+    """``model.int8.onnx`` beside ``path`` (made once): every MatMul/Gemm with int8 weights per
+    output channel and uint8 activations quantised per call (ONNX Runtime's dynamic
+    quantisation; no calibration data). Weights use 7 bits (``reduce_range``): AVX2 without
+    VNNI multiplies u8 x s8 pairs into int16 and would saturate at 8 bits."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = path.with_name("model.int8.onnx")
+    if out.is_file():
+        return out
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}-{threading.get_ident()}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                         op_types_to_quantize=["MatMul", "Gemm"])
+    os.replace(tmp, out)
+    return out

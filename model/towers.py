@@ -12,7 +12,10 @@ the final L2 normalisation stay in Python, exactly as on the torch path.
 * offline image tower: EfficientNet-Lite0 features pooled on the 2x2 grid; offline text tower:
   MiniLM with sentence-transformers' mean pooling on its tokenizer's ids and attention mask.
 
-A backbone whose image tower runs torch's dynamic int8 (``+int8``) keeps that tower on torch.
+A backbone whose image tower runs torch's dynamic int8 (``+int8``) keeps that tower on torch. One
+named ``+ortint8`` runs its image tower in ONNX Runtime's dynamic int8 (``model.runtime.quantize_onnx``),
+whatever the runtime of its text tower; it has no torch fallback (its features are int8's), so
+it fails with :class:`BackboneUnavailableError` where ONNX Runtime cannot run it.
 """
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ from torch import nn
 from model.backbones import (
     INT8_SUFFIX,
     OFFLINE_GRID,
+    ORT_INT8_SUFFIX,
     Backbone,
+    BackboneUnavailableError,
     OfflineBackbone,
     OpenClipBackbone,
     _unpadded_length,
@@ -104,7 +109,7 @@ def text_spec(backbone: Backbone) -> TowerSpec:
     if isinstance(backbone, OfflineBackbone):
         def build():
             # padded rows in the example: a trace of an unpadded batch may drop the mask
-            feats = backbone.text_model.tokenize(["a short one", "a longer example sentence with more tokens"])
+            feats = _tokenize(backbone, ["a short one", "a longer example sentence with more tokens"])
             return _Call(backbone.text_model, _sentence_embedding), (feats["input_ids"], feats["attention_mask"])
         return TowerSpec("text", ("input_ids", "attention_mask"),
                          {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}}, build)
@@ -134,9 +139,15 @@ def _open_clip_text_runner(backbone: OpenClipBackbone, tower):
     return run
 
 
+def _tokenize(backbone: OfflineBackbone, texts: list[str]) -> dict[str, torch.Tensor]:
+    """sentence-transformers' tokenisation (``preprocess`` since 6.x, ``tokenize`` before)."""
+    model = backbone.text_model
+    return (getattr(model, "preprocess", None) or model.tokenize)(texts)
+
+
 def _offline_text_runner(backbone: OfflineBackbone, tower):
     def run(texts: list[str]) -> torch.Tensor:
-        feats = backbone.text_model.tokenize(texts)
+        feats = _tokenize(backbone, texts)
         return tower(feats["input_ids"], feats["attention_mask"])
     return run
 
@@ -145,14 +156,19 @@ def attach_runtime(backbone: Backbone, runtime: str) -> Backbone:
     """Compile ``backbone``'s towers in ``runtime`` (``auto`` resolved by ``model.runtime``) and
     make them its runners; ``torch`` detaches them. Returns ``backbone``."""
     runtime = resolve_runtime(runtime)
+    ort_int8 = backbone.name.endswith(ORT_INT8_SUFFIX)
     backbone._image_runner = backbone._text_runner = None
     backbone.runtime = "torch"
-    if runtime == "torch":
+    if runtime == "torch" and not ort_int8:
         return backbone
-    base_id = backbone.backbone_id.removesuffix(INT8_SUFFIX)
+    base_id = backbone.backbone_id.removesuffix(INT8_SUFFIX).removesuffix(ORT_INT8_SUFFIX)
     if backbone.name.endswith(INT8_SUFFIX):
         log.info("%s: the image tower stays on torch's dynamic int8; text tower in %s", backbone.name, runtime)
         image = None
+    elif ort_int8:
+        image = compile_tower("onnxruntime", base_id, image_spec(backbone), int8=True)
+        if image is None:
+            raise BackboneUnavailableError(f"{backbone.name}: its int8 image tower needs onnxruntime (see the log)")
     else:
         image = compile_tower(runtime, base_id, image_spec(backbone))
     text = compile_tower(runtime, base_id, text_spec(backbone))
@@ -162,5 +178,5 @@ def attach_runtime(backbone: Backbone, runtime: str) -> Backbone:
         backbone._text_runner = (_offline_text_runner if isinstance(backbone, OfflineBackbone)
                                  else _open_clip_text_runner)(backbone, text)
     if image is not None or text is not None:
-        backbone.runtime = runtime
+        backbone.runtime = runtime if text is not None or not ort_int8 else "torch"
     return backbone
