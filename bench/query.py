@@ -308,7 +308,7 @@ def run(backbones: list[str] | None = None, n_image: int = 12, n_policy: int = 4
 def runtime_part(uploads: list[bytes], tmp: Path) -> dict[str, Any]:
     """torch vs OpenVINO vs ONNX Runtime side by side (``bench.runtime_compare``), the float32
     floor of the same run, and the runtime's ratio to it."""
-    from bench.runtime_compare import openvino_profile, query_runtimes, runtime_vs_floor
+    from bench.runtime_compare import openvino_profile, query_runtimes, runtime_int8, runtime_vs_floor
 
     comparison: dict[str, Any] = {}
     for name, rounds in ((VIT, 4), ("offline", 6)):
@@ -317,12 +317,14 @@ def runtime_part(uploads: list[bytes], tmp: Path) -> dict[str, Any]:
         if name == VIT:
             floor = float32_floor(engines["torch"].encoder.backbone)
             profile = openvino_profile(engines["openvino"].encoder.backbone) if "openvino" in engines else None
+            chosen = engines.get("openvino") or engines.get("onnxruntime") or engines["torch"]
+            int8 = runtime_int8(name, chosen.encoder.backbone, uploads)
         for engine in engines.values():
             engine.store.close()
         log(f"query runtimes: {name} image p50 " + ", ".join(
             f"{r} {v['image_query']['median_ms']} ms" for r, v in comparison[name].items() if isinstance(v, dict) and "image_query" in v))
     return {"runtimes": comparison, "runtime_floor": floor, "runtime_vs_floor": runtime_vs_floor(comparison[VIT], floor),
-            "runtime_profile_openvino_vit_b16": profile}
+            "runtime_profile_openvino_vit_b16": profile, "runtime_int8_vit_b16": int8}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -97,6 +97,28 @@ def runtime_vs_floor(comparison: dict[str, Any], floor: dict[str, Any]) -> dict[
             "each_runtime": each}
 
 
+def runtime_int8(name: str, float_backbone, uploads: list[bytes], rounds: int = 4, per_block: int = 3) -> dict[str, Any]:
+    """``<name>+ortint8`` (ONNX Runtime dynamic int8 image tower) against ``float_backbone``
+    (the chosen float32 runtime): forward ms in alternating blocks at 2 threads and feature
+    cosine (random weights here: the real-weight fidelity is in tests/test_runtime_int8.py)."""
+    import torch
+
+    from model.factory import create_backbone
+    from model.threads import torch_threads
+
+    int8 = create_backbone(name + "+ortint8", runtime=float_backbone.runtime)
+    pixels = torch.stack([float_backbone.preprocess(_image(b)) for b in uploads[:4]])
+    cosine = (float_backbone.encode_image_batch(pixels) * int8.encode_image_batch(pixels)).sum(1)
+    with torch_threads(2):
+        times = _alternate({f"float32_{float_backbone.runtime}": lambda: float_backbone.encode_image_batch(pixels[:1]),
+                            "int8_onnxruntime": lambda: int8.encode_image_batch(pixels[:1])}, rounds, per_block)
+    medians = {k: round(float(np.median(v)), 1) for k, v in times.items()}
+    fp32_key = f"float32_{float_backbone.runtime}"
+    return {"backbone": int8.backbone_id, "forward_ms_median": medians,
+            "int8_speedup": round(medians[fp32_key] / medians["int8_onnxruntime"], 2),
+            "feature_cosine_min_random_weights": round(float(cosine.min()), 5)}
+
+
 def openvino_profile(backbone, threads: int = 2, reps: int = 5) -> dict[str, Any]:
     """Where OpenVINO's image forward spends its time: per-op-type share of the summed node
     times (OpenVINO's own counters, ``PERF_COUNT``), with the matrix products' effective rate."""
