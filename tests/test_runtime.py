@@ -159,3 +159,30 @@ def test_runtime_option_sets_the_process_default(monkeypatch):
     assert runtime_mod.default_runtime() == "onnxruntime"
     with pytest.raises(SystemExit):
         parser.parse_args(["--runtime", "tensorrt"])
+
+
+def test_bulk_ingest_runs_in_the_runtime_with_torch_features(tmp_path):
+    """model.features.embed_studies (decode -> preprocess -> images and reports on the bulk
+    workers, one thread each) through the runtime: its runners do the work, features as torch's."""
+    from data.dataset import load_dataset
+    from data.demo import build_demo_dataset
+    from model.features import embed_studies
+
+    studies = load_dataset(build_demo_dataset(out_dir=tmp_path / "demo", limit=6, workers=1, progress=False))
+    reference = create_backbone("offline", runtime="torch")
+    compiled = create_backbone("offline", runtime="openvino")
+    calls = {"image": 0, "text": 0}
+    image_runner, text_runner = compiled._image_runner, compiled._text_runner
+
+    def count(kind, runner):
+        def run(x):
+            calls[kind] += 1
+            return runner(x)
+        return run
+
+    compiled._image_runner, compiled._text_runner = count("image", image_runner), count("text", text_runner)
+    expected = embed_studies(reference, studies, cache_dir=tmp_path / "torch", batch_size=4, progress=False)
+    got = embed_studies(compiled, studies, cache_dir=tmp_path / "openvino", batch_size=4, progress=False)
+    assert calls["image"] == 2 and calls["text"] >= 1  # 6 images in batches of 4; the reports
+    for a, b in zip(expected, got):
+        assert a.shape == b.shape and float((a * b).sum(axis=1).min()) >= MIN_COSINE
