@@ -42,13 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     from data.sources import add_data_arguments
 
     parser = argparse.ArgumentParser(prog="python -m index", description=__doc__.split("\n")[0])
-    add_runtime_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     build = sub.add_parser("build", help="embed a dataset with a trained run and build its index")
     build.add_argument("--run", required=True, help="trained run folder (model.retrieval_model)")
     build.add_argument("--out", required=True, help="index folder to (re)write atomically")
     build.add_argument("--batch-size", type=int, default=64)
+    add_runtime_argument(build)
     build.add_argument("--M", type=int, default=DEFAULT_M, help="hnsw graph degree")
     build.add_argument("--ef-construction", type=int, default=DEFAULT_EF_CONSTRUCTION)
     build.add_argument("--ef", type=int, default=DEFAULT_EF, help="hnsw query beam width")
@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--index", required=True, help="existing index folder")
     add.add_argument("--run", help="trained run folder (default: the one the index was built from)")
     add.add_argument("--batch-size", type=int, default=64)
+    add_runtime_argument(add)
     add_data_arguments(add)
 
     info = sub.add_parser("info", help="print an index's manifest after verifying its files")

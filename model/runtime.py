@@ -249,9 +249,15 @@ def quantize_onnx(path: Path) -> Path:
     if out.is_file():
         return out
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}-{threading.get_ident()}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
-                         op_types_to_quantize=["MatMul", "Gemm"])
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its "consider pre-processing" notice goes to the root logger
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                             op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        root.setLevel(level)
     os.replace(tmp, out)
     return out
