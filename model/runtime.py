@@ -116,12 +116,16 @@ def export_onnx(
         return path
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f"model.onnx.tmp{os.getpid()}-{threading.get_ident()}"
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer notes on Python-side shape checks: the shapes are the export's
-        torch.onnx.export(
-            module.eval(), tuple(examples), str(tmp), dynamo=False, input_names=list(input_names),
-            output_names=["features"], dynamic_axes=dynamic_axes, opset_version=17, do_constant_folding=True,
-        )
+    try:
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes on Python-side shape checks: the shapes are the export's
+            torch.onnx.export(
+                module.eval(), tuple(examples), str(tmp), dynamo=False, input_names=list(input_names),
+                output_names=["features"], dynamic_axes=dynamic_axes, opset_version=17, do_constant_folding=True,
+            )
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written export left behind
+        raise
     os.replace(tmp, path)
     return path
 
