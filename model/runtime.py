@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from data.dataset import atomic_write_json
-from model.runtime_option import RUNTIME_CHOICES, RUNTIMES
+from model.runtime_option import RUNTIME_CHOICES
 
 log = logging.getLogger(__name__)
 
