@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from webapp import serving
+from model.runtime_option import add_runtime_argument, apply_runtime_argument
 
 log = logging.getLogger("app")
 
@@ -62,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=2, help="queries processed at once (2 CPU cores: 2)")
     p.add_argument("--keep-uploads", action="store_true", help="keep uploaded files in the temp cache (default: deleted once read)")
     serving.add_arguments(p)
+    add_runtime_argument(p)
     return p.parse_args(argv)
 
 
@@ -255,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     progress = ProgressServer.start(args.host, args.port) if first_start(args) else None
     from model.threads import configure_serving
 
+    apply_runtime_argument(args)
     configure_serving(args.concurrency)  # then each query takes its share of the cores (model.threads.query_threads)
     try:
         service = load_service(args, train_args=["--no-maps"] if progress else None)

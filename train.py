@@ -43,6 +43,7 @@ from model.factory import available_backbones, create_backbone
 from model.features import embed_studies
 from model.head import RetrievalHead
 from model.loss import LOSS_PRESETS, CompositeLoss
+from model.runtime_option import add_runtime_argument, apply_runtime_argument
 from model.threads import torch_threads, training_threads
 
 log = logging.getLogger("train")
@@ -59,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--cache-dir", metavar="DIR", help="hub cache folder for backbone downloads")
     g.add_argument("--embed-batch-size", type=int, default=32, help="images per forward pass when embedding")
     g.add_argument("--features", metavar="DIR", help="frozen features from these Parquet shards (python -m index embed)")
+    add_runtime_argument(g)
     add_data_arguments(p)
     g = p.add_argument_group("head")
     g.add_argument("--embed-dim", type=int, default=256, help="shared embedding width")
@@ -97,6 +99,7 @@ def loss_weights(args: argparse.Namespace) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
+    apply_runtime_argument(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t_start = time.time()
     torch.manual_seed(args.seed)

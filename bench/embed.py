@@ -13,7 +13,9 @@ core, one torch thread each; bare runs embed_studies' own jobs on pre-made tenso
 alternately (bare, full, bare, full) so drift in machine load hits both; the medians give the
 overhead ratio (target: full <= 1.5x bare). Side-by-side extras: bare image throughput with 1
 thread, all cores as intra-op threads (before) and one worker per core (now), and the offline
-image tower in NCHW (before) vs channels_last (now).
+image tower in NCHW (before) vs channels_last (now). Then the same ingest with the towers in
+torch, OpenVINO and ONNX Runtime (``bench.runtime_compare.ingest_runtimes``, alternating; key
+``runtimes``; target: the runtime ``auto`` picks >= 1.3x torch's images/s).
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ import numpy as np
 from bench.common import emit, log, machine, scratch_dir, setup_environment, stopwatch, target
 
 
-def run(n: int = 96, batch_size: int = 32, backbone_name: str = "offline", reps: int = 2) -> dict[str, Any]:
+def run(n: int = 96, batch_size: int = 32, backbone_name: str = "offline", reps: int = 2,
+        runtimes: bool = True) -> dict[str, Any]:
     setup_environment()
     import torch
 
@@ -44,7 +47,7 @@ def run(n: int = 96, batch_size: int = 32, backbone_name: str = "offline", reps:
     studies = load_dataset(folder)
     log(f"embed: {len(studies)} phantoms rendered in {t_render['s']:.1f}s (not part of any timing)")
     with stopwatch() as t_load:
-        backbone = create_backbone(backbone_name)
+        backbone = create_backbone(backbone_name, runtime="torch")
     batches = [
         torch.stack([backbone.preprocess(load_radiograph(s.image_path).image) for s in studies[i : i + batch_size]])
         for i in range(0, len(studies), batch_size)
@@ -132,6 +135,10 @@ def run(n: int = 96, batch_size: int = 32, backbone_name: str = "offline", reps:
     out["thread_policy"] = _thread_comparison(backbone, batches, workers, torch_threads, map_bulk)
     if backbone_name == "offline":
         out["channels_last"] = _layout_comparison(backbone, batches)
+        if runtimes:
+            from bench.runtime_compare import ingest_runtimes
+
+            out["runtimes"] = ingest_runtimes(studies, batch_size, reps=reps)
     return out
 
 
@@ -237,8 +244,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--backbone", default="offline")
     p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--no-runtimes", action="store_true", help="skip the torch / OpenVINO / ONNX Runtime ingest comparison")
     args = p.parse_args(argv)
-    report = {"machine": machine(), "embed": run(args.n, args.batch_size, args.backbone, args.reps)}
+    report = {"machine": machine(), "embed": run(args.n, args.batch_size, args.backbone, args.reps, not args.no_runtimes)}
     report["machine"]["load_average_at_end"] = machine()["load_average"]
     emit(report)
     return report

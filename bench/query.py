@@ -16,7 +16,11 @@ For each backbone: an untrained ``RetrievalHead`` and an index of 4,000 random g
   adaptive policy of ``model.threads.query_threads`` (what the app runs), one at a time and
   two at once (gradio concurrency 2);
 * for ``+int8``: the cosine between its image features and the float32 ones (same weights);
-* for float32 ViT-B/16: its FLOPs over this host's dense-GEMM rate, the floor under its forward time.
+* for float32 ViT-B/16: its FLOPs over this host's dense-GEMM rate, the floor under its forward time;
+* runtimes (``bench.runtime_compare``): image queries of ViT-B/16 and the offline backbone in torch,
+  OpenVINO and ONNX Runtime in alternating blocks, the float32 floor measured again right after,
+  and ``runtime_vs_floor`` (the runtime ``auto`` picks: image p50 / floor; target <= 1.2x), with
+  OpenVINO's per-op profile of the ViT-B/16 forward.
 
 All in the serving setting of ``model.threads.configure_serving(2)`` and ``query_threads``
 unless stated. Latency is wall-clock median / p95, with the process CPU time per call beside
@@ -67,8 +71,9 @@ def make_uploads(tmp: Path, n: int = 6) -> dict[str, list[bytes]]:
     return {"png_256px": pngs, "jpeg_2048px": jpegs}
 
 
-def build_engine(backbone_name: str, folder: Path, n_gallery: int = 4000):
-    """Untrained head + index of random unit vectors, loaded as the app loads one."""
+def build_engine(backbone_name: str, folder: Path, n_gallery: int = 4000, runtime: str = "torch"):
+    """Untrained head + index of random unit vectors, loaded as the app loads one; the towers
+    run in ``runtime`` (``model.runtime``)."""
     import torch
 
     from bench.search import synthetic_studies
@@ -79,7 +84,7 @@ def build_engine(backbone_name: str, folder: Path, n_gallery: int = 4000):
     from model.retrieval_model import RetrievalModel
 
     with stopwatch() as t:
-        backbone = create_backbone(backbone_name)
+        backbone = create_backbone(backbone_name, runtime=runtime)
     torch.manual_seed(0)
     model = RetrievalModel(backbone, RetrievalHead(backbone.image_dim, backbone.text_dim))
     rng = np.random.default_rng(0)
@@ -285,7 +290,7 @@ def run_backbone(name: str, uploads: dict[str, list[bytes]], tmp: Path, n_image:
     return out
 
 
-def run(backbones: list[str] | None = None, n_image: int = 12, n_policy: int = 4) -> dict[str, Any]:
+def run(backbones: list[str] | None = None, n_image: int = 12, n_policy: int = 4, runtimes: bool = True) -> dict[str, Any]:
     setup_environment()
     tmp = scratch_dir("bench-query-")
     uploads = make_uploads(tmp)
@@ -294,7 +299,31 @@ def run(backbones: list[str] | None = None, n_image: int = 12, n_policy: int = 4
         heavy = name != "offline"
         out[name] = run_backbone(name, uploads, tmp, n_image=n_image if heavy else 3 * n_image,
                                  n_policy=n_policy if heavy else 3 * n_policy)
+    if runtimes:
+        out.update(runtime_part(uploads["png_256px"], tmp))
     return out
+
+
+def runtime_part(uploads: list[bytes], tmp: Path) -> dict[str, Any]:
+    """torch vs OpenVINO vs ONNX Runtime side by side (``bench.runtime_compare``), the float32
+    floor of the same run, and the runtime's ratio to it."""
+    from bench.runtime_compare import openvino_profile, query_runtimes, runtime_int8, runtime_vs_floor
+
+    comparison: dict[str, Any] = {}
+    for name, rounds in ((VIT, 4), ("offline", 6)):
+        comparison[name] = query_runtimes(name, uploads, tmp, rounds=rounds)
+        engines = comparison[name].pop("_engines")
+        if name == VIT:
+            floor = float32_floor(engines["torch"].encoder.backbone)
+            profile = openvino_profile(engines["openvino"].encoder.backbone) if "openvino" in engines else None
+            chosen = engines.get("openvino") or engines.get("onnxruntime") or engines["torch"]
+            int8 = runtime_int8(name, chosen.encoder.backbone, uploads)
+        for engine in engines.values():
+            engine.store.close()
+        log(f"query runtimes: {name} image p50 " + ", ".join(
+            f"{r} {v['image_query']['median_ms']} ms" for r, v in comparison[name].items() if isinstance(v, dict) and "image_query" in v))
+    return {"runtimes": comparison, "runtime_floor": floor, "runtime_vs_floor": runtime_vs_floor(comparison[VIT], floor),
+            "runtime_profile_openvino_vit_b16": profile, "runtime_int8_vit_b16": int8}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -302,8 +331,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--backbones", nargs="+", default=None, help=f"default: offline {VIT} {VIT_INT8}")
     p.add_argument("--n-image", type=int, default=12, help="image queries timed for the heavy backbone (x3 for offline)")
     p.add_argument("--n-policy", type=int, default=4, help="queries per thread setting in the thread-policy part (0: skip)")
+    p.add_argument("--no-runtimes", action="store_true", help="skip the torch / OpenVINO / ONNX Runtime comparison")
     args = p.parse_args(argv)
-    report = {"machine": machine(), "query": run(args.backbones, args.n_image, args.n_policy)}
+    report = {"machine": machine(), "query": run(args.backbones, args.n_image, args.n_policy, not args.no_runtimes)}
     report["machine"]["load_average_at_end"] = machine()["load_average"]
     emit(report)
     return report

@@ -21,6 +21,7 @@ from typing import Sequence
 
 from data.records import Study
 from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
+from model.runtime_option import add_runtime_argument, apply_runtime_argument
 
 
 def _data_root(args: argparse.Namespace, studies: Sequence[Study]) -> Path | None:
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--run", required=True, help="trained run folder (model.retrieval_model)")
     build.add_argument("--out", required=True, help="index folder to (re)write atomically")
     build.add_argument("--batch-size", type=int, default=64)
+    add_runtime_argument(build)
     build.add_argument("--M", type=int, default=DEFAULT_M, help="hnsw graph degree")
     build.add_argument("--ef-construction", type=int, default=DEFAULT_EF_CONSTRUCTION)
     build.add_argument("--ef", type=int, default=DEFAULT_EF, help="hnsw query beam width")
@@ -60,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--index", required=True, help="existing index folder")
     add.add_argument("--run", help="trained run folder (default: the one the index was built from)")
     add.add_argument("--batch-size", type=int, default=64)
+    add_runtime_argument(add)
     add_data_arguments(add)
 
     scale_cli.add_embed_command(sub)
@@ -88,6 +91,7 @@ def known_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
+    apply_runtime_argument(args)
     try:
         return _run(args)
     except known_errors() as exc:

@@ -18,7 +18,7 @@ Two families:
 from __future__ import annotations
 
 import abc
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,9 @@ from model.transform import IMAGENET_MEAN, IMAGENET_STD, build_transform, prepro
 # the features differ slightly from float32, so caches, checkpoints and indexes of the two
 # never mix, and "clip+int8" in a checkpoint recreates the quantised backbone.
 INT8_SUFFIX = "+int8"
+# The same, with the image tower in ONNX Runtime's dynamic int8 (model.runtime.quantize_onnx):
+# another set of features, so another identity.
+ORT_INT8_SUFFIX = "+ortint8"
 
 
 class BackboneUnavailableError(RuntimeError):
@@ -57,6 +60,11 @@ class Backbone(abc.ABC):
     shared_space: bool  # True when image and text features are comparable zero-shot
     context_length: int  # max text tokens the text tower sees (longer text is truncated)
     preprocess_id: str  # describes image preprocessing; part of embedding-cache keys
+    # Inference runtime of the towers (model.runtime): same features as torch, so not part of
+    # the id. The runners replace the _image_features / _text_features hooks when set.
+    runtime: str = "torch"
+    _image_runner: Callable[[torch.Tensor], torch.Tensor] | None = None
+    _text_runner: Callable[[list[str]], torch.Tensor] | None = None
 
     def __init__(self, transform: Any, device: str | torch.device = "cpu") -> None:
         self._transform = transform
@@ -81,6 +89,13 @@ class Backbone(abc.ABC):
         raise ValueError(f"backbone {self.name!r} has no int8 variant")
 
     # --- public API ------------------------------------------------------------------
+    def use_runtime(self, runtime: str) -> "Backbone":
+        """Run the towers in ``runtime`` (``auto|torch|openvino|onnxruntime``, see
+        ``model.towers.attach_runtime``); a tower that cannot stays on torch. Returns ``self``."""
+        from model.towers import attach_runtime
+
+        return attach_runtime(self, runtime)
+
     def quantize_int8(self) -> "Backbone":
         """Run the image tower's linear layers in dynamic int8 (``model.quantize``): ~1.6-2x
         faster ViT image queries on CPU. Renames the backbone (``+int8``); returns ``self``."""
@@ -100,7 +115,7 @@ class Backbone(abc.ABC):
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError(f"expected pixels of shape (N,3,H,W), got {tuple(pixels.shape)}")
         with torch.inference_mode():
-            feats = self._image_features(pixels.to(self.device, torch.float32))
+            feats = (self._image_runner or self._image_features)(pixels.to(self.device, torch.float32))
             feats = F.normalize(feats.float(), dim=-1).cpu()
         return feats.clone()  # clone outside inference mode: a normal tensor autograd may use
 
@@ -130,7 +145,7 @@ class Backbone(abc.ABC):
         chunks = []
         for start in range(0, len(texts), batch_size):
             with torch.inference_mode():
-                feats = self._text_features([texts[i] for i in order[start:start + batch_size]])
+                feats = (self._text_runner or self._text_features)([texts[i] for i in order[start:start + batch_size]])
                 feats = F.normalize(feats.float(), dim=-1).cpu()
             chunks.append(feats.clone())
         feats = torch.cat(chunks)
@@ -341,34 +356,52 @@ def _encode_text_without_padding(model: torch.nn.Module, tokens: torch.Tensor) -
 
     Returns None for any other tower (the caller then runs the padded pass).
     """
+    if tokens.ndim != 2 or tokens.shape[1] == 0:
+        return None
+    pad_id = text_trim_pad_id(model)
+    if pad_id is None:
+        return None
+    return encode_trimmed_text(model, tokens[:, :_unpadded_length(tokens, pad_id)])
+
+
+def text_trim_pad_id(model: torch.nn.Module) -> int | None:
+    """The pad token id after which the text tower's trailing tokens may be cut without changing
+    its features (see :func:`_encode_text_without_padding`), or None for any other tower."""
     import open_clip
     from open_clip.hf_model import HFTextEncoder
 
-    if tokens.ndim != 2 or tokens.shape[1] == 0:
-        return None
     text_tower = getattr(model, "text", None)
     if isinstance(text_tower, HFTextEncoder):
         pad_id = text_tower.config.pad_token_id
         pooler = type(getattr(text_tower, "pooler", None)).__name__
-        if pad_id is None or pooler not in ("ClsPooler", "ClsLastHiddenStatePooler", "MeanPooler"):
-            return None
-        length = _unpadded_length(tokens, pad_id)
-        return model.encode_text(tokens[:, :length])
+        ok = pad_id is not None and pooler in ("ClsPooler", "ClsLastHiddenStatePooler", "MeanPooler")
+        return int(pad_id) if ok else None
     if type(model).encode_text is not open_clip.CLIP.encode_text:
         return None
-    pool_type = getattr(model, "text_pool_type", None)
     mask = getattr(model, "attn_mask", None)
-    if pool_type not in ("argmax", "eos") or mask is None or mask.ndim != 2:
+    if getattr(model, "text_pool_type", None) not in ("argmax", "eos") or mask is None or mask.ndim != 2:
         return None
-    length = _unpadded_length(tokens, 0)  # open_clip's tokenizers pad with 0
-    text = tokens[:, :length]
+    return 0  # open_clip's tokenizers pad with 0
+
+
+def encode_trimmed_text(model: torch.nn.Module, text: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text`` on tokens already cut after the last non-pad token (for a tower
+    :func:`text_trim_pad_id` accepts): for open_clip's own text transformer, with the
+    positional embedding and causal mask cut to that length. Also what ``model.towers``
+    exports for the inference runtimes."""
+    import open_clip
+    from open_clip.hf_model import HFTextEncoder
+
+    if isinstance(getattr(model, "text", None), HFTextEncoder):
+        return model.encode_text(text)  # masks its padding itself
+    length = text.shape[1]
     cast_dtype = model.transformer.get_cast_dtype()
     # open_clip.CLIP.encode_text, with the positional embedding and causal mask cut to length
     x = model.token_embedding(text).to(cast_dtype)
     x = x + model.positional_embedding[:length].to(cast_dtype)
-    x = model.transformer(x, attn_mask=mask[:length, :length])
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
     x = model.ln_final(x)
-    x = open_clip.transformer.text_global_pool(x, text, pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    x = open_clip.transformer.text_global_pool(x, text, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     if model.text_projection is not None:
         x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
     return x

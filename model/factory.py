@@ -15,7 +15,9 @@ Registry names (``available_backbones()``):
 Any open_clip name may end in ``+int8`` (``clip+int8``, ``biomedclip+int8``): the same weights
 with the image tower's linear layers in dynamic int8 (``model.quantize``; opt-in, check it on
 the real model first), ~1.7x faster ViT image queries on CPU, and a separate identity, so a run
-and its index are built and queried at one precision.
+and its index are built and queried at one precision. ``+ortint8`` instead runs the image tower
+in ONNX Runtime's dynamic int8 (``model.runtime.quantize_onnx``; any backbone with linear
+layers; on the real MiniLM it keeps more of float32 than ``+int8``, ``tests/test_runtime_int8.py``).
 
 Hub models are loaded from the Hugging Face cache by resolving it to a snapshot folder and
 taking the same local-folder path that ``path=`` takes. Whether a file is cached is a pure
@@ -43,6 +45,7 @@ import torch
 
 from model.backbones import (
     INT8_SUFFIX,
+    ORT_INT8_SUFFIX,
     Backbone,
     BackboneUnavailableError,
     OfflineBackbone,
@@ -383,7 +386,7 @@ BACKBONES: dict[str, BackboneFactory] = {
 
 def available_backbones() -> list[str]:
     """Names accepted by :func:`create_backbone` (``<CONFIG>`` is any open_clip config name)."""
-    return ["offline", "biomedclip", "clip", "openclip-random:<CONFIG>", "<any of these>+int8"]
+    return ["offline", "biomedclip", "clip", "openclip-random:<CONFIG>", "<any of these>+int8", "<any>+ortint8"]
 
 
 def create_backbone(
@@ -391,17 +394,31 @@ def create_backbone(
     path: str | None = None,
     cache_dir: str | None = None,
     device: str = "cpu",
+    runtime: str | None = None,
 ) -> Backbone:
-    """Build the named frozen backbone (see the module docstring for names and ``path``).
+    """Build the named frozen backbone (see the module docstring for names and ``path``),
+    its towers run in ``runtime`` (default: ``model.runtime.default_runtime()``, torch unless
+    a CLI's ``--runtime`` set it; same features either way).
 
     Raises :class:`BackboneUnavailableError` when the weights cannot be had here, and
     ``ValueError`` for an unknown name.
     """
     spec = str(name)
+    ort_int8 = spec.endswith(ORT_INT8_SUFFIX)
+    spec = spec.removesuffix(ORT_INT8_SUFFIX)
     int8 = spec.endswith(INT8_SUFFIX)
     base, _, arg = spec.removesuffix(INT8_SUFFIX).partition(":")
     factory = BACKBONES.get(base)
     if factory is None:
         raise ValueError(f"unknown backbone {name!r}; available: {', '.join(available_backbones())}")
     backbone = factory(arg, str(path) if path else None, cache_dir, device)
-    return backbone.quantize_int8() if int8 else backbone
+    backbone = backbone.quantize_int8() if int8 else backbone
+    if ort_int8:
+        if int8:
+            raise ValueError(f"{name!r}: choose one int8 variant, {INT8_SUFFIX} or {ORT_INT8_SUFFIX}")
+        backbone.name += ORT_INT8_SUFFIX
+        backbone.backbone_id += ORT_INT8_SUFFIX
+    from model.runtime import default_runtime
+
+    runtime = runtime or default_runtime()
+    return backbone.use_runtime(runtime) if runtime != "torch" or ort_int8 else backbone

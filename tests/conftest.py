@@ -11,6 +11,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The CLIs (app, train, index) default to --runtime auto; the suite tests runtimes in
+# tests/test_runtime.py and runs everything else on torch, without per-test exports.
+os.environ.setdefault("CXR_RUNTIME", "torch")
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:

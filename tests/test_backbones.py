@@ -262,14 +262,14 @@ def test_backbone_id_follows_the_weights_not_the_folder(tmp_path):
     assert ids[0] == ids[1] != ids[2]
 
 
-def test_local_folder_biomedclip_layout_with_hf_text_tower(tmp_path):
-    """BiomedCLIP's real shape: timm ViT image tower + Hugging Face BERT text tower whose config
-    names a hub model; the loader must take the tower's config.json and tokenizer from the folder."""
+def write_tiny_biomedclip_folder(folder: Path) -> torch.nn.Module:
+    """BiomedCLIP's real shape in miniature, in the hub layout: timm ViT image tower + Hugging
+    Face BERT text tower whose config names a hub model (its config.json and tokenizer are in
+    the folder). Returns the saved model."""
     import open_clip
     from transformers import BertConfig, BertTokenizerFast
 
-    folder = tmp_path / "biomedclip-like"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "normal", "heart", "size", "small", "left",
              "pleural", "effusion", "lungs", "are", "clear", ",", "."]
     (folder / "vocab.txt").write_text("\n".join(words) + "\n")
@@ -289,6 +289,16 @@ def test_local_folder_biomedclip_layout_with_hf_text_tower(tmp_path):
     ).eval()
     _save_weights(reference, folder, "open_clip_pytorch_model.bin")
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": TINY_PREPROCESS}))
+    return reference
+
+
+def test_local_folder_biomedclip_layout_with_hf_text_tower(tmp_path):
+    """BiomedCLIP's real shape: timm ViT image tower + Hugging Face BERT text tower whose config
+    names a hub model; the loader must take the tower's config.json and tokenizer from the folder."""
+    from transformers import BertTokenizerFast
+
+    folder = tmp_path / "biomedclip-like"
+    reference = write_tiny_biomedclip_folder(folder)
 
     backbone = create_backbone("biomedclip", path=str(folder))
     assert (backbone.image_dim, backbone.context_length) == (16, 16)
