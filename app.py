@@ -18,6 +18,7 @@ import logging
 import time
 from pathlib import Path
 
+from data.errors import LOAD_ERRORS, one_line
 from webapp import serving
 from model.runtime_option import add_runtime_argument, apply_runtime_argument
 
@@ -237,13 +238,6 @@ def phantom_examples(service, n: int = 2) -> list[str]:
     return picks[:n]
 
 
-def startup_errors() -> tuple[type[BaseException], ...]:
-    """Bad or mismatched run/index folders and unavailable weights: one line, no traceback."""
-    from index.__main__ import known_errors
-
-    return known_errors()
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -261,10 +255,10 @@ def main(argv: list[str] | None = None) -> None:
     configure_serving(args.concurrency)  # then each query takes its share of the cores (model.threads.query_threads)
     try:
         service = load_service(args, train_args=["--no-maps"] if progress else None)
-    except startup_errors() as exc:
+    except LOAD_ERRORS as exc:  # bad or mismatched run/index folders, unavailable weights: one line
         if progress:
             progress.close()
-        raise SystemExit(f"error: {exc}") from None
+        raise SystemExit(one_line(exc)) from None
     examples = example_uploads()
     phantoms = phantom_examples(service)
     demo = build_ui(service, examples, phantoms)

@@ -29,18 +29,17 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from data.dataset import atomic_write_bytes, atomic_write_json, studies_fingerprint
-from data.images import ImageLoadError
-from data.manifest import ManifestError
+from data.atomic_io import atomic_write_bytes, atomic_write_json
+from data.dataset import studies_fingerprint
+from data.errors import REPORTED, one_line
 from data.paths import cache_root
 from data.sources import add_data_arguments, load_source
 from data.split import load_or_create_split, split_hash, split_level
-from model.backbones import BackboneUnavailableError
-from model.checkpoint import CheckpointError, save_checkpoint
+from model.checkpoint import save_checkpoint
 from model.embedding_map import build_embedding_maps
 from model.evaluate import evaluate_embeddings, format_table
 from model.factory import available_backbones, create_backbone
-from model.features import embed_studies
+from model.features import cached_frozen_features
 from model.head import RetrievalHead
 from model.loss import LOSS_PRESETS, CompositeLoss
 from model.runtime_option import add_runtime_argument, apply_runtime_argument
@@ -126,7 +125,7 @@ def main(argv: list[str] | None = None) -> Path:
 
         image_feats, text_feats = features_for(args.features, backbone, studies)
     else:
-        image_feats, text_feats = embed_studies(backbone, studies, batch_size=args.embed_batch_size, progress=not args.quiet)
+        image_feats, text_feats = cached_frozen_features(backbone, studies, batch_size=args.embed_batch_size, progress=not args.quiet)
     t_embed = time.time() - t0
     log.info("features: image %s, text %s (%.1fs)", image_feats.shape, text_feats.shape, t_embed)
     Xi, Xt, y = torch.from_numpy(image_feats), torch.from_numpy(text_feats), torch.from_numpy(labels).float()
@@ -352,18 +351,12 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     tmp.replace(path)
 
 
-# Errors caused by the inputs: one line and exit status 2, no traceback. Anything else is a
-# bug and keeps its traceback.
-INPUT_ERRORS = (BackboneUnavailableError, CheckpointError, ManifestError, ImageLoadError,
-                FileNotFoundError, NotADirectoryError, PermissionError)
-
-
 def cli(argv: list[str] | None = None) -> int:
     """``python train.py``: ``main`` with input errors reported as one line (exit 2)."""
     try:
         main(argv)
-    except INPUT_ERRORS as exc:
-        print(f"error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
+    except REPORTED as exc:  # the inputs' fault (data.errors): one line, exit 2; anything else keeps its traceback
+        print(one_line(exc), file=sys.stderr)
         return 2
     except SystemExit as exc:  # data.sources reports unusable data options this way
         if isinstance(exc.code, str):

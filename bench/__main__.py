@@ -27,9 +27,9 @@ PARTS = ("embed", "search", "query", "train_head", "startup", "familiarity")
 
 # ``--quick``: the same parts at smoke sizes (the documented-commands test runs this; figures not for the README).
 QUICK_ARGS = {
-    "embed": ["--n", "8", "--reps", "1"],
+    "embed": ["--n", "8", "--reps", "1", "--no-runtimes"],
     "search": ["--demo-n", "300", "--big-n", "2000", "--small-n", "500", "--queries", "20"],
-    "query": ["--backbones", "offline", "--n-image", "3", "--n-policy", "0"],
+    "query": ["--backbones", "offline", "--n-image", "3", "--n-policy", "0", "--no-runtimes"],
     "train_head": ["--no-thread-compare"],
     "startup": ["--warm-demo-limit", "40"],
 }

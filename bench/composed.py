@@ -77,7 +77,7 @@ def evaluate(Z: np.ndarray, profiles: list, queries: list[int], make_query: Call
 
 def run(run_dir: Path | None = None, n: int = 60, seed: int = 0, data: Path | None = None) -> dict[str, Any]:
     from data.demo import load_demo_dataset
-    from model.features import embed_studies
+    from model.features import cached_frozen_features
     from model.retrieval_model import RetrievalModel
     from webapp.bootstrap import default_run_dir
     from webapp.composed import NEUTRAL_PHRASE, compose
@@ -94,7 +94,7 @@ def run(run_dir: Path | None = None, n: int = 60, seed: int = 0, data: Path | No
         studies = load_demo_dataset(limit=limit)
     split = json.loads((run_dir / "split.json").read_text())
     started = time.perf_counter()
-    image_feats, _ = embed_studies(model.backbone, studies, progress=False)  # the cached features
+    image_feats, _ = cached_frozen_features(model.backbone, studies, progress=False)  # the cached features
     Z = model.project_image_features(image_feats)
     Z /= np.linalg.norm(Z, axis=1, keepdims=True)
     log(f"composed: gallery of {len(Z)} in {time.perf_counter() - started:.1f}s")

@@ -4,12 +4,12 @@
     python -m bench.embed --n 256 --backbone openclip-random:ViT-B-16
 
 * bare: ``encode_image_batch`` on tensors preprocessed beforehand, and ``encode_texts`` on the
-  report strings in the chunks ``embed_studies`` uses;
-* full: ``model.features.embed_studies`` into a fresh cache folder: decode PNG -> preprocess ->
+  report strings in the chunks ``cached_frozen_features`` uses;
+* full: ``model.features.cached_frozen_features`` into a fresh cache folder: decode PNG -> preprocess ->
   embed images and reports -> write the cache chunks.
 
 Same images, same batch size, same parallelism (``model.threads.map_bulk``: one worker per
-core, one torch thread each; bare runs embed_studies' own jobs on pre-made tensors), measured
+core, one torch thread each; bare runs cached_frozen_features' own jobs on pre-made tensors), measured
 alternately (bare, full, bare, full) so drift in machine load hits both; the medians give the
 overhead ratio (target: full <= 1.5x bare). Side-by-side extras: bare image throughput with 1
 thread, all cores as intra-op threads (before) and one worker per core (now), and the offline
@@ -38,7 +38,7 @@ def run(n: int = 96, batch_size: int = 32, backbone_name: str = "offline", reps:
     from data.demo import build_demo_dataset
     from data.images import load_radiograph
     from model.factory import create_backbone
-    from model.features import CHUNK, embed_studies
+    from model.features import CHUNK, cached_frozen_features
     from model.threads import bulk_thread_count, map_bulk, torch_threads
 
     tmp = scratch_dir("bench-embed-")
@@ -61,12 +61,12 @@ def run(n: int = 96, batch_size: int = 32, backbone_name: str = "offline", reps:
             map_bulk(backbone.encode_image_batch, batches)
         return t["s"]
 
-    def bare_texts() -> float:  # the reports alone, one job per chunk (as embed_studies runs them)
+    def bare_texts() -> float:  # the reports alone, one job per chunk (as cached_frozen_features runs them)
         with stopwatch() as t:
             map_bulk(backbone.encode_texts, report_chunks)
         return t["s"]
 
-    def bare_both() -> float:  # exactly embed_studies' jobs, but on pre-made tensors and no I/O
+    def bare_both() -> float:  # exactly cached_frozen_features' jobs, but on pre-made tensors and no I/O
         def job(item):
             return backbone.encode_texts(item) if isinstance(item, list) else backbone.encode_image_batch(item)
 
@@ -79,7 +79,7 @@ def run(n: int = 96, batch_size: int = 32, backbone_name: str = "offline", reps:
     def full(rep: int) -> float:
         cache = tmp / f"features-{rep}"  # fresh every time: the cache must not short-circuit
         with stopwatch() as t:
-            embed_studies(backbone, studies, cache_dir=cache, batch_size=batch_size, progress=False)
+            cached_frozen_features(backbone, studies, cache_dir=cache, batch_size=batch_size, progress=False)
         return t["s"]
 
     def full_before(rep: int) -> float:
@@ -149,7 +149,7 @@ def _legacy_embed_studies(backbone, studies, folder: Path, batch_size: int) -> N
     import torch
     import torch.nn.functional as F
 
-    from data.dataset import atomic_write_bytes
+    from data.atomic_io import atomic_write_bytes
     from data.images import load_radiograph
     from model.backbones import OFFLINE_GRID
     from model.features import CHUNK

@@ -34,9 +34,9 @@ def false_alarms(run_dir: Path, studies, backbone) -> dict[str, Any]:
     """Fit on train+val (frozen features from the cache), assess every test study with its pixels."""
     from data.images import load_radiograph
     from index.familiarity import FAMILIAR, FamiliarityModel
-    from model.features import embed_studies
+    from model.features import cached_frozen_features
 
-    image_feats, _ = embed_studies(backbone, studies, progress=False)
+    image_feats, _ = cached_frozen_features(backbone, studies, progress=False)
     rows = split_rows(run_dir, studies)
     fitted = np.concatenate([rows["train"], rows["val"]])
     model = FamiliarityModel.fit(image_feats[fitted])

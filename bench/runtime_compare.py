@@ -153,11 +153,11 @@ def openvino_profile(backbone, threads: int = 2, reps: int = 5) -> dict[str, Any
 
 
 def ingest_runtimes(studies, batch_size: int, runtimes=RUNTIMES, reps: int = 2) -> dict[str, Any]:
-    """Bulk ingest (``model.features.embed_studies``: decode, preprocess, images and reports on
+    """Bulk ingest (``model.features.cached_frozen_features``: decode, preprocess, images and reports on
     the bulk workers, cache chunks) per runtime, alternating, fresh cache each time; images/s
     counts the studies' images (each study has one image and one report)."""
     from model.factory import create_backbone
-    from model.features import embed_studies
+    from model.features import cached_frozen_features
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-rt-"))
     backbones = {r: create_backbone("offline", runtime=r) for r in runtimes}
@@ -167,7 +167,7 @@ def ingest_runtimes(studies, batch_size: int, runtimes=RUNTIMES, reps: int = 2) 
     for rep in range(reps):
         for runtime, backbone in backbones.items():
             with stopwatch() as t:
-                image, _ = embed_studies(backbone, studies, cache_dir=tmp / f"{runtime}-{rep}",
+                image, _ = cached_frozen_features(backbone, studies, cache_dir=tmp / f"{runtime}-{rep}",
                                          batch_size=batch_size, progress=False)
             seconds[runtime].append(t["s"])
             reference.setdefault(runtime, image)

@@ -5,7 +5,7 @@
 
 Parts (each figure says what it measured):
 * ``ray``: demo phantoms through ``index.ray_ingest`` with the offline backbone on 1 and 2
-  embedding workers, and the single-process path (``model.features.embed_studies``, same
+  embedding workers, and the single-process path (``model.features.cached_frozen_features``, same
   number of bulk workers) on the same studies: throughput, scaling efficiency, overhead.
 * ``slice``: a >= 50k slice of small synthetic images through the same Ray pipeline with a
   tiny stand-in backbone (``TinyBackbone``), so the pipeline's own per-item cost (list,
@@ -87,7 +87,7 @@ def ray_case(n: int, shard_size: int, tmp: Path) -> dict[str, Any]:
     """Offline backbone: Ray with 1 and 2 workers vs the single-process path at equal workers."""
     from index import ray_ingest
     from model.factory import create_backbone
-    from model.features import embed_studies
+    from model.features import cached_frozen_features
 
     studies = _demo_studies(n, tmp / "demo")
     backbone = create_backbone("offline")
@@ -101,7 +101,7 @@ def ray_case(n: int, shard_size: int, tmp: Path) -> dict[str, Any]:
                                    shard_size=shard_size, progress=False)
         os.environ["CXR_BULK_THREADS"] = str(workers)
         with stopwatch() as t_single:
-            embed_studies(backbone, studies, cache_dir=tmp / f"single-w{workers}", progress=False)
+            cached_frozen_features(backbone, studies, cache_dir=tmp / f"single-w{workers}", progress=False)
         steady = report.steady_studies_per_s()
         out[f"workers_{workers}"] = {
             "ray_s": round(report.seconds, 2), "ray_studies_per_s": round(n / report.seconds, 2),

@@ -5,39 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from data.atomic_io import atomic_write_bytes, atomic_write_json
 from data.records import Study
 
 STUDIES_FILE = "studies.jsonl"
 META_FILE = "dataset.json"
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``.
-
-    A reader sees either the old file or the new one, never half of one, even if the
-    writer is killed mid-way.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(Path(path), json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
 def save_dataset(folder: Path | str, studies: Sequence[Study], meta: dict[str, Any] | None = None) -> None:

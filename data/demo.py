@@ -23,7 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from data.dataset import META_FILE, STUDIES_FILE, atomic_write_bytes, dataset_meta, load_dataset, save_dataset
+from data.atomic_io import atomic_write_bytes
+from data.dataset import META_FILE, STUDIES_FILE, dataset_meta, load_dataset, save_dataset
 from data.paths import cache_root
 from data.phantom import DEFAULT_SIZE, PHANTOM_VERSION, encode_png, render_phantom
 from data.phantom.golden import renderer_id as phantom_renderer_id

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from data.errors import ImageLoadError  # noqa: F401 (defined in data.errors, re-exported)
+
 # Decompression-bomb guard. Larger images are refused before their pixels are decoded;
 # images between MAX_SIDE and this are downsampled on decode (JPEG draft mode) or after.
 MAX_PIXELS = 100_000_000
@@ -20,10 +22,6 @@ MAX_SIDE = 2048  # working resolution: far above what any tower looks at (224 px
 MAX_FILE_BYTES = 200 * 1024 * 1024
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-
-
-class ImageLoadError(ValueError):
-    """An input that cannot be read as a radiograph; the message is shown to the user."""
 
 
 @dataclass

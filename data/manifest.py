@@ -23,14 +23,11 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data.errors import ManifestError  # noqa: F401 (defined in data.errors, re-exported)
 from data.records import ABNORMAL, NORMAL, Study
 
 REQUIRED_COLUMNS = ("image_path", "report", "label")
 _LABELS = {"0": NORMAL, "normal": NORMAL, "1": ABNORMAL, "abnormal": ABNORMAL}
-
-
-class ManifestError(ValueError):
-    """The manifest as a whole cannot be used (missing file or columns)."""
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from data.dataset import atomic_write_json
+from data.atomic_io import atomic_write_json
 from data.records import Study
 
 SPLITS = ("train", "val", "test")

@@ -1,7 +1,7 @@
 """Retrieval engine: hnswlib graphs of study images and reports, SQLite metadata, a
 checksummed manifest, and ``SearchEngine`` on top. Everything that searches goes through it."""
 from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, EXACT_THRESHOLD, ExactIndex, HnswIndex
-from index.build import Encoder, add_studies, build_index, embed_studies, encoder_identity
+from index.build import Encoder, add_studies, build_index, embed_into_head_space, encoder_identity
 from index.engine import Filters, Hit, SearchEngine, SearchResult
 from index.manifest import IndexCorruptError, IndexLoadError, IndexMismatchError, Manifest, read_manifest
 
@@ -23,7 +23,7 @@ __all__ = [
     "SearchResult",
     "add_studies",
     "build_index",
-    "embed_studies",
+    "embed_into_head_space",
     "encoder_identity",
     "read_manifest",
 ]

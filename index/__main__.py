@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from data.errors import LOAD_ERRORS, one_line
 from data.records import Study
 from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 from model.runtime_option import add_runtime_argument, apply_runtime_argument
@@ -72,34 +73,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def one_line(exc: BaseException) -> str:
-    """An error as the single line the CLI prints (no traceback: these are the user's inputs)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 500 else text[:497] + "..."
-
-
-def known_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by the inputs (missing/damaged/mismatched files, unavailable weights):
-    reported in one line with exit status 2. Anything else is a bug and keeps its traceback."""
-    from model.backbones import BackboneUnavailableError
-    from model.checkpoint import CheckpointError
-    from index.manifest import IndexLoadError
-
-    return (IndexLoadError, CheckpointError, BackboneUnavailableError, ValueError, OSError)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     apply_runtime_argument(args)
     try:
         return _run(args)
-    except known_errors() as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+    except LOAD_ERRORS as exc:  # the inputs' fault (data.errors): one line, exit 2
+        print(one_line(exc), file=sys.stderr)
         return 2
     except SystemExit as exc:  # data.sources reports unusable data options this way
         if isinstance(exc.code, str):
-            print(f"error: {one_line(exc)}", file=sys.stderr)
+            print(one_line(exc), file=sys.stderr)
             return 2
         raise
 

@@ -1,7 +1,7 @@
 """Write an index folder from embeddings, grow one in place, and embed a dataset for it.
 
 ``build_index`` and ``add_studies`` take precomputed embeddings (so they are testable with
-any vectors); ``embed_studies`` turns studies into embeddings with an encoder; the CLI in
+any vectors); ``embed_into_head_space`` turns studies into embeddings with an encoder; the CLI in
 ``index/__main__.py`` only wires these to a trained run and a dataset folder.
 Every write goes through ``manifest.staged_write``: the live folder is replaced whole or
 not at all.
@@ -215,7 +215,7 @@ def with_images(studies: Sequence[Study]) -> tuple[list[Study], list[Study]]:
     return usable, missing
 
 
-def embed_studies(
+def embed_into_head_space(
     encoder: Encoder, studies: Sequence[Study], batch_size: int = 64, progress: bool = True,
     frozen_out: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -281,7 +281,7 @@ def build_from_encoder(
     if not usable:
         raise ValueError("no study has a readable image; nothing to index")
     frozen: list[np.ndarray] = []
-    image_emb, report_emb = embed_studies(encoder, usable, batch_size=batch_size, progress=progress, frozen_out=frozen)
+    image_emb, report_emb = embed_into_head_space(encoder, usable, batch_size=batch_size, progress=progress, frozen_out=frozen)
     frozen_feats = np.concatenate(frozen) if frozen else None
     return build_index(
         out_dir, image_emb, report_emb, usable, encoder_identity(encoder), data_root=data_root, run_dir=run_dir,
@@ -302,6 +302,6 @@ def add_from_encoder(
     fresh, _ = with_images(new_studies(index_dir, studies))
     if not fresh:
         return manifest, 0
-    image_emb, report_emb = embed_studies(encoder, fresh, batch_size=batch_size, progress=progress)
+    image_emb, report_emb = embed_into_head_space(encoder, fresh, batch_size=batch_size, progress=progress)
     manifest = add_studies(index_dir, image_emb, report_emb, fresh, identity=encoder_identity(encoder))
     return manifest, len(fresh)

@@ -32,20 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from data.dataset import atomic_write_json
+from data.errors import BundleError, BundleCorruptError  # noqa: F401 (defined in data.errors, re-exported)
+from data.atomic_io import atomic_write_json
 from index.manifest import DATA_FILES, MANIFEST, META, IndexLoadError, file_digest, now_iso, read_manifest, verify_files, write_manifest
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = 1
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-class BundleError(ValueError):
-    """A bundle that cannot be opened (missing, not a bundle, unreachable)."""
-
-
-class BundleCorruptError(BundleError):
-    """A bundle file is missing or differs from its checksum in bundle.json."""
 
 
 @dataclass(frozen=True)

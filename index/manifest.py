@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from data.dataset import atomic_write_json
+from data.errors import IndexLoadError, IndexMismatchError, IndexCorruptError  # noqa: F401 (defined in data.errors, re-exported)
+from data.atomic_io import atomic_write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -36,18 +37,6 @@ OPTIONAL_FILES = (FAMILIARITY,)
 
 _STAGING = "staging"
 _PREVIOUS = "previous"
-
-
-class IndexLoadError(Exception):
-    """Base of the errors that stop an index folder from being loaded."""
-
-
-class IndexMismatchError(IndexLoadError):
-    """The index was built with another backbone, head or embedding size than the encoder."""
-
-
-class IndexCorruptError(IndexLoadError):
-    """A file of the index is missing, truncated, altered or inconsistent with the manifest."""
 
 
 @dataclass

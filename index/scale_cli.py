@@ -73,7 +73,7 @@ def run_build(args: argparse.Namespace, source, data_root: Path | None, load_enc
     """``--engine ray``: shards, then the index from them; ``--engine local``: embed here. Either
     writes an hnswlib folder or a Milvus index, as ``--out`` says."""
     from index import ray_ingest
-    from index.build import embed_studies, encoder_identity, with_images
+    from index.build import embed_into_head_space, encoder_identity, with_images
     from index.vector_store import build_store
 
     encoder = load_encoder(args.run)
@@ -83,7 +83,7 @@ def run_build(args: argparse.Namespace, source, data_root: Path | None, load_enc
         manifest = ray_ingest.build_from_shards(args.out, encoder, source.studies, shards, data_root, args.run)
     else:
         usable, _ = with_images(source.studies)
-        image_emb, report_emb = embed_studies(encoder, usable, batch_size=args.batch_size)
+        image_emb, report_emb = embed_into_head_space(encoder, usable, batch_size=args.batch_size)
         manifest = build_store(args.out, image_emb, report_emb, usable, encoder_identity(encoder), data_root, args.run)
     print(f"built {args.out}: {manifest.count} studies, backbone {manifest.backbone_id}")
     return 0

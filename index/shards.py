@@ -25,16 +25,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data.dataset import atomic_write_bytes, atomic_write_json, studies_fingerprint
+from data.errors import ShardMismatchError  # noqa: F401 (defined in data.errors, re-exported)
+from data.atomic_io import atomic_write_bytes, atomic_write_json
+from data.dataset import studies_fingerprint
 from data.records import Study
 
 KEY_FILE = "shards.json"
 META_KEY = b"cxr_shard"
 DEFAULT_SHARD_SIZE = 64
-
-
-class ShardMismatchError(ValueError):
-    """The shard folder was written for another backbone, preprocessing or study list."""
 
 
 @dataclass(frozen=True)

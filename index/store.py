@@ -21,9 +21,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from data.errors import StoreSchemaError  # noqa: F401 (defined in data.errors, re-exported)
 from data.findings import BILATERAL, LEFT, RIGHT, canonical_name, profile
 from data.records import Study
-from index.manifest import IndexLoadError
 
 # 2: one JSON ``record`` per study (Study.to_dict, with structured findings) instead of a column per
 # field; item_findings keyed by finding AND side. Version-1 stores must be rebuilt.
@@ -49,10 +49,6 @@ CREATE INDEX IF NOT EXISTS idx_items_view ON items(view);
 CREATE INDEX IF NOT EXISTS idx_findings ON item_findings(finding, side, row_id);
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-
-
-class StoreSchemaError(IndexLoadError):
-    """The metadata store was written by older code (another schema version): rebuild the index."""
 
 
 class StudyFields:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from data.errors import BackboneUnavailableError  # noqa: F401 (defined in data.errors, re-exported)
 from model.transform import IMAGENET_MEAN, IMAGENET_STD, build_transform, preprocess_identity
 
 # Appended to a backbone's name and id when its towers run in dynamic int8 (model.quantize):
@@ -33,10 +34,6 @@ INT8_SUFFIX = "+int8"
 # The same, with the image tower in ONNX Runtime's dynamic int8 (model.runtime.quantize_onnx):
 # another set of features, so another identity.
 ORT_INT8_SUFFIX = "+ortint8"
-
-
-class BackboneUnavailableError(RuntimeError):
-    """The requested weights cannot be loaded here (not cached, hub unreachable, folder incomplete)."""
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:

@@ -16,17 +16,14 @@ from typing import Any
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from data.dataset import atomic_write_bytes, atomic_write_json
+from data.errors import CheckpointError  # noqa: F401 (defined in data.errors, re-exported)
+from data.atomic_io import atomic_write_bytes, atomic_write_json
 from model.head import RetrievalHead
 
 HEAD_FILE = "head.safetensors"
 PENDING_SUFFIX = ".pending"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(RuntimeError):
-    """A run folder that cannot be used: missing, incomplete, corrupt or for another backbone."""
 
 
 def _sha256_bytes(payload: bytes) -> str:

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from data.dataset import atomic_write_bytes, atomic_write_json, studies_fingerprint
+from data.atomic_io import atomic_write_bytes, atomic_write_json
+from data.dataset import studies_fingerprint
 from data.images import load_radiograph
 from data.paths import cache_root
 from data.records import Study
@@ -50,7 +51,7 @@ def images_signature(studies: Sequence[Study]) -> str:
     return h.hexdigest()[:16]
 
 
-def embed_studies(
+def cached_frozen_features(
     backbone,
     studies: Sequence[Study],
     cache_dir: Path | None = None,

@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from data.dataset import atomic_write_json
+from data.atomic_io import atomic_write_json
 from model.runtime_option import RUNTIME_CHOICES
 
 log = logging.getLogger(__name__)

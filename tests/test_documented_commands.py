@@ -30,7 +30,11 @@ COVERED_ELSEWHERE = {
     "python -m data.pediatric": "make setup (every fresh machine) and the pediatric_films fixture",
     "python -m pip": "make setup installs the same files",
     "python -m bench.search": "tests/test_bench_search.py (with and without --suite, tiny sizes)",
+    "python -m bench.runtime_compare": "tests/test_runtime.py (each runtime's features against torch, per tower)",
 }
+# Parts of `python -m bench`, each a `python -m bench.<part>` subprocess: `bench --quick` runs them all.
+BENCH_PARTS = {"python -m bench.embed", "python -m bench.query", "python -m bench.familiarity",
+               "python -m bench.train_head"}
 
 
 def documented_commands(text: str = README) -> set[str]:
@@ -80,7 +84,8 @@ def test_every_documented_command_is_covered():
     smoke_tested = {"python -m data.demo", "python -m data.sample_sheet", "python -m data.phantom.golden",
                     "python train.py", "python -m index build", "python -m index add", "python -m index info",
                     "python -m index.bundle pack", "python -m index.bundle verify", "python -m bench",
-                    "make bench", "python -m bench.scale", "python -m bench.composed", "python -m bench.heatmap"}
+                    "make bench", "python -m bench.scale", "python -m bench.composed", "python -m bench.heatmap",
+                    "python -m index", *BENCH_PARTS}
     documented = documented_commands()
     assert {"python train.py", "python -m index build", "make test"} <= documented  # the parser reads the README
     missing = sorted(documented - smoke_tested - set(COVERED_ELSEWHERE))
@@ -110,7 +115,7 @@ def test_train_index_bundle_commands(tiny, tmp_path):
     # Weights that are not here: one clear line, exit 2, no traceback.
     bad = run("train.py", "--backbone", "biomedclip", "--backbone-path", str(tmp_path / "no-such-dir"),
               *common, "--out", str(tmp_path / "run-bmc"), expect=2)
-    assert bad.stderr.strip().startswith("error:") and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: backbone folder") and "Traceback" not in bad.stderr
 
     run("-m", "index", "build", "--run", str(run_dir), "--out", str(index_dir), "--manifest", str(tiny["manifest"]))
     run("-m", "index", "add", "--index", str(index_dir), "--manifest", str(tiny["more"]))
@@ -127,6 +132,7 @@ def test_bench_commands_at_tiny_size(demo_built):
     report = json.loads(run("-m", "bench", "--quick", timeout=1500).stdout)
     failed = {part: r["error"] for part, r in report.items() if isinstance(r, dict) and "error" in r}
     assert not failed, failed
+    assert {p.split(".")[-1] for p in BENCH_PARTS} <= set(report)
     composed = json.loads(run("-m", "bench.composed", "--n", "50").stdout)["composed"]
     assert all(g["n_queries"] > 0 for g in composed["groups"].values())
     heat = json.loads(run("-m", "bench.heatmap", "--n", "2").stdout)

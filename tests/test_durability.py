@@ -251,23 +251,23 @@ def test_interrupted_embedding_resumes_without_recomputing_finished_chunks(studi
 
     monkeypatch.setattr(features, "CHUNK", 8)  # 30 studies -> chunks of 8, 8, 8, 6; batches of 4 -> 2 calls each
     cache = tmp_path / "features"
-    reference = features.embed_studies(SpyBackbone(), studies, cache_dir=tmp_path / "reference", batch_size=4,
+    reference = features.cached_frozen_features(SpyBackbone(), studies, cache_dir=tmp_path / "reference", batch_size=4,
                                        progress=False)
 
     interrupted = SpyBackbone(fail_on_image_call=6)  # the second batch of the third chunk
     with pytest.raises(KeyboardInterrupt):
-        features.embed_studies(interrupted, studies, cache_dir=cache, batch_size=4, progress=False)
+        features.cached_frozen_features(interrupted, studies, cache_dir=cache, batch_size=4, progress=False)
     assert sorted(p.name for p in cache.glob("chunk*.npz")) == ["chunk00000.npz", "chunk00001.npz"]
 
     resumed = SpyBackbone()
-    image, text = features.embed_studies(resumed, studies, cache_dir=cache, batch_size=4, progress=False)
+    image, text = features.cached_frozen_features(resumed, studies, cache_dir=cache, batch_size=4, progress=False)
     print(f"resume: {resumed.image_calls} image batches (of 8), {resumed.text_calls} text calls (of 4)")
     assert resumed.image_calls == 4 and resumed.text_calls == 2  # only chunks 2 and 3
     np.testing.assert_array_equal(image, reference[0])
     np.testing.assert_array_equal(text, reference[1])
 
     again = SpyBackbone()
-    features.embed_studies(again, studies, cache_dir=cache, batch_size=4, progress=False)
+    features.cached_frozen_features(again, studies, cache_dir=cache, batch_size=4, progress=False)
     assert again.image_calls == 0 and again.text_calls == 0  # everything cached
 
 
@@ -277,7 +277,7 @@ def test_damaged_cache_chunk_is_recomputed_alone(damage, studies, tmp_path, monk
 
     monkeypatch.setattr(features, "CHUNK", 8)
     cache = tmp_path / "features"
-    reference = features.embed_studies(SpyBackbone(), studies, cache_dir=cache, batch_size=4, progress=False)
+    reference = features.cached_frozen_features(SpyBackbone(), studies, cache_dir=cache, batch_size=4, progress=False)
     chunk = cache / "chunk00001.npz"
     payload = chunk.read_bytes()
     if damage == "truncated":
@@ -287,7 +287,7 @@ def test_damaged_cache_chunk_is_recomputed_alone(damage, studies, tmp_path, monk
     else:
         np.savez(chunk, image=np.zeros((3, 16), np.float32), text=np.zeros((3, 8), np.float32))
     spy = SpyBackbone()
-    image, text = features.embed_studies(spy, studies, cache_dir=cache, batch_size=4, progress=False)
+    image, text = features.cached_frozen_features(spy, studies, cache_dir=cache, batch_size=4, progress=False)
     assert spy.image_calls == 2 and spy.text_calls == 1
     np.testing.assert_array_equal(image, reference[0])
     np.testing.assert_array_equal(text, reference[1])
@@ -328,7 +328,7 @@ def test_embedding_killed_by_sigkill_resumes(studies, tmp_path, monkeypatch):
                 marker.write_text("paused")
                 time.sleep(600)
         features._write_chunk = write_chunk
-        features.embed_studies(SpyBackbone(), load_dataset(data), cache_dir=cache, batch_size=4, progress=False)
+        features.cached_frozen_features(SpyBackbone(), load_dataset(data), cache_dir=cache, batch_size=4, progress=False)
     """
     _run_until_paused_then_kill(child, [str(data), str(cache), str(tmp_path / "marker")], tmp_path / "marker")
     assert sorted(p.name for p in cache.glob("chunk*.npz")) == ["chunk00000.npz", "chunk00001.npz"]
@@ -337,9 +337,9 @@ def test_embedding_killed_by_sigkill_resumes(studies, tmp_path, monkeypatch):
 
     monkeypatch.setattr(features, "CHUNK", 8)
     spy = SpyBackbone()
-    image, text = features.embed_studies(spy, studies, cache_dir=cache, batch_size=4, progress=False)
+    image, text = features.cached_frozen_features(spy, studies, cache_dir=cache, batch_size=4, progress=False)
     assert spy.image_calls == 4 and spy.text_calls == 2
-    reference = features.embed_studies(SpyBackbone(), studies, cache_dir=tmp_path / "reference", batch_size=4,
+    reference = features.cached_frozen_features(SpyBackbone(), studies, cache_dir=tmp_path / "reference", batch_size=4,
                                        progress=False)
     np.testing.assert_array_equal(image, reference[0])
     np.testing.assert_array_equal(text, reference[1])

@@ -2,7 +2,7 @@
 
 One run is killed mid-way (SIGKILL to its process group) and rerun: only the missing
 shards are embedded. The shards' vectors, projected by the head, equal the single-process
-path's (``index.build.embed_studies``); an undecodable image is reported and skipped.
+path's (``index.build.embed_into_head_space``); an undecodable image is reported and skipped.
 """
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_killed_run_resumes_with_only_missing_shards(small_demo, collection, sha
 
 def test_ray_vectors_equal_single_process_and_bad_images_are_skipped(collection, shards, ray_local, model):
     """Reads the shards the test above completed (embeds them when run alone)."""
-    from index.build import embed_studies
+    from index.build import embed_into_head_space
 
     data, studies = collection
     ray_ingest.ingest(studies, shards, model.backbone, ray_ingest.backbone_factory_for("offline"), workers=2,
@@ -100,23 +100,23 @@ def test_ray_vectors_equal_single_process_and_bad_images_are_skipped(collection,
     assert [b["study_id"] for b in features.bad] == ["broken-study"]
     good = [s for s in studies if s.study_id != "broken-study"]
     assert features.study_ids == [s.study_id for s in good]
-    image_ref, report_ref = embed_studies(model, good, progress=False)
+    image_ref, report_ref = embed_into_head_space(model, good, progress=False)
     image = _cosines(model.project_image_features(features.image), image_ref)
     report = _cosines(model.project_text_features(features.text), report_ref)
     assert image.min() >= 0.9999 and report.min() >= 0.9999, (image.min(), report.min())
 
 
 def test_shards_serve_as_the_training_feature_cache(collection, shards, ray_local, model):
-    """What ``train.py --features DIR`` reads equals what ``model.features.embed_studies`` caches."""
+    """What ``train.py --features DIR`` reads equals what ``model.features.cached_frozen_features`` caches."""
     from index.shards import ShardMismatchError, features_for
-    from model.features import embed_studies
+    from model.features import cached_frozen_features
 
     data, studies = collection
     ray_ingest.ingest(studies, shards, model.backbone, ray_ingest.backbone_factory_for("offline"), workers=2,
                       shard_size=SHARD, progress=False)
     good = [s for s in studies if s.study_id != "broken-study"][::-1]  # any order, any subset
     image, text = features_for(shards, model.backbone, good)
-    image_ref, text_ref = embed_studies(model.backbone, good, cache_dir=shards.parent / "train-cache", progress=False)
+    image_ref, text_ref = cached_frozen_features(model.backbone, good, cache_dir=shards.parent / "train-cache", progress=False)
     assert _cosines(image, image_ref).min() >= 0.9999 and _cosines(text, text_ref).min() >= 0.9999
     with pytest.raises(ShardMismatchError, match="no features"):
         features_for(shards, model.backbone, studies)  # the broken study has none

@@ -162,11 +162,11 @@ def test_runtime_option_sets_the_process_default(monkeypatch):
 
 
 def test_bulk_ingest_runs_in_the_runtime_with_torch_features(tmp_path):
-    """model.features.embed_studies (decode -> preprocess -> images and reports on the bulk
+    """model.features.cached_frozen_features (decode -> preprocess -> images and reports on the bulk
     workers, one thread each) through the runtime: its runners do the work, features as torch's."""
     from data.dataset import load_dataset
     from data.demo import build_demo_dataset
-    from model.features import embed_studies
+    from model.features import cached_frozen_features
 
     studies = load_dataset(build_demo_dataset(out_dir=tmp_path / "demo", limit=6, workers=1, progress=False))
     reference = create_backbone("offline", runtime="torch")
@@ -181,8 +181,8 @@ def test_bulk_ingest_runs_in_the_runtime_with_torch_features(tmp_path):
         return run
 
     compiled._image_runner, compiled._text_runner = count("image", image_runner), count("text", text_runner)
-    expected = embed_studies(reference, studies, cache_dir=tmp_path / "torch", batch_size=4, progress=False)
-    got = embed_studies(compiled, studies, cache_dir=tmp_path / "openvino", batch_size=4, progress=False)
+    expected = cached_frozen_features(reference, studies, cache_dir=tmp_path / "torch", batch_size=4, progress=False)
+    got = cached_frozen_features(compiled, studies, cache_dir=tmp_path / "openvino", batch_size=4, progress=False)
     assert calls["image"] == 2 and calls["text"] >= 1  # 6 images in batches of 4; the reports
     for a, b in zip(expected, got):
         assert a.shape == b.shape and float((a * b).sum(axis=1).min()) >= MIN_COSINE

@@ -66,7 +66,7 @@ def build_index_for_run(run_dir: Path, index_dir: Path, studies=None, progress: 
 
     from data.demo import demo_dir, load_demo_dataset
     from index.build import build_index, encoder_identity, fit_familiarity
-    from model.features import embed_studies
+    from model.features import cached_frozen_features
     from model.retrieval_model import RetrievalModel
 
     config = json.loads((Path(run_dir) / "config.json").read_text())
@@ -79,7 +79,7 @@ def build_index_for_run(run_dir: Path, index_dir: Path, studies=None, progress: 
         limit = int(config["data"][4:]) if config["data"][4:].isdigit() else None
         studies = load_demo_dataset(limit=limit)
         data_root = demo_dir()
-    image_feats, text_feats = embed_studies(model.backbone, studies, progress=progress)
+    image_feats, text_feats = cached_frozen_features(model.backbone, studies, progress=progress)
     build_index(
         index_dir,
         model.project_image_features(image_feats),

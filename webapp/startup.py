@@ -216,10 +216,10 @@ def build_maps(run_dir: Path) -> Path:
     """What ``train.py`` does for the maps, from the run folder and the cached features."""
     import json
 
-    from data.dataset import atomic_write_json
+    from data.atomic_io import atomic_write_json
     from data.demo import load_demo_dataset
     from model.embedding_map import build_embedding_maps
-    from model.features import embed_studies
+    from model.features import cached_frozen_features
     from model.retrieval_model import RetrievalModel
 
     run_dir = Path(run_dir)
@@ -227,7 +227,7 @@ def build_maps(run_dir: Path) -> Path:
     limit = int(config["data"][4:]) if str(config.get("data", ""))[4:].isdigit() else None
     studies = load_demo_dataset(limit=limit)
     model = RetrievalModel.from_run(run_dir)
-    image_feats, _ = embed_studies(model.backbone, studies, progress=False)  # cached
+    image_feats, _ = cached_frozen_features(model.backbone, studies, progress=False)  # cached
     spaces = {"frozen": image_feats, "finetuned": model.project_image_features(image_feats)}
     maps = build_embedding_maps(spaces, [s.study_id for s in studies], [s.label for s in studies],
                                 seed=int(config.get("seed", 0)))
