@@ -85,8 +85,8 @@ def _bundle_images(out: Path, manifest) -> int:
     root = Path(manifest.data_root) if manifest.data_root else None
     conn = sqlite3.connect(db)
     try:
-        rows = conn.execute("SELECT row_id, image_paths FROM items ORDER BY row_id").fetchall()
-        resolved = {rid: [_resolve(p, root) for p in json.loads(paths)] for rid, paths in rows}
+        records = {rid: json.loads(rec) for rid, rec in conn.execute("SELECT row_id, record FROM items ORDER BY row_id")}
+        resolved = {rid: [_resolve(p, root) for p in rec.get("image_paths", [])] for rid, rec in records.items()}
         every = [p for ps in resolved.values() for p in ps]
         missing = [p for p in every if not p.is_file()]
         if missing:
@@ -98,8 +98,8 @@ def _bundle_images(out: Path, manifest) -> int:
             for p, r in zip(ps, rel):
                 (out / "images" / r).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(p, out / "images" / r)
-            conn.execute("UPDATE items SET image_path = ?, image_paths = ? WHERE row_id = ?",
-                         (rel[0] if rel else "", json.dumps(rel), rid))
+            record = {**records[rid], "image_paths": rel}  # the store's one JSON record per study (index.store)
+            conn.execute("UPDATE items SET record = ? WHERE row_id = ?", (json.dumps(record), rid))
         conn.commit()
     finally:
         conn.close()
