@@ -357,7 +357,7 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss")
     ax_loss.legend()
     ax_val.plot(epochs, [h["val_score"] for h in history], color="tab:green")
-    ax_val.set(xlabel="epoch", ylabel="mean R@10 / P@10", title="Validation score")
+    ax_val.set(xlabel="epoch", ylabel="validation score (see --val-metric)", title="Validation score")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
