@@ -43,7 +43,7 @@ from data.split import load_or_create_split, split_hash
 from model.backbones import BackboneUnavailableError
 from model.checkpoint import CheckpointError, save_checkpoint
 from model.embedding_map import build_embedding_maps
-from model.evaluate import format_table
+from model.evaluate import format_phrase_table, format_table
 from model.evaluate_run import evaluate_models, project
 from model.factory import available_backbones, create_backbone
 from model.features import embed_studies
@@ -106,8 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # Chosen on the validation split (bench/ablation.md; never on test).
-DEFAULT_SUPCON_LABELS = "binary"
-DEFAULT_W_FINDINGS = 0.0
+DEFAULT_SUPCON_LABELS = "findings"
+DEFAULT_W_FINDINGS = 1.0
 PATH_ARGS = ("out", "backbone_path", "cache_dir", "data", "iu_reports", "iu_images", "mimic", "mimic_reports", "manifest")
 
 
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> Path:
     }
     save_checkpoint(out, head, config)
     atomic_write_json(out / "eval.json", report)
-    atomic_write_bytes(out / "eval.md", (format_table(report) + "\n").encode())
+    atomic_write_bytes(out / "eval.md", (format_table(report) + "\n\n" + format_phrase_table(report) + "\n").encode())
     atomic_write_json(out / "split.json", split)
     atomic_write_json(out / "history.json", history)
     plot_curves(history, out / "curves.png")
@@ -228,6 +228,9 @@ def train_head(
                          dropout=args.dropout, residual=not args.no_residual)
     untrained = {k: v.clone() for k, v in head.state_dict().items()}
     targets = probe_targets(codes, rows["train"]) if weights["w_findings"] > 0 else None
+    if targets is not None and targets.shape[1] == 0:
+        log.info("finding probe off: no finding is frequent enough in this training split")
+        targets, weights = None, {**weights, "w_findings": 0.0}
     criterion = CompositeLoss(**weights, supcon_temperature=args.supcon_temperature,
                               n_findings=0 if targets is None else targets.shape[1], embed_dim=args.embed_dim)
     targets = None if targets is None else torch.from_numpy(targets)

@@ -101,7 +101,7 @@ def run_one(variant: str, seed: int, epochs: int | None = None) -> dict[str, Any
                       for dr in ("i2t", "t2i", "i2i")},
         "baselines": {k: v for k, v in report["models"].items() if k != tuned},
         "baseline_phrase": {k: v for k, v in report["phrase_benchmark"].items() if k != tuned},
-        "chance": report["chance"], "ceiling": report["ceiling"],
+        "chance": report["chance"], "ceiling": report["ceiling"], "comparisons": report["comparisons"],
     }
 
 

@@ -151,3 +151,18 @@ def format_table(report: dict[str, Any]) -> str:
             cells = [f"{m[c]:.3f}" if c in m else "–" for c in cols]
             lines.append(f"| {name} | {direction} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def format_phrase_table(report: dict[str, Any]) -> str:
+    """The findings-phrase benchmark (model.phrase_benchmark) per model, beside its chance and ceiling."""
+    rows = report.get("phrase_benchmark") or {}
+    if not rows:
+        return ""
+    lines = ["| model (phrase -> image, test split) | phrases | nDCG@10 | finding_P@10 (chance / ceiling) | side-swap rate (chance) |",
+             "|---|---|---|---|---|"]
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    for name, m in rows.items():
+        lines.append(f"| {name} | {m['n_phrases']} | {fmt(m['nDCG@10'])} | {fmt(m['finding_P@10'])} "
+                     f"({fmt(m['chance_finding_P@10'])} / {fmt(m['ceiling_finding_P@10'])}) | {fmt(m['side_swap_rate'])} "
+                     f"({fmt(m.get('chance_side_swap_rate'))}) |")
+    return "\n".join(lines)

@@ -130,20 +130,30 @@ def benchmark(
     Phrases with no relevant study in the gallery cannot be scored and are left out
     (``n_phrases`` counts those scored). Also returns the chance and ceiling of the two precisions.
     """
-    gains = np.array([[p.gain(f) for f in study_findings] for p in phrases])
-    rel = np.array([[p.hit(f) for f in study_findings] for p in phrases])
+    gains = np.array([[p.gain(f) for f in study_findings] for p in phrases], dtype=np.float64).reshape(len(phrases), -1)
+    rel = np.array([[p.hit(f) for f in study_findings] for p in phrases], dtype=bool).reshape(len(phrases), -1)
     scored = (gains > 0).any(axis=1)
     sim = np.asarray(phrase_emb, dtype=np.float64) @ np.asarray(image_emb, dtype=np.float64).T
     order = np.argsort(-sim, axis=1, kind="stable")
     ndcg = ndcg_ir_measures(order, gains, k)
     hits = np.take_along_axis(rel, order[:, :k], axis=1)
     swaps = n_sided = 0
+    all_swaps = all_sided = 0  # chance: the same share over the whole gallery
+    for p in phrases:
+        for f in study_findings:
+            sw = p.swapped(f)
+            if sw is not None:
+                all_sided += 1
+                all_swaps += int(sw)
     for i, p in enumerate(phrases):
         for j in order[i, :k]:
             s = p.swapped(study_findings[j])
             if s is not None:
                 n_sided += 1
                 swaps += int(s)
+    if not scored.any():  # a tiny gallery: no phrase has a relevant study
+        return {"nDCG@10": None, "finding_P@10": None, "side_swap_rate": None, "n_sided_hits": 0, "n_phrases": 0,
+                "chance_finding_P@10": None, "ceiling_finding_P@10": None, "chance_side_swap_rate": None}
     return {
         "nDCG@10": float(ndcg[scored].mean()),
         "finding_P@10": float(hits[scored].mean(axis=1).mean()),
@@ -151,7 +161,8 @@ def benchmark(
         "n_sided_hits": int(n_sided),
         "n_phrases": int(scored.sum()),
         "chance_finding_P@10": float(rel[scored].mean(axis=1).mean()),
-        "ceiling_finding_P@10": float(np.minimum(rel[scored].sum(axis=1), k).mean() / k),
+        "ceiling_finding_P@10": float(np.minimum(rel[scored].sum(axis=1), min(k, rel.shape[1])).mean() / min(k, rel.shape[1])),
+        "chance_side_swap_rate": all_swaps / all_sided if all_sided else None,
     }
 
 

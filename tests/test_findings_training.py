@@ -131,5 +131,6 @@ def test_benchmark_side_swap_rate_and_precision_on_a_hand_built_gallery():
     assert out["side_swap_rate"] == pytest.approx(2 / 4)
     assert out["finding_P@10"] == pytest.approx(0.5)
     assert out["n_phrases"] == 2 and out["ceiling_finding_P@10"] == pytest.approx(0.5)
+    assert out["chance_side_swap_rate"] == pytest.approx(0.5)  # 1 of the 2 sided studies is opposite, per phrase
     ideal = 1.0 + 0.25 / math.log2(3)
     assert out["nDCG@10"] == pytest.approx(np.mean([(0.25 + 1 / math.log2(3)) / ideal, 1.0]))
