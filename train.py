@@ -107,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # Chosen on the validation split (bench/ablation.md; never on test).
 DEFAULT_SUPCON_LABELS = "findings"
-DEFAULT_W_FINDINGS = 1.0
+DEFAULT_W_FINDINGS = 0.0
 PATH_ARGS = ("out", "backbone_path", "cache_dir", "data", "iu_reports", "iu_images", "mimic", "mimic_reports", "manifest")
 
 
