@@ -5,10 +5,17 @@
 
 Three plain steps, nanoGPT style:
   1. embed every study once with the frozen backbone (cached on disk, resumable);
-  2. train the MLP head with the composite loss (w_clip·InfoNCE + w_supcon·SupCon + w_bce·BCE)
-     with AdamW, warm-up + cosine schedule and early stopping on the validation split;
-  3. evaluate frozen vs fine-tuned on the held-out test split (patient-level when the data gives
-     patient ids, study-level otherwise, as on IU X-ray and the demo).
+  2. train the MLP head with the composite loss (w_clip·InfoNCE + w_supcon·SupCon + w_bce·BCE
+     [+ w_findings·finding x side BCE]) with AdamW (no decay on biases and the logit scale),
+     warm-up + cosine schedule over the maximum epochs, and early stopping on the validation
+     split's graded nDCG@10 (mean of i2t and t2i; ``--val-metric``). The cosine runs over
+     ``--epochs``: when early stopping fires first, the best epoch's LR was not yet annealed
+     (documented, not hidden: history.json records the LR of every epoch);
+  3. evaluate frozen baselines vs fine-tuned on the held-out test split, with graded metrics,
+     chance and ceiling rows and the findings-phrase benchmark (model.phrase_benchmark); the split is
+     patient-level when the data gives patient ids, study-level otherwise (IU X-ray, the demo).
+
+The paper's recipe is ``--loss clip+supcon+bce --supcon-labels binary --w-findings 0``.
 
 The run folder holds head.safetensors, config.json, eval.json (+ eval.md), curves.png,
 embedding_map.json and split.json.
@@ -27,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 from data.atomic_io import atomic_write_bytes, atomic_write_json
 from data.dataset import studies_fingerprint
@@ -37,11 +43,15 @@ from data.sources import add_data_arguments, load_source
 from data.split import load_or_create_split, split_hash, split_level
 from model.checkpoint import save_checkpoint
 from model.embedding_map import build_embedding_maps
-from model.evaluate import evaluate_embeddings, format_table
+from model.evaluate import format_phrase_table, format_table
+from model.evaluate_run import evaluate_models, project
 from model.factory import available_backbones, create_backbone
 from model.features import cached_frozen_features
-from model.head import RetrievalHead
+from model.findings_training import SUPCON_LABELS, batch_pos_weights, probe_targets, study_codes
+from model.head import MAX_LOGIT_SCALE, RetrievalHead
 from model.loss import LOSS_PRESETS, CompositeLoss
+from model.phrase_benchmark import phrase_texts
+from model.relevance_metrics import ndcg_at_k, relevance_matrix
 from model.runtime_option import add_runtime_argument, apply_runtime_argument
 from model.threads import torch_threads, training_threads
 
@@ -72,6 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--w-supcon", type=float, help="override the preset's SupCon weight")
     g.add_argument("--w-bce", type=float, help="override the preset's BCE weight")
     g.add_argument("--supcon-temperature", type=float, default=0.1)
+    g.add_argument("--supcon-labels", default=DEFAULT_SUPCON_LABELS, choices=SUPCON_LABELS,
+                   help="SupCon positives: same normal/abnormal label (the paper) or graded finding+side overlap")
+    g.add_argument("--w-findings", type=float, default=DEFAULT_W_FINDINGS,
+                   help="weight of the auxiliary finding x side BCE probe (0 = off, the paper)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=60, help="maximum epochs")
     g.add_argument("--batch-size", type=int, default=256)
@@ -80,11 +94,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--warmup-epochs", type=int, default=2)
     g.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (validation score)")
     g.add_argument("--seed", type=int, default=0, help="seeds the split, the head init and batch order")
+    g.add_argument("--val-metric", default="ndcg", choices=("ndcg", "r10p10"),
+                   help="early-stopping score: graded nDCG@10 (i2t+t2i) or the old mean of R@10 and binary P@10")
     g = p.add_argument_group("evaluation")
     g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% intervals (0 = none)")
     g.add_argument("--no-maps", action="store_true", help="skip the t-SNE/UMAP export")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.epochs < 1:
+        p.error(f"--epochs must be >= 1 (got {args.epochs}): the head needs at least one epoch to train")
+    if args.patience < 1:
+        p.error(f"--patience must be >= 1 (got {args.patience})")
+    return args
+
+
+# Chosen on the validation split (bench/ablation.md; never on test).
+DEFAULT_SUPCON_LABELS = "findings"
+DEFAULT_W_FINDINGS = 0.0
+PATH_ARGS = ("out", "backbone_path", "cache_dir", "data", "iu_reports", "iu_images", "mimic", "mimic_reports", "manifest")
 
 
 def loss_weights(args: argparse.Namespace) -> dict[str, float]:
@@ -93,6 +120,7 @@ def loss_weights(args: argparse.Namespace) -> dict[str, float]:
         "w_clip": w_clip if args.w_clip is None else args.w_clip,
         "w_supcon": w_supcon if args.w_supcon is None else args.w_supcon,
         "w_bce": w_bce if args.w_bce is None else args.w_bce,
+        "w_findings": float(args.w_findings),
     }
 
 
@@ -111,6 +139,7 @@ def main(argv: list[str] | None = None) -> Path:
     index_of = {s.study_id: i for i, s in enumerate(studies)}
     rows = {k: np.array([index_of[i] for i in split[k]], dtype=np.int64) for k in split}
     labels = np.array([s.label for s in studies], dtype=np.int64)
+    codes, _ = study_codes(studies)
     level = split_level(studies)
     log.info("data: %s, %d studies (%s-level split: train %d / val %d / test %d)", source.name, len(studies),
              level, *(len(rows[k]) for k in ("train", "val", "test")))
@@ -132,13 +161,15 @@ def main(argv: list[str] | None = None) -> Path:
 
     # ---- step 2: train the head ------------------------------------------------------
     weights = loss_weights(args)
-    trained = train_head(args, backbone.image_dim, backbone.text_dim, Xi, Xt, y, rows, labels)
+    trained = train_head(args, backbone.image_dim, backbone.text_dim, Xi, Xt, y, rows, labels, codes)
     head, untrained, history = trained.head, trained.untrained_state, trained.history
     best_epoch, t_train = trained.best_epoch, trained.seconds
 
     # ---- step 3: evaluate on the held-out test split ----------------------------------
     test = rows["test"]
-    report = evaluate_models(backbone, head, untrained, Xi, Xt, labels, test, args.bootstrap)
+    phrase_feats = backbone.encode_texts(phrase_texts()).numpy().astype(np.float32)
+    report = evaluate_models(backbone, head, Xi, Xt, labels, rows, codes, [s.structured_findings for s in studies],
+                             args.bootstrap, phrase_feats=phrase_feats)
     calibration, report["calibration"] = calibrate_head(head, Xi, labels, rows)
     report.update({"n_test": int(len(test)), "split_hash": split_hash(split), "split_level": level,
                    "data": source.name, "best_epoch": best_epoch, "timings_s": {"embed": round(t_embed, 1), "train_head": round(t_train, 1)}})
@@ -147,6 +178,8 @@ def main(argv: list[str] | None = None) -> Path:
         "backbone_name": backbone.name, "backbone_id": backbone.backbone_id, "preprocess_id": backbone.preprocess_id,
         "image_dim": backbone.image_dim, "text_dim": backbone.text_dim, "shared_space": backbone.shared_space,
         "loss": args.loss, "loss_weights": weights, "supcon_temperature": args.supcon_temperature,
+        "supcon_labels": args.supcon_labels, "val_metric": args.val_metric,
+        "args": {k: v for k, v in vars(args).items() if k not in PATH_ARGS},
         "optim": {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "patience")},
         "best_epoch": best_epoch, "seed": args.seed, "data": source.name, "calibration": calibration,
         "data_version": studies_fingerprint(studies), "split_hash": split_hash(split),
@@ -154,7 +187,7 @@ def main(argv: list[str] | None = None) -> Path:
     }
     save_checkpoint(out, head, config)
     atomic_write_json(out / "eval.json", report)
-    atomic_write_bytes(out / "eval.md", (format_table(report) + "\n").encode())
+    atomic_write_bytes(out / "eval.md", (format_table(report) + "\n\n" + format_phrase_table(report) + "\n").encode())
     atomic_write_json(out / "split.json", split)
     atomic_write_json(out / "history.json", history)
     plot_curves(history, out / "curves.png")
@@ -188,21 +221,33 @@ def train_head(
     y: torch.Tensor,
     rows: dict[str, np.ndarray],
     labels: np.ndarray,
+    codes: np.ndarray | None = None,
 ) -> TrainedHead:
     """Step 2: the projector head on cached frozen features (row-aligned ``Xi``, ``Xt``, float
     labels ``y``), AdamW with warm-up + cosine schedule, early stopping on the validation split.
 
     ``args`` carries the head/loss/optimisation options of :func:`parse_args` (``bench.train_head``
     times this same function). The head is initialised from torch's global RNG here, as before.
+    ``codes`` (study profile codes, :func:`model.findings_training.study_codes`) are needed by
+    finding-aware SupCon, the finding probe and the nDCG early-stopping score.
     """
     weights = loss_weights(args)
+    needs_codes = args.supcon_labels == "findings" or weights["w_findings"] > 0 or args.val_metric == "ndcg"
+    if needs_codes and codes is None:
+        raise ValueError("finding-aware training/validation needs the studies' finding codes")
     head = RetrievalHead(image_dim, text_dim, embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
                          dropout=args.dropout, residual=not args.no_residual)
     untrained = {k: v.clone() for k, v in head.state_dict().items()}
-    criterion = CompositeLoss(**weights, supcon_temperature=args.supcon_temperature)
+    targets = probe_targets(codes, rows["train"]) if weights["w_findings"] > 0 else None
+    if targets is not None and targets.shape[1] == 0:
+        log.info("finding probe off: no finding is frequent enough in this training split")
+        targets, weights = None, {**weights, "w_findings": 0.0}
+    criterion = CompositeLoss(**weights, supcon_temperature=args.supcon_temperature,
+                              n_findings=0 if targets is None else targets.shape[1], embed_dim=args.embed_dim)
+    targets = None if targets is None else torch.from_numpy(targets)
     # fused: one kernel per step instead of ~10 elementwise passes over the 4M weights; a quarter
     # of each epoch on 1 CPU thread before (2.0 -> 1.55 s/epoch, weights within 2e-7 after 4 epochs)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=True)
+    optimizer = torch.optim.AdamW(param_groups([head, criterion], args.weight_decay), lr=args.lr, fused=True)
     train_rows = torch.from_numpy(rows["train"])
     steps_per_epoch = max(1, math.ceil(len(train_rows) / args.batch_size))
     total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
@@ -220,14 +265,23 @@ def train_head(
                 batch = order[start : start + args.batch_size]
                 if len(batch) < 2:
                     continue
-                loss, parts = compute_loss(head, criterion, Xi[batch], Xt[batch], y[batch])
+                extra = {}
+                if args.supcon_labels == "findings":
+                    extra["pos_weights"] = batch_pos_weights(codes, batch)
+                if targets is not None:
+                    extra["finding_targets"] = targets[batch]
+                loss, parts = compute_loss(head, criterion, Xi[batch], Xt[batch], y[batch], **extra)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                with torch.no_grad():  # the losses clamp it anyway; keep the stored value in range too
+                    head.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
                 schedule.step()
                 for k, v in parts.items():
                     epoch_parts[k] = epoch_parts.get(k, 0.0) + v / steps_per_epoch
-            score = validation_score(head, Xi[rows["val"]], Xt[rows["val"]], labels[rows["val"]])
+            val = rows["val"]
+            score = validation_score(head, Xi[val], Xt[val], labels[val],
+                                     codes[val] if args.val_metric == "ndcg" else None)
             history.append({"epoch": epoch + 1, "val_score": score, "lr": schedule.get_last_lr()[0], **epoch_parts})
             if score > best_score:
                 best_score, best_epoch, bad_epochs = score, epoch + 1, 0
@@ -253,19 +307,27 @@ def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def compute_loss(head: RetrievalHead, criterion: CompositeLoss, xi: torch.Tensor, xt: torch.Tensor, y: torch.Tensor):
-    return criterion(head(xi, xt), y)
+def param_groups(modules: list[torch.nn.Module], weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on weight matrices only; none on biases, norms or the logit scale
+    (decaying log(1/temperature) toward 0 would push the temperature toward 1)."""
+    decay, no_decay = [], []
+    for module in modules:
+        for p in module.parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-@torch.no_grad()
-def project(head: RetrievalHead, feats: torch.Tensor, modality: str) -> np.ndarray:
-    head.eval()
-    fn = head.encode_image if modality == "image" else head.encode_text
-    return fn(feats).numpy()
+def compute_loss(head: RetrievalHead, criterion: CompositeLoss, xi: torch.Tensor, xt: torch.Tensor, y: torch.Tensor,
+                 **extra):
+    return criterion(head(xi, xt), y, **extra)
 
 
-def validation_score(head: RetrievalHead, xi: torch.Tensor, xt: torch.Tensor, labels: np.ndarray) -> float:
-    """Mean of R@10 and class-aware P@10 over both directions: what early stopping maximises.
+def validation_score(head: RetrievalHead, xi: torch.Tensor, xt: torch.Tensor, labels: np.ndarray,
+                     codes: np.ndarray | None = None) -> float:
+    """What early stopping maximises: with ``codes``, the graded nDCG@10 (model.relevance_metrics)
+    averaged over i2t and t2i - it sees findings and sides and still rewards the exact pair (gain 1);
+    without, the old mean of R@10 and class-aware P@10 over both directions (``--val-metric r10p10``).
 
     The same numbers as ``model.evaluate.evaluate_embeddings`` gives for these four metrics
     (same float64 similarity, same stable ranking), computed without the per-query mAP and
@@ -274,6 +336,10 @@ def validation_score(head: RetrievalHead, xi: torch.Tensor, xt: torch.Tensor, la
     was_training = head.training
     sim = project(head, xi, "image") @ project(head, xt, "text").T
     head.train(was_training)
+    if codes is not None:
+        rel = relevance_matrix(codes, codes)
+        return float(np.mean([ndcg_at_k(np.argsort(-d, axis=1, kind="stable")[:, :10], rel).mean()
+                              for d in (sim, sim.T)]))
     labels = np.asarray(labels)
     values = []
     for direction in (sim, sim.T):  # i2t, then t2i
@@ -300,35 +366,6 @@ def calibrate_head(head: RetrievalHead, Xi: torch.Tensor, labels: np.ndarray, ro
     return calibration_report(logits["val"], labels[rows["val"]], logits["test"], labels[rows["test"]])
 
 
-def evaluate_models(backbone, head, untrained_state, Xi, Xt, labels, test, n_bootstrap) -> dict:
-    """Frozen backbone (zero-shot) vs backbone + fine-tuned head on the test split."""
-    name = backbone.name
-    models = {}
-    notes = {}
-    frozen_i, frozen_t = Xi[test].numpy(), Xt[test].numpy()
-    if backbone.shared_space:
-        models[f"{name} (frozen)"] = evaluate_embeddings(frozen_i, frozen_t, labels[test], n_bootstrap)
-    else:
-        # No shared image-text space: cross-modal zero-shot is the untrained projection (chance);
-        # image->image uses the raw frozen image features, which is meaningful.
-        fresh = RetrievalHead(**head.config)
-        fresh.load_state_dict(untrained_state)
-        fresh.eval()
-        cross = evaluate_embeddings(project(fresh, Xi[test], "image"), project(fresh, Xt[test], "text"), labels[test], n_bootstrap)
-        i2i = evaluate_embeddings(frozen_i, None, labels[test], n_bootstrap)
-        models[f"{name} (frozen)"] = {"i2t": cross["i2t"], "t2i": cross["t2i"], "i2i": i2i["i2i"]}
-        notes[f"{name} (frozen)"] = ("towers have no shared space: i2t/t2i use the untrained projection "
-                                     "(chance level); i2i uses the frozen image features")
-    zi, zt = project(head, Xi[test], "image"), project(head, Xt[test], "text")
-    tuned = evaluate_embeddings(zi, zt, labels[test], n_bootstrap)
-    with torch.no_grad():
-        prob = torch.sigmoid(head.classify(torch.from_numpy(zi))).numpy()
-    if len(set(labels[test].tolist())) == 2:
-        tuned["abnormal_auroc"] = float(roc_auc_score(labels[test], prob))
-    models[f"{name} + head (fine-tuned)"] = tuned
-    return {"models": models, "notes": notes}
-
-
 def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     import matplotlib
 
@@ -342,7 +379,7 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss")
     ax_loss.legend()
     ax_val.plot(epochs, [h["val_score"] for h in history], color="tab:green")
-    ax_val.set(xlabel="epoch", ylabel="mean R@10 / P@10", title="Validation score")
+    ax_val.set(xlabel="epoch", ylabel="validation score (see --val-metric)", title="Validation score")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")

@@ -88,6 +88,7 @@ def run(threads_compare: bool = True) -> dict[str, Any]:
 
     import train
     from data.split import patient_split
+    from model.findings_training import study_codes
     from model.threads import TRAIN_THREADS_ENV, available_cores, training_threads
 
     backbone = offline_backbone_identity()
@@ -109,6 +110,7 @@ def run(threads_compare: bool = True) -> dict[str, Any]:
     index_of = {s.study_id: i for i, s in enumerate(studies)}
     rows = {k: np.array([index_of[i] for i in split[k]], dtype=np.int64) for k in split}
     labels = np.array([s.label for s in studies], dtype=np.int64)
+    codes = study_codes(studies)[0]  # finding profiles: nDCG early stopping, finding-aware SupCon
     Xi, Xt = torch.from_numpy(image_feats), torch.from_numpy(text_feats)
     y = torch.from_numpy(labels).float()
 
@@ -126,7 +128,7 @@ def run(threads_compare: bool = True) -> dict[str, Any]:
         try:
             used = training_threads()
             with stopwatch() as t:
-                trained = train.train_head(run_args, backbone.image_dim, backbone.text_dim, Xi, Xt, y, rows, labels)
+                trained = train.train_head(run_args, backbone.image_dim, backbone.text_dim, Xi, Xt, y, rows, labels, codes)
         finally:
             if saved is None:
                 os.environ.pop(TRAIN_THREADS_ENV, None)

@@ -7,6 +7,9 @@ Conventions (query row i is paired with gallery row i):
   ranking AP averaged over queries. ``MRR``: mean reciprocal rank of the paired item.
 - ``i2i`` (image->image, what "find similar studies" does) excludes the query itself and
   has no paired item, so it reports P@K and mAP only.
+- With findings (``codes`` from :func:`model.relevance_metrics.encode_profiles`) every direction
+  also gets the graded ``nDCG@10`` and ``finding_P@10``, and :func:`reference_rows` gives the
+  chance and ceiling of every metric (see :mod:`model.relevance_metrics`).
 """
 from __future__ import annotations
 
@@ -15,16 +18,21 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import label_ranking_average_precision_score
 
+from model.relevance_metrics import (ceiling_per_query, chance_per_query, graded_per_query, mean_rows,
+                                     relevance_matrix, shares_matrix)
+
 KS = (1, 5, 10)
 
 
 def per_query_metrics(
-    similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, paired: bool = True
+    similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, paired: bool = True,
+    rel: np.ndarray | None = None, shares: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-query metric values (one array per metric) for a query×gallery similarity matrix.
 
     ``paired=False`` treats the matrix as gallery×gallery self-retrieval: the diagonal is
-    removed from the ranking and only class-aware metrics are returned.
+    removed from the ranking and only class-aware metrics are returned. ``rel``/``shares``
+    (query×gallery graded relevance and shares-a-finding) add nDCG@10 and finding_P@10.
     """
     sim = np.asarray(similarity, dtype=np.float64).copy()
     q_labels = np.asarray(query_labels)
@@ -56,6 +64,11 @@ def per_query_metrics(
         [label_ranking_average_precision_score(relevant[i : i + 1], scores[i : i + 1]) if relevant[i].any() else 0.0
          for i in range(n_q)]
     )
+    if rel is not None and shares is not None:
+        candidates = np.ones((n_q, n_g), dtype=bool)
+        if not paired:
+            np.fill_diagonal(candidates, False)
+        out.update(graded_per_query(order[:, :n_ranked], rel, shares, candidates))
     return out
 
 
@@ -76,32 +89,80 @@ def summarize(per_query: dict[str, np.ndarray], n_bootstrap: int = 1000, seed: i
     return summary
 
 
-def evaluate_embeddings(
-    image_emb: np.ndarray, text_emb: np.ndarray | None, labels: np.ndarray, n_bootstrap: int = 1000
-) -> dict[str, Any]:
-    """i2t, t2i and i2i metrics for row-paired, L2-normalised image and report embeddings.
-
-    ``text_emb=None`` (no shared image-text space) reports i2i only.
-    """
+def evaluate_per_query(
+    image_emb: np.ndarray, text_emb: np.ndarray | None, labels: np.ndarray, codes: np.ndarray | None = None,
+    i2i: bool = True,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per-query metrics by direction (``i2t``, ``t2i``, ``i2i``): what paired comparisons need."""
     labels = np.asarray(labels)
-    result: dict[str, Any] = {}
+    rel = shares = None
+    if codes is not None:
+        rel, shares = relevance_matrix(codes, codes), shares_matrix(codes, codes)
+    result: dict[str, dict[str, np.ndarray]] = {}
     if text_emb is not None:
         sim = image_emb @ text_emb.T
-        result["i2t"] = summarize(per_query_metrics(sim, labels, labels), n_bootstrap)
-        result["t2i"] = summarize(per_query_metrics(sim.T, labels, labels), n_bootstrap)
-    result["i2i"] = summarize(per_query_metrics(image_emb @ image_emb.T, labels, labels, paired=False), n_bootstrap)
+        result["i2t"] = per_query_metrics(sim, labels, labels, rel=rel, shares=shares)
+        result["t2i"] = per_query_metrics(sim.T, labels, labels, rel=rel, shares=shares)
+    if i2i:
+        result["i2i"] = per_query_metrics(image_emb @ image_emb.T, labels, labels, paired=False, rel=rel, shares=shares)
     return result
 
 
+def evaluate_embeddings(
+    image_emb: np.ndarray, text_emb: np.ndarray | None, labels: np.ndarray, n_bootstrap: int = 1000,
+    codes: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """i2t, t2i and i2i metrics for row-paired, L2-normalised image and report embeddings.
+
+    ``text_emb=None`` (no shared image-text space) reports i2i only; ``codes`` adds the graded metrics.
+    """
+    per_dir = evaluate_per_query(image_emb, text_emb, labels, codes)
+    return {d: summarize(v, n_bootstrap) for d, v in per_dir.items()}
+
+
+def reference_rows(labels: np.ndarray, codes: np.ndarray) -> dict[str, dict[str, dict[str, float]]]:
+    """``{"chance": {dir: metrics}, "ceiling": {dir: metrics}}`` for the test queries (model-free)."""
+    labels = np.asarray(labels)
+    rel, shares = relevance_matrix(codes, codes), shares_matrix(codes, codes)
+    same = labels[:, None] == labels[None, :]
+    n = len(labels)
+    out: dict[str, dict[str, dict[str, float]]] = {"chance": {}, "ceiling": {}}
+    for direction, paired in (("i2t", True), ("t2i", True), ("i2i", False)):
+        candidates = np.ones((n, n), dtype=bool)
+        if not paired:
+            np.fill_diagonal(candidates, False)
+        out["chance"][direction] = mean_rows(chance_per_query(rel, shares, same, candidates, paired))
+        out["ceiling"][direction] = mean_rows(ceiling_per_query(rel, shares, same, candidates, paired))
+    return out
+
+
 def format_table(report: dict[str, Any]) -> str:
-    """The eval report as a Markdown table: models × directions."""
-    cols = ["R@1", "R@5", "R@10", "P@10", "mAP"]
+    """The eval report as a Markdown table: models × directions, then the chance and ceiling rows."""
+    cols = ["R@1", "R@5", "R@10", "P@10", "mAP", "nDCG@10", "finding_P@10"]
+    cols = [c for c in cols if any(c in m for d in report["models"].values() for m in d.values() if isinstance(m, dict))]
     lines = ["| model | direction | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
-    for name, directions in report["models"].items():
+    rows = [(name, directions) for name, directions in report["models"].items()]
+    rows += [(f"*{ref}*", report[ref]) for ref in ("chance", "ceiling") if ref in report]
+    for name, directions in rows:
         for direction in ("i2t", "t2i", "i2i"):
             m = directions.get(direction)
             if m is None:
                 continue
             cells = [f"{m[c]:.3f}" if c in m else "–" for c in cols]
             lines.append(f"| {name} | {direction} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_phrase_table(report: dict[str, Any]) -> str:
+    """The findings-phrase benchmark (model.phrase_benchmark) per model, beside its chance and ceiling."""
+    rows = report.get("phrase_benchmark") or {}
+    if not rows:
+        return ""
+    lines = ["| model (phrase -> image, test split) | phrases | nDCG@10 | finding_P@10 (chance / ceiling) | side-swap rate (chance) |",
+             "|---|---|---|---|---|"]
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    for name, m in rows.items():
+        lines.append(f"| {name} | {m['n_phrases']} | {fmt(m['nDCG@10'])} | {fmt(m['finding_P@10'])} "
+                     f"({fmt(m['chance_finding_P@10'])} / {fmt(m['ceiling_finding_P@10'])}) | {fmt(m['side_swap_rate'])} "
+                     f"({fmt(m.get('chance_side_swap_rate'))}) |")
     return "\n".join(lines)

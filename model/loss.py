@@ -5,8 +5,13 @@
   image with image, report with report and image with report - so that two different
   normal studies are not pushed apart just because they are different pairs.
 * BCE trains the shared abnormality classifier on the projected embeddings.
+* Finding-aware SupCon (``pos_weights``): positives weighted by the graded (finding, side)
+  relevance of the two studies instead of "same binary label", so a left effusion is pulled
+  toward left effusions, less toward right ones, and not toward cardiomegaly.
+* Optional finding x side BCE (``w_findings``): an auxiliary multi-label linear probe on the
+  shared space predicts which findings a study has and on which side (trained, never saved).
 
-``LOSS_PRESETS`` name the ablations of the ``--loss`` switch.
+``LOSS_PRESETS`` name the ablations of the ``--loss`` switch (the paper's three).
 """
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ def clip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float) 
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
 
-def supcon_loss(features: Tensor, labels: Tensor, temperature: float = 0.1) -> Tensor:
+def supcon_loss(features: Tensor, labels: Tensor, temperature: float = 0.1, pos_weights: Tensor | None = None) -> Tensor:
     """Supervised contrastive loss L^sup_out of Khosla et al. (2020).
 
     For each anchor i with positives P(i) = {p != i : label_p == label_i}:
@@ -53,6 +58,9 @@ def supcon_loss(features: Tensor, labels: Tensor, temperature: float = 0.1) -> T
     |P(i)| = 0, so such anchors are excluded (if no anchor has a positive the loss is 0,
     still connected to the graph). Features are L2-normalised here (a no-op for the head's
     outputs).
+
+    ``pos_weights`` (M, M) in [0, 1] replaces the 0/1 "same label" positives by graded ones:
+    l_i = -sum_p w_ip log p_ip / sum_p w_ip (Khosla's formula when the weights are 0/1).
     """
     if features.ndim != 2 or labels.shape[0] != features.shape[0]:
         raise ValueError(f"features (M,d) and labels (M,) expected, got {tuple(features.shape)} and {tuple(labels.shape)}")
@@ -66,7 +74,12 @@ def supcon_loss(features: Tensor, labels: Tensor, temperature: float = 0.1) -> T
     log_denominator = torch.logsumexp(sim.masked_fill(self_mask, float("-inf")), dim=1, keepdim=True)
     log_prob = sim - log_denominator
     labels = labels.reshape(-1)
-    positives = (labels[:, None] == labels[None, :]) & ~self_mask
+    if pos_weights is None:
+        positives = ((labels[:, None] == labels[None, :]) & ~self_mask).to(sim.dtype)
+    else:
+        if pos_weights.shape != (n, n):
+            raise ValueError(f"pos_weights must be ({n},{n}), got {tuple(pos_weights.shape)}")
+        positives = pos_weights.to(sim.dtype).masked_fill(self_mask, 0.0)
     n_pos = positives.sum(dim=1)
     has_pos = n_pos > 0
     if not bool(has_pos.any()):
@@ -81,15 +94,20 @@ class CompositeLoss(nn.Module):
     A term whose weight is 0 is not computed at all (and is absent from ``parts``).
     """
 
-    def __init__(self, w_clip: float = 1.0, w_supcon: float = 1.0, w_bce: float = 1.0, supcon_temperature: float = 0.1) -> None:
+    def __init__(self, w_clip: float = 1.0, w_supcon: float = 1.0, w_bce: float = 1.0, supcon_temperature: float = 0.1,
+                 w_findings: float = 0.0, n_findings: int = 0, embed_dim: int = 0) -> None:
         super().__init__()
-        weights = (float(w_clip), float(w_supcon), float(w_bce))
+        weights = (float(w_clip), float(w_supcon), float(w_bce), float(w_findings))
         if any(w < 0 or not math.isfinite(w) for w in weights):
             raise ValueError(f"loss weights must be finite and >= 0, got {weights}")
         if not any(weights):
             raise ValueError("all loss weights are 0: nothing to train")
-        self.w_clip, self.w_supcon, self.w_bce = weights
+        self.w_clip, self.w_supcon, self.w_bce, self.w_findings = weights
         self.supcon_temperature = float(supcon_temperature)
+        # the auxiliary finding x side probe (its own parameters: the optimiser must see them)
+        self.finding_head = nn.Linear(embed_dim, n_findings) if self.w_findings and n_findings and embed_dim else None
+        if self.w_findings and self.finding_head is None:
+            raise ValueError("w_findings > 0 needs n_findings and embed_dim")
 
     @classmethod
     def from_preset(cls, name: str, supcon_temperature: float = 0.1) -> "CompositeLoss":
@@ -102,10 +120,14 @@ class CompositeLoss(nn.Module):
         outputs: Mapping[str, Tensor],
         labels: Tensor,
         supcon_labels: Tensor | None = None,
+        pos_weights: Tensor | None = None,
+        finding_targets: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """``outputs`` is ``RetrievalHead.forward(image_feats, text_feats)``: image_emb, text_emb,
         logit_scale, image_logit and (optionally) text_logit. ``labels`` are 0/1 (normal/abnormal)
-        per study; ``supcon_labels`` optionally gives finer class ids for SupCon (default: labels).
+        per study; ``supcon_labels`` optionally gives finer class ids for SupCon (default: labels);
+        ``pos_weights`` (B, B) graded study-to-study positives for SupCon (finding-aware SupCon;
+        tiled over images ++ texts); ``finding_targets`` (B, n_findings) 0/1 for the finding probe.
 
         Returns the differentiable total and a dict of the computed terms (unweighted) and total.
         """
@@ -119,7 +141,9 @@ class CompositeLoss(nn.Module):
             total = total + self.w_clip * term
         if self.w_supcon:
             group = (supcon_labels if supcon_labels is not None else labels).reshape(-1)
-            term = supcon_loss(torch.cat([image_emb, text_emb]), torch.cat([group, group]), self.supcon_temperature)
+            tiled = None if pos_weights is None else pos_weights.repeat(2, 2)
+            term = supcon_loss(torch.cat([image_emb, text_emb]), torch.cat([group, group]), self.supcon_temperature,
+                               pos_weights=tiled)
             parts["supcon"] = float(term.detach())
             total = total + self.w_supcon * term
         if self.w_bce:
@@ -129,5 +153,13 @@ class CompositeLoss(nn.Module):
                 term = 0.5 * (term + F.binary_cross_entropy_with_logits(outputs["text_logit"], target))
             parts["bce"] = float(term.detach())
             total = total + self.w_bce * term
+        if self.finding_head is not None:
+            if finding_targets is None:
+                raise ValueError("w_findings > 0 needs finding_targets")
+            target = finding_targets.to(image_emb.dtype)
+            term = 0.5 * (F.binary_cross_entropy_with_logits(self.finding_head(image_emb), target)
+                          + F.binary_cross_entropy_with_logits(self.finding_head(text_emb), target))
+            parts["findings"] = float(term.detach())
+            total = total + self.w_findings * term
         parts["total"] = float(total.detach())
         return total, parts

@@ -1,0 +1,231 @@
+"""The ablation grid on cached frozen features: loss presets x SupCon labels (x finding probe) x 3 seeds.
+
+    python -m bench.ablation                    # full grid, 2 worker processes -> bench/results/ablation.{json,md}
+    python -m bench.ablation --seeds 0 --variants paper findings   # a quick subset
+
+Every run is ``train.train_head`` exactly as ``python train.py`` runs it, on the offline backbone's
+cached features of the full demo and the default (seed-0) patient split, so all runs share the
+same validation and test queries; the seed changes the head's init, dropout and batch order.
+Test rows come from ``model.evaluate_run.evaluate_models`` (as eval.json). Per variant: mean +- sd
+over seeds, and a paired bootstrap 95% CI of its difference to the paper's recipe
+(clip+supcon+bce, binary SupCon) on the same test queries (per-query values averaged over seeds
+first). The default of train.py is the variant with the best *validation* nDCG@10 (mean of i2t
+and t2i over seeds) among those that train the abnormality classifier (BCE: the app shows its
+probability); test figures are never used to choose. Prints the wall time of the grid.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import log, machine, setup_environment
+
+# name -> (loss preset, supcon labels, finding-probe weight)
+VARIANTS: dict[str, tuple[str, str, float]] = {
+    "clip": ("clip", "binary", 0.0),
+    "clip+supcon": ("clip+supcon", "binary", 0.0),
+    "clip+supcon[findings]": ("clip+supcon", "findings", 0.0),
+    "paper: clip+supcon+bce": ("clip+supcon+bce", "binary", 0.0),
+    "clip+supcon[findings]+bce": ("clip+supcon+bce", "findings", 0.0),
+    "clip+supcon[findings]+bce+probe": ("clip+supcon+bce", "findings", 1.0),
+}
+PAPER = "paper: clip+supcon+bce"
+SHORT = {"paper": PAPER, "findings": "clip+supcon[findings]+bce", "probe": "clip+supcon[findings]+bce+probe"}
+METRICS = ("nDCG@10", "finding_P@10", "R@10", "P@10", "mAP")
+PHRASE_METRICS = ("nDCG@10", "finding_P@10", "side_swap_rate")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+_DATA: dict[str, Any] = {}
+
+
+def load_data() -> dict[str, Any]:
+    """Studies, cached features, the default split's rows, finding codes and phrase features."""
+    from bench.train_head import cached_demo_features, offline_backbone_identity
+    from data.split import patient_split
+    from model.factory import create_backbone
+    from model.findings_training import study_codes
+    from model.phrase_benchmark import phrase_texts
+
+    found = cached_demo_features(offline_backbone_identity())
+    if found is None:
+        raise SystemExit("the full demo's features are not cached: run `python train.py` (or `python app.py`) once")
+    studies, image, text = found
+    split = patient_split(studies, seed=0)  # train.py's default split
+    index_of = {s.study_id: i for i, s in enumerate(studies)}
+    rows = {k: np.array([index_of[i] for i in split[k]], dtype=np.int64) for k in split}
+    phrase = create_backbone("offline").encode_texts(phrase_texts()).numpy().astype(np.float32)
+    return {"studies": studies, "image": image, "text": text, "rows": rows, "codes": study_codes(studies)[0],
+            "labels": np.array([s.label for s in studies], dtype=np.int64), "phrase": phrase,
+            "findings": [s.structured_findings for s in studies]}
+
+
+def run_one(variant: str, seed: int, epochs: int | None = None) -> dict[str, Any]:
+    """One training run + its test evaluation and its validation scores (for choosing)."""
+    import torch
+
+    import train
+    from model.evaluate_run import evaluate_models, project
+    from model.phrase_benchmark import benchmark
+
+    d = _DATA
+    loss, supcon_labels, w_findings = VARIANTS[variant]
+    argv = ["--quiet", "--loss", loss, "--supcon-labels", supcon_labels, "--w-findings", str(w_findings),
+            "--seed", str(seed)] + (["--epochs", str(epochs)] if epochs else [])
+    args = train.parse_args(argv)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    Xi, Xt = torch.from_numpy(d["image"]), torch.from_numpy(d["text"])
+    y = torch.from_numpy(d["labels"]).float()
+    t0 = time.time()
+    trained = train.train_head(args, d["image"].shape[1], d["text"].shape[1], Xi, Xt, y, d["rows"], d["labels"], d["codes"])
+    seconds = time.time() - t0
+    backbone = type("B", (), {"name": "offline", "shared_space": False})()
+    report = evaluate_models(backbone, trained.head, Xi, Xt, d["labels"], d["rows"], d["codes"], d["findings"], 0,
+                             phrase_feats=d["phrase"], keep_per_query=True)
+    tuned = "offline + head (fine-tuned)"
+    val = d["rows"]["val"]
+    val_phrase = benchmark(project(trained.head, torch.from_numpy(d["phrase"]), "text"),
+                           project(trained.head, Xi[val], "image"), [d["findings"][i] for i in val])
+    per_query = report.pop("_per_query")
+    return {
+        "variant": variant, "seed": seed, "seconds": round(seconds, 1), "best_epoch": trained.best_epoch,
+        "epochs_run": len(trained.history), "val_nDCG@10": max(h["val_score"] for h in trained.history),
+        "val_phrase": val_phrase, "test": report["models"][tuned], "test_phrase": report["phrase_benchmark"][tuned],
+        "per_query": {dr: {m: per_query[tuned][dr][m].tolist() for m in ("nDCG@10", "finding_P@10")}
+                      for dr in ("i2t", "t2i", "i2i")},
+        "baselines": {k: v for k, v in report["models"].items() if k != tuned},
+        "baseline_phrase": {k: v for k, v in report["phrase_benchmark"].items() if k != tuned},
+        "chance": report["chance"], "ceiling": report["ceiling"], "comparisons": report["comparisons"],
+    }
+
+
+def _init_worker(data: dict[str, Any]) -> None:
+    _DATA.update(data)
+
+
+def _mean_sd(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if len(a) > 1 else 0.0}
+
+
+def aggregate(runs: list[dict[str, Any]], n_bootstrap: int = 2000) -> dict[str, Any]:
+    from model.relevance_metrics import paired_bootstrap_diff
+
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_variant.setdefault(r["variant"], []).append(r)
+    out: dict[str, Any] = {}
+    paper = {r["seed"]: r for r in by_variant.get(PAPER, [])}
+    for variant, rs in by_variant.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        row: dict[str, Any] = {"seeds": [r["seed"] for r in rs], "seconds": _mean_sd([r["seconds"] for r in rs]),
+                               "best_epoch": _mean_sd([r["best_epoch"] for r in rs]),
+                               "val_nDCG@10": _mean_sd([r["val_nDCG@10"] for r in rs]),
+                               "val_phrase": {m: _mean_sd([r["val_phrase"][m] for r in rs]) for m in PHRASE_METRICS},
+                               "test": {dr: {m: _mean_sd([r["test"][dr][m] for r in rs]) for m in METRICS if m in rs[0]["test"][dr]}
+                                        for dr in ("i2t", "t2i", "i2i")},
+                               "test_phrase": {m: _mean_sd([r["test_phrase"][m] for r in rs]) for m in PHRASE_METRICS}}
+        paired = [r for r in rs if r["seed"] in paper]
+        if variant != PAPER and paired:
+            row["diff_vs_paper"] = {
+                dr: {m: paired_bootstrap_diff(np.mean([r["per_query"][dr][m] for r in paired], axis=0),
+                                              np.mean([paper[r["seed"]]["per_query"][dr][m] for r in paired], axis=0),
+                                              n_bootstrap)
+                     for m in ("nDCG@10", "finding_P@10")}
+                for dr in ("i2t", "t2i", "i2i")}
+        out[variant] = row
+    # the app shows the head's abnormal probability, so the default must train the classifier (BCE)
+    eligible = [v for v in out if VARIANTS[v][0].endswith("+bce")] or list(out)
+    winner = max(eligible, key=lambda v: out[v]["val_nDCG@10"]["mean"])
+    first = runs[0]
+    return {"variants": out, "winner_on_validation": winner, "paper": PAPER,
+            "baselines": first["baselines"], "baseline_phrase": first["baseline_phrase"],
+            "chance": first["chance"], "ceiling": first["ceiling"]}
+
+
+def _fmt(ms: dict[str, float]) -> str:
+    return f"{ms['mean']:.3f} ± {ms['sd']:.3f}"
+
+
+def to_markdown(agg: dict[str, Any]) -> str:
+    lines = ["| variant | val nDCG@10 | i2t nDCG@10 | t2i nDCG@10 | i2i nDCG@10 | t2i finding_P@10 | i2t R@10 | t2i P@10 "
+             "| phrase finding_P@10 | phrase side-swap | Δ i2t nDCG@10 vs paper [95% CI] | Δ t2i nDCG@10 vs paper [95% CI] |",
+             "|---|" + "---|" * 11]
+    for v, row in agg["variants"].items():
+        t, ph = row["test"], row["test_phrase"]
+        diffs = []
+        for dr in ("i2t", "t2i"):
+            dd = row.get("diff_vs_paper", {}).get(dr, {}).get("nDCG@10")
+            diffs.append(f"{dd['diff']:+.3f} [{dd['ci95'][0]:+.3f}, {dd['ci95'][1]:+.3f}]" if dd else "—")
+        mark = " **(default)**" if v == agg["winner_on_validation"] else ""
+        lines.append(f"| {v}{mark} | {_fmt(row['val_nDCG@10'])} | {_fmt(t['i2t']['nDCG@10'])} | {_fmt(t['t2i']['nDCG@10'])} "
+                     f"| {_fmt(t['i2i']['nDCG@10'])} | {_fmt(t['t2i']['finding_P@10'])} | {_fmt(t['i2t']['R@10'])} "
+                     f"| {_fmt(t['t2i']['P@10'])} | {_fmt(ph['finding_P@10'])} | {_fmt(ph['side_swap_rate'])} | "
+                     + " | ".join(diffs) + " |")
+    for name, dirs in agg["baselines"].items():
+        cells = [f"{dirs[dr]['nDCG@10']:.3f}" if dr in dirs else "—" for dr in ("i2t", "t2i", "i2i")]
+        tf = f"{dirs['t2i']['finding_P@10']:.3f}" if "t2i" in dirs else "—"
+        r10 = f"{dirs['i2t']['R@10']:.3f}" if "i2t" in dirs else "—"
+        p10 = f"{dirs['t2i']['P@10']:.3f}" if "t2i" in dirs else "—"
+        ph = agg["baseline_phrase"].get(name)
+        phf = f"{ph['finding_P@10']:.3f} | {ph['side_swap_rate']:.3f}" if ph else "— | —"
+        lines.append(f"| {name} | — | {' | '.join(cells)} | {tf} | {r10} | {p10} | {phf} | — | — |")
+    for ref in ("chance", "ceiling"):
+        rr = agg[ref]
+        lines.append(f"| *{ref}* | — | {rr['i2t']['nDCG@10']:.3f} | {rr['t2i']['nDCG@10']:.3f} | {rr['i2i']['nDCG@10']:.3f} "
+                     f"| {rr['t2i']['finding_P@10']:.3f} | {rr['i2t']['R@10']:.3f} | {rr['t2i']['P@10']:.3f} | — | — | — | — |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", help=f"subset: full names or {', '.join(SHORT)}")
+    p.add_argument("--workers", type=int, default=2, help="parallel training processes (1 torch thread each)")
+    p.add_argument("--epochs", type=int, help="override the maximum epochs (quick checks only)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    setup_environment()
+    variants = [SHORT.get(v, v) for v in (args.variants or VARIANTS)]
+    t0 = time.time()
+    data = load_data()
+    jobs = [(v, s) for s in args.seeds for v in variants]
+    log(f"ablation: {len(jobs)} runs on {args.workers} worker(s)")
+    runs: list[dict[str, Any]] = []
+    if args.workers <= 1:  # in this process
+        _init_worker(data)
+        results = (run_one(v, s, args.epochs) for v, s in jobs)
+    else:  # spawn, not fork: a forked child inherits the parent's torch/tokenizer thread pools and can hang
+        pool = ProcessPoolExecutor(max_workers=args.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(data,))
+        results = (f.result() for f in [pool.submit(run_one, v, s, args.epochs) for v, s in jobs])
+    for r in results:
+        runs.append(r)
+        log(f"  {r['variant']:<34} seed {r['seed']}  val {r['val_nDCG@10']:.4f}  test t2i nDCG {r['test']['t2i']['nDCG@10']:.4f}"
+            f"  ({r['seconds']:.0f}s, {r['epochs_run']} epochs)")
+    if args.workers > 1:
+        pool.shutdown()
+    agg = aggregate(runs)
+    agg.update({"wall_s": round(time.time() - t0, 1), "workers": args.workers, "machine": machine(),
+                "command": "python -m bench.ablation " + " ".join(argv or [])})
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ablation.json").write_text(json.dumps({**agg, "runs": [{k: v for k, v in r.items() if k != "per_query"}
+                                                                          for r in runs]}, indent=1))
+    md = to_markdown(agg)
+    (args.out / "ablation.md").write_text(
+        f"# Ablation ({len(args.seeds)} seeds per variant, test split; default chosen on validation)\n\n{md}\n\n"
+        f"Grid wall time: {agg['wall_s']:.0f} s on {args.workers} worker(s).\n")
+    print(md)
+    print(json.dumps({"ablation_wall_s": agg["wall_s"], "winner_on_validation": agg["winner_on_validation"]}))
+    return agg
+
+
+if __name__ == "__main__":
+    main()

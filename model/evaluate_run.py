@@ -1,0 +1,98 @@
+"""Step 3 of train.py: every model row of eval.json on the held-out test split.
+
+Rows: the frozen backbone (zero-shot where the towers share a space; image->image always), a
+frozen cross-modal baseline fitted on the training split (ridge text->image, for towers without
+a shared space), and the fine-tuned head. Then the model-free chance and ceiling rows, the
+findings-phrase benchmark per model, and paired bootstrap differences of the fine-tuned head
+to the best frozen baseline on the same test queries.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from model.evaluate import evaluate_per_query, reference_rows, summarize
+from model.head import RetrievalHead
+from model.linear_baseline import fit_on_train
+from model.phrase_benchmark import benchmark
+from model.relevance_metrics import ndcg_at_k, paired_bootstrap_diff, relevance_matrix
+
+GRADED = ("nDCG@10", "finding_P@10")
+
+
+@torch.no_grad()
+def project(head: RetrievalHead, feats: torch.Tensor, modality: str) -> np.ndarray:
+    head.eval()
+    fn = head.encode_image if modality == "image" else head.encode_text
+    return fn(feats).numpy()
+
+
+def _val_ndcg(codes: np.ndarray):
+    """Score for choosing the ridge penalty on validation rows: mean nDCG@10 of i2t and t2i."""
+    def score(zi: np.ndarray, zt: np.ndarray, rows: np.ndarray) -> float:
+        rel = relevance_matrix(codes[rows], codes[rows])
+        sim = zi @ zt.T
+        return float(np.mean([ndcg_at_k(np.argsort(-d, axis=1, kind="stable")[:, :10], rel).mean() for d in (sim, sim.T)]))
+    return score
+
+
+def evaluate_models(
+    backbone, head: RetrievalHead, Xi: torch.Tensor, Xt: torch.Tensor, labels: np.ndarray,
+    rows: dict[str, np.ndarray], codes: np.ndarray, study_findings: Sequence, n_bootstrap: int,
+    phrase_feats: np.ndarray | None = None, keep_per_query: bool = False,
+) -> dict[str, Any]:
+    """eval.json's content (minus run bookkeeping). ``study_findings[i]`` = findings of study row i;
+    ``phrase_feats`` = frozen text features of :data:`model.phrase_benchmark.PHRASES`."""
+    name = backbone.name
+    test = rows["test"]
+    y, tc = labels[test], codes[test]
+    test_findings = [study_findings[i] for i in test]
+    per_query: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    phrases: dict[str, dict[str, float]] = {}
+    notes: dict[str, str] = {}
+    frozen_i, frozen_t = Xi[test].numpy(), Xt[test].numpy()
+    frozen = f"{name} (frozen)"
+    if backbone.shared_space:
+        per_query[frozen] = evaluate_per_query(frozen_i, frozen_t, y, tc)
+        if phrase_feats is not None:
+            phrases[frozen] = benchmark(phrase_feats, frozen_i, test_findings)
+        baseline = frozen
+    else:
+        per_query[frozen] = evaluate_per_query(frozen_i, None, y, tc)
+        notes[frozen] = "towers have no shared space: image->image only (frozen image features)"
+        npi, npt = Xi.numpy(), Xt.numpy()
+        ridge = fit_on_train(npt, npi, rows["train"], rows["val"], _val_ndcg(codes))
+        baseline = f"{name} (frozen) + ridge text->image"
+        per_query[baseline] = evaluate_per_query(ridge.encode_image(frozen_i), ridge.encode_text(frozen_t), y, tc, i2i=False)
+        notes[baseline] = (f"a linear map from frozen text to frozen (standardised) image features, fitted in closed "
+                           f"form on the training split only (ridge, lambda={ridge.lam:g} chosen on validation)")
+        if phrase_feats is not None:
+            phrases[baseline] = benchmark(ridge.encode_text(phrase_feats), ridge.encode_image(frozen_i), test_findings)
+    tuned = f"{name} + head (fine-tuned)"
+    zi, zt = project(head, Xi[test], "image"), project(head, Xt[test], "text")
+    per_query[tuned] = evaluate_per_query(zi, zt, y, tc)
+    if phrase_feats is not None:
+        phrases[tuned] = benchmark(project(head, torch.from_numpy(phrase_feats), "text"), zi, test_findings)
+    models = {m: {d: summarize(v, n_bootstrap) for d, v in dirs.items()} for m, dirs in per_query.items()}
+    with torch.no_grad():
+        prob = torch.sigmoid(head.classify(torch.from_numpy(zi))).numpy()
+    if len(set(y.tolist())) == 2:
+        models[tuned]["abnormal_auroc"] = float(roc_auc_score(y, prob))
+    refs = reference_rows(y, tc)
+    comparisons = {f"{tuned} - {baseline}": _diffs(per_query[tuned], per_query[baseline], n_bootstrap)}
+    if baseline != frozen:
+        comparisons[f"{tuned} - {frozen}"] = _diffs(per_query[tuned], per_query[frozen], n_bootstrap)
+    report: dict[str, Any] = {"models": models, "notes": notes, "chance": refs["chance"], "ceiling": refs["ceiling"],
+                              "phrase_benchmark": phrases, "comparisons": comparisons}
+    if keep_per_query:
+        report["_per_query"] = per_query
+    return report
+
+
+def _diffs(a: dict[str, dict[str, np.ndarray]], b: dict[str, dict[str, np.ndarray]], n_bootstrap: int) -> dict:
+    """Paired bootstrap differences a - b of the graded metrics, direction by direction."""
+    return {d: {m: paired_bootstrap_diff(a[d][m], b[d][m], max(n_bootstrap, 200)) for m in GRADED if m in b[d]}
+            for d in a if d in b}

@@ -1,0 +1,38 @@
+"""What training and evaluation need from structured findings: codes, SupCon weights, probe targets.
+
+Why here: ``train.py`` stays a plain loop; this module turns ``Study.structured_findings`` into
+(1) the integer profile codes the graded metrics use (:mod:`model.relevance_metrics`), (2) the
+graded positives of finding-aware SupCon for one batch and (3) the 0/1 finding x side targets of
+the auxiliary probe (``--w-findings``).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from data.findings import profile
+from model.relevance_metrics import encode_profiles, relevance_matrix
+
+SUPCON_LABELS = ("binary", "findings")
+MIN_PROBE_COUNT = 20  # a finding needs this many positive training studies to get probe targets
+
+
+def study_codes(studies: Sequence) -> tuple[np.ndarray, list[str]]:
+    """(N, F) profile codes of every study (positive findings only) and the finding names."""
+    return encode_profiles([profile(s.structured_findings) for s in studies])
+
+
+def batch_pos_weights(codes: np.ndarray, rows: torch.Tensor) -> torch.Tensor:
+    """Graded SupCon positives of one batch: relevance of every pair of its studies, (B, B) float32."""
+    c = codes[rows.numpy()]
+    return torch.from_numpy(relevance_matrix(c, c).astype(np.float32))
+
+
+def probe_targets(codes: np.ndarray, train_rows: np.ndarray, min_count: int = MIN_PROBE_COUNT) -> np.ndarray:
+    """(N, 3 * F') 0/1 targets: for each finding frequent in the training split, present / on the
+    left / on the right (bilateral sets both). Chosen from the training rows only."""
+    frequent = np.flatnonzero((codes[train_rows] & 1).astype(bool).sum(axis=0) >= min_count)
+    c = codes[:, frequent]
+    return np.concatenate([(c & 1) > 0, (c & 2) > 0, (c & 4) > 0], axis=1).astype(np.float32)
