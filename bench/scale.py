@@ -305,7 +305,8 @@ def run(quick: bool = False, only: tuple[str, ...] = PARTS) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     started = time.perf_counter()
     partial_path = OUT_DIR / ("quick-" + PARTIAL if quick else PARTIAL)
-    parts: dict[str, Any] = json.loads(partial_path.read_text()) if set(only) != set(PARTS) else {}
+    rerun_some = set(only) != set(PARTS) and partial_path.is_file()  # a first --only run has nothing to reuse
+    parts: dict[str, Any] = json.loads(partial_path.read_text()) if rerun_some else {}
     sizes = {"ray_n": 64 if quick else 192, "slice_n": 2000 if quick else 50_000,
              "search_n": 20_000 if quick else 100_000}
     jobs = {
