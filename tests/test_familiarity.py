@@ -270,8 +270,12 @@ def test_at_least_95_percent_of_non_radiographs_are_refused(demo_engine):
 def test_finding_phrases_pass_and_non_clinical_phrases_are_warned(demo_engine):
     from bench.familiarity import text_verdicts
 
+    from model.phrase_benchmark import phrase_texts
+
     findings = text_verdicts(demo_engine, FINDING_PHRASES)
     assert len(findings) >= 60 and [p for p, v in findings.items() if v != FAMILIAR] == []
+    benchmark = text_verdicts(demo_engine, phrase_texts())  # the finding-level issue's phrase benchmark
+    assert len(benchmark) >= 60 and [p for p, v in benchmark.items() if v != FAMILIAR] == []
     other = text_verdicts(demo_engine, NON_CLINICAL_PHRASES)
     assert [p for p, v in other.items() if v == FAMILIAR] == []
 
