@@ -85,7 +85,7 @@ def test_every_documented_command_is_covered():
                     "python train.py", "python -m index build", "python -m index add", "python -m index info",
                     "python -m index.bundle pack", "python -m index.bundle verify", "python -m bench",
                     "make bench", "python -m bench.scale", "python -m bench.composed", "python -m bench.heatmap",
-                    "python -m index", *BENCH_PARTS}
+                    "python -m index", "python -m bench.ablation", "python -m bench.train_cli", *BENCH_PARTS}
     documented = documented_commands()
     assert {"python train.py", "python -m index build", "make test"} <= documented  # the parser reads the README
     missing = sorted(documented - smoke_tested - set(COVERED_ELSEWHERE))
@@ -139,3 +139,14 @@ def test_bench_commands_at_tiny_size(demo_built):
     assert heat
     scale = json.loads(run("-m", "bench.scale", "--quick", "--only", "search", timeout=900).stdout)
     assert "hnswlib" in json.dumps(scale)
+
+
+def test_training_bench_commands_at_tiny_size(demo_built, tmp_path):
+    """The ablation grid and the train.py wall-time bench, one epoch each, on the cached demo features."""
+    grid = run("-m", "bench.ablation", "--seeds", "0", "--variants", "paper", "findings", "--epochs", "1",
+               "--workers", "1", "--out", str(tmp_path / "ablation"), timeout=1500)
+    assert (tmp_path / "ablation" / "ablation.md").is_file() and "Δ" in (tmp_path / "ablation" / "ablation.md").read_text()
+    assert json.loads((tmp_path / "ablation" / "ablation.json").read_text())
+    timed = json.loads(run("-m", "bench.train_cli", "--reuse-features",
+                           "--train-args", "--epochs 1 --no-maps --bootstrap 0", timeout=1500).stdout)
+    assert timed["train_py_wall_s"] > 0 and timed["best_epoch"] == 1
