@@ -206,7 +206,8 @@ def model_card(service) -> str:
         "## Loaded model",
         f"- **Backbone:** `{cfg.get('backbone_name')}` (`{cfg.get('backbone_id')}`), frozen",
         f"- **Head:** {json.dumps(cfg.get('head', {}))}",
-        f"- **Loss:** `{cfg.get('loss')}` — weights " + ", ".join(f"{k} = {v:g}" for k, v in weights.items()),
+        f"- **Loss:** `{cfg.get('loss')}` — weights " + ", ".join(f"{k} = {v:g}" for k, v in weights.items())
+        + f"; SupCon positives: {cfg.get('supcon_labels', 'binary')} (`findings`: weighted by shared findings and side)",
         f"- **Trained on:** `{cfg.get('data')}` (data version `{cfg.get('data_version')}`, split `{cfg.get('split_hash')}`)",
         f"- **Index:** {service.engine.count:,} studies, hnswlib M={service.engine.manifest.M}, ef={service.engine.manifest.ef}",
         "",
@@ -216,8 +217,14 @@ def model_card(service) -> str:
         level = f", {report['split_level']}-level" if report.get("split_level") else ""
         lines += [f"## Evaluation on the held-out test split ({report.get('n_test')} studies{level})",
                   "", format_table(report), "",
-                  "R@K: the paired report/image is in the top K. P@K: share of the top K with the query's "
-                  "normal/abnormal label. mAP: class-aware mean average precision."]
+                  "nDCG@10: graded by shared findings and their side (data.findings). finding_P@10: share of the "
+                  "top 10 sharing a finding on a non-contradicting side (normal matches normal). R@K: the paired "
+                  "report/image is in the top K. P@K and mAP: the normal/abnormal label only. Chance = random "
+                  "ranking; ceiling = ranking by true relevance."]
+        if report.get("phrase_benchmark"):
+            from model.evaluate import format_phrase_table
+
+            lines += ["", "### Findings-phrase benchmark (typed phrase -> test images)", "", format_phrase_table(report)]
         for name, note in report.get("notes", {}).items():
             lines.append(f"\n*{name}:* {note}")
     if str(cfg.get("data", "")).startswith("demo"):
