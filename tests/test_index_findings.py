@@ -157,7 +157,8 @@ def test_demo_bootstrap_rebuilds_a_stale_index(tmp_path, monkeypatch):
     run.mkdir()
     idx.mkdir()
     (run / "config.json").write_text("{}")
-    (idx / "manifest.json").write_text('{"files": {"frozen_images.npy": "sha"}}')  # only the schema is stale
+    # only the schema is stale: the other files of a current demo index are listed
+    (idx / "manifest.json").write_text('{"files": {"frozen_images.npy": "sha", "familiarity.safetensors": "sha"}}')
     _version_1_store(idx / META)
     built = []
     monkeypatch.setattr(bootstrap, "build_index_for_run", lambda r, i: built.append((r, i)))
