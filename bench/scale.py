@@ -325,6 +325,11 @@ def run(quick: bool = False, only: tuple[str, ...] = PARTS) -> dict[str, Any]:
                 partial_path.write_text(json.dumps(parts, indent=2))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    missing = [p for p in PARTS if p not in parts]
+    if missing:  # --only on a checkout with no earlier full run: the parts run, without the combined figures
+        log(f"scale: no figures yet for {', '.join(missing)} (run them once): printing the parts run only")
+        return {"machine": machine(), "parts": parts, "missing_parts": missing,
+                "seconds": round(time.perf_counter() - started, 1)}
     ray, slice_, costs, search = (parts[p] for p in PARTS)
     costs = {k: v for k, v in costs.items() if isinstance(v, dict)}
     report = {
