@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.test_browser import page  # noqa: F401 (the same headless Chromium page fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -37,19 +37,6 @@ def served(request):
         else:
             image = sorted(images.glob("*.png"))[0]
         yield url, image
-
-
-@pytest.fixture(scope="module")
-def page():
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed; `make test` installs it (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        yield page
-        browser.close()
 
 
 def test_composed_query_heatmap_and_side_by_side(page, served, tmp_path):
