@@ -264,6 +264,28 @@ def fit_familiarity(encoder: Encoder, studies: Sequence[Study], image_feats: np.
     return fit_for_studies(backbone, image_feats, [s.report_text for s in studies])
 
 
+def head_space_embeddings(
+    encoder: Encoder, studies: Sequence[Study], batch_size: int = 64, progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(image, report) embeddings in the head's space, and the frozen image features (None when the
+    encoder exposes no frozen backbone).
+
+    A trained model (``model.retrieval_model.RetrievalModel``) reads its frozen features from the same
+    on-disk cache as train.py (``model.features.cached_frozen_features``), so a collection is embedded
+    once for training, the index CLI and the app's first start; other encoders embed batch by batch."""
+    if all(hasattr(encoder, a) for a in ("backbone", "project_image_features", "project_text_features")):
+        from model.features import cached_frozen_features
+
+        image_feats, text_feats = cached_frozen_features(encoder.backbone, studies, batch_size=batch_size,
+                                                         progress=progress)
+        return (np.asarray(encoder.project_image_features(image_feats), np.float32),
+                np.asarray(encoder.project_text_features(text_feats), np.float32), image_feats)
+    frozen: list[np.ndarray] = []
+    image_emb, report_emb = embed_into_head_space(encoder, studies, batch_size=batch_size, progress=progress,
+                                                  frozen_out=frozen)
+    return image_emb, report_emb, (np.concatenate(frozen) if frozen else None)
+
+
 def build_from_encoder(
     out_dir: Path | str,
     encoder: Encoder,
@@ -280,9 +302,7 @@ def build_from_encoder(
         log.warning("skipping %d studies without a readable image (e.g. %s)", len(missing), missing[0].study_id)
     if not usable:
         raise ValueError("no study has a readable image; nothing to index")
-    frozen: list[np.ndarray] = []
-    image_emb, report_emb = embed_into_head_space(encoder, usable, batch_size=batch_size, progress=progress, frozen_out=frozen)
-    frozen_feats = np.concatenate(frozen) if frozen else None
+    image_emb, report_emb, frozen_feats = head_space_embeddings(encoder, usable, batch_size=batch_size, progress=progress)
     return build_index(
         out_dir, image_emb, report_emb, usable, encoder_identity(encoder), data_root=data_root, run_dir=run_dir,
         frozen_image_feats=frozen_feats, familiarity=fit_familiarity(encoder, usable, frozen_feats), **hnsw

@@ -107,8 +107,11 @@ def test_train_index_bundle_commands(tiny, tmp_path):
     assert "--supcon-temperature" in run("train.py", "--help").stdout
     run_dir, index_dir = tmp_path / "run", tmp_path / "index"
     common = ["--manifest", str(tiny["manifest"]), "--epochs", "2", "--bootstrap", "0", "--no-maps", "--quiet"]
-    run("train.py", *common, "--out", str(run_dir))
+    cache = {"CXR_CACHE": str(tmp_path / "cache")}  # a fresh cache: what train.py embeds, the index build reuses
+    run("train.py", *common, "--out", str(run_dir), env_extra=cache)
     report = json.loads((run_dir / "eval.json").read_text())
+    features = sorted((tmp_path / "cache" / "features").iterdir())
+    assert len(features) == 1
     assert report["n_test"] >= 1 and report["models"]
     run("train.py", *common, "--loss", "clip", "--out", str(tmp_path / "run-clip"))
     assert json.loads((tmp_path / "run-clip" / "config.json").read_text())["loss"] == "clip"
@@ -117,7 +120,9 @@ def test_train_index_bundle_commands(tiny, tmp_path):
               *common, "--out", str(tmp_path / "run-bmc"), expect=2)
     assert bad.stderr.strip().splitlines()[-1].startswith("error: backbone folder") and "Traceback" not in bad.stderr
 
-    run("-m", "index", "build", "--run", str(run_dir), "--out", str(index_dir), "--manifest", str(tiny["manifest"]))
+    run("-m", "index", "build", "--run", str(run_dir), "--out", str(index_dir), "--manifest", str(tiny["manifest"]),
+        env_extra=cache)
+    assert sorted((tmp_path / "cache" / "features").iterdir()) == features  # one feature cache, no second embedding
     run("-m", "index", "add", "--index", str(index_dir), "--manifest", str(tiny["more"]))
     info = run("-m", "index", "info", "--index", str(index_dir)).stdout
     assert re.search(r"\b30\b", info), info

@@ -63,12 +63,12 @@ def _outdated_demo_index(index_dir: Path) -> bool:
 
 
 def build_index_for_run(run_dir: Path, index_dir: Path, studies=None, progress: bool = True) -> None:
-    """Index a run's gallery from the cached frozen features (no second backbone pass)."""
+    """Index a run's gallery: the same path as ``python -m index build`` (``index.build.build_from_encoder``),
+    whose frozen features come from train.py's cache, so nothing is embedded twice."""
     import json
 
     from data.demo import demo_dir, load_demo_dataset
-    from index.build import build_index, encoder_identity, fit_familiarity
-    from model.features import cached_frozen_features
+    from index.build import build_from_encoder
     from model.retrieval_model import RetrievalModel
 
     config = json.loads((Path(run_dir) / "config.json").read_text())
@@ -81,18 +81,7 @@ def build_index_for_run(run_dir: Path, index_dir: Path, studies=None, progress: 
         limit = int(config["data"][4:]) if config["data"][4:].isdigit() else None
         studies = load_demo_dataset(limit=limit)
         data_root = demo_dir()
-    image_feats, text_feats = cached_frozen_features(model.backbone, studies, progress=progress)
-    build_index(
-        index_dir,
-        model.project_image_features(image_feats),
-        model.project_text_features(text_feats),
-        studies,
-        encoder_identity(model),
-        data_root=data_root,
-        run_dir=run_dir,
-        frozen_image_feats=image_feats,
-        familiarity=fit_familiarity(model, studies, image_feats),
-    )
+    build_from_encoder(index_dir, model, studies, data_root=data_root, run_dir=run_dir, progress=progress)
 
 
 if __name__ == "__main__":  # `python -m webapp.bootstrap`: build the offline default ahead of time
