@@ -26,7 +26,7 @@ run: setup
 # The offline demo (data -> head -> index) is built first, with progress bars, so the suite's
 # end-to-end tests find it ready (a no-op when already built).
 test: setup browser
-	HF_HUB_OFFLINE=1 $(BIN)/python -m webapp.bootstrap
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pipeline
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest
 
 bench: setup

@@ -72,7 +72,7 @@ def load_service(args: argparse.Namespace, train_args: list[str] | None = None):
     """Build (first start) or load the model, the index and the plots."""
     from index.vector_store import open_engine
     from model.retrieval_model import RetrievalModel
-    from webapp.bootstrap import ensure_demo
+    from pipeline.demo import ensure_demo
     from webapp.plots import EmbeddingMaps
     from webapp.service import RunInfo, SearchService
 

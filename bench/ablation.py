@@ -3,7 +3,7 @@
     python -m bench.ablation                    # full grid, 2 worker processes -> bench/results/ablation.{json,md}
     python -m bench.ablation --seeds 0 --variants paper findings   # a quick subset
 
-Every run is ``train.train_head`` exactly as ``python train.py`` runs it, on the offline backbone's
+Every run is ``model.training.train_head`` exactly as ``python train.py`` runs it, on the offline backbone's
 cached features of the full demo and the default (seed-0) patient split, so all runs share the
 same validation and test queries; the seed changes the head's init, dropout and batch order.
 Test rows come from ``model.evaluate_run.evaluate_models`` (as eval.json). Per variant: mean +- sd
@@ -70,21 +70,22 @@ def run_one(variant: str, seed: int, epochs: int | None = None) -> dict[str, Any
     """One training run + its test evaluation and its validation scores (for choosing)."""
     import torch
 
-    import train
     from model.evaluate_run import evaluate_models, project
     from model.phrase_benchmark import benchmark
+    from model.training import train_head
+    from pipeline.options import parse_training_args
 
     d = _DATA
     loss, supcon_labels, w_findings = VARIANTS[variant]
     argv = ["--quiet", "--loss", loss, "--supcon-labels", supcon_labels, "--w-findings", str(w_findings),
             "--seed", str(seed)] + (["--epochs", str(epochs)] if epochs else [])
-    args = train.parse_args(argv)
+    args = parse_training_args(argv)
     torch.manual_seed(seed)
     np.random.seed(seed)
     Xi, Xt = torch.from_numpy(d["image"]), torch.from_numpy(d["text"])
     y = torch.from_numpy(d["labels"]).float()
     t0 = time.time()
-    trained = train.train_head(args, d["image"].shape[1], d["text"].shape[1], Xi, Xt, y, d["rows"], d["labels"], d["codes"])
+    trained = train_head(args, d["image"].shape[1], d["text"].shape[1], Xi, Xt, y, d["rows"], d["labels"], d["codes"])
     seconds = time.time() - t0
     backbone = type("B", (), {"name": "offline", "shared_space": False})()
     report = evaluate_models(backbone, trained.head, Xi, Xt, d["labels"], d["rows"], d["codes"], d["findings"], 0,

@@ -79,7 +79,7 @@ def run(run_dir: Path | None = None, n: int = 60, seed: int = 0, data: Path | No
     from data.demo import load_demo_dataset
     from model.features import cached_frozen_features
     from model.retrieval_model import RetrievalModel
-    from webapp.bootstrap import default_run_dir
+    from pipeline.demo import default_run_dir
     from webapp.composed import NEUTRAL_PHRASE, compose
 
     run_dir = Path(run_dir or default_run_dir())

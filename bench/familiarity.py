@@ -1,6 +1,6 @@
 """Trust on unfamiliar inputs (issue 14), measured on the offline demo: one JSON document.
 
-    python -m bench.familiarity            # needs the built demo (python -m webapp.bootstrap)
+    python -m bench.familiarity            # needs the built demo (python -m pipeline)
 
 * ``false_alarms``: a familiarity model fitted on the train+val studies' frozen features, asked
   about the held-out test studies (never in it): share not called ``familiar`` (target <= 5%).
@@ -105,7 +105,7 @@ def run() -> dict[str, Any]:
     from index.familiarity import FAMILIAR, NOT_RADIOGRAPH, UNLIKE_INDEX
     from model.retrieval_model import RetrievalModel
     from model.threads import torch_threads
-    from webapp.bootstrap import ensure_demo
+    from pipeline.demo import ensure_demo
 
     run_dir, index_dir = ensure_demo()
     model = RetrievalModel.from_run(run_dir)

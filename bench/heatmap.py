@@ -29,7 +29,7 @@ def run(run_dir: Path | None = None, n: int = 8, grid: int = 7, threads: int = 2
     from model.attribution import occlusion_maps, overlay
     from model.retrieval_model import RetrievalModel
     from model.threads import torch_threads
-    from webapp.bootstrap import default_run_dir
+    from pipeline.demo import default_run_dir
 
     run_dir = Path(run_dir or default_run_dir())
     model = RetrievalModel.from_run(run_dir)

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import emit, log, machine, scratch_dir, setup_environment, stopwatch, summary, target, time_calls
+from bench.engine_fixture import build_engine, image_query
 
 VIT = "openclip-random:ViT-B-16"
 VIT_INT8 = VIT + "+int8"  # same weights, image tower's linear layers in dynamic int8 (model.quantize)
@@ -69,34 +70,6 @@ def make_uploads(tmp: Path, n: int = 6) -> dict[str, list[bytes]]:
         Image.open(io.BytesIO(data)).convert("L").resize((2048, 2048), Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
         jpegs.append(buffer.getvalue())
     return {"png_256px": pngs, "jpeg_2048px": jpegs}
-
-
-def build_engine(backbone_name: str, folder: Path, n_gallery: int = 4000, runtime: str = "torch"):
-    """Untrained head + index of random unit vectors, loaded as the app loads one; the towers
-    run in ``runtime`` (``model.runtime``)."""
-    import torch
-
-    from bench.search import synthetic_studies
-    from index.build import build_index, encoder_identity
-    from index.engine import SearchEngine
-    from model.factory import create_backbone
-    from model.head import RetrievalHead
-    from model.retrieval_model import RetrievalModel
-
-    with stopwatch() as t:
-        backbone = create_backbone(backbone_name, runtime=runtime)
-    torch.manual_seed(0)
-    model = RetrievalModel(backbone, RetrievalHead(backbone.image_dim, backbone.text_dim))
-    rng = np.random.default_rng(0)
-    gallery = rng.standard_normal((2, n_gallery, model.embed_dim)).astype(np.float32)
-    build_index(folder, gallery[0], gallery[1], synthetic_studies(n_gallery), encoder_identity(model))
-    return SearchEngine.load(folder, model), round(t["s"], 1)
-
-
-def image_query(engine, data: bytes):
-    from data.images import load_radiograph
-
-    return engine.search_by_image(load_radiograph(data).image, k=10)
 
 
 def stage_breakdown(engine, data: bytes, reps: int = 5) -> dict[str, Any]:

@@ -119,7 +119,7 @@ def _build_small_demo(cache: Path, limit: int) -> None:
     """ensure_demo() on a demo limited to ``limit`` studies, in a child with CXR_CACHE=cache."""
     import subprocess
 
-    code = ("from webapp.bootstrap import ensure_demo; "
+    code = ("from pipeline.demo import ensure_demo; "
             f"ensure_demo(train_args=['--demo-limit', '{limit}', '--bootstrap', '0', '--no-maps', '--quiet'])")
     env = {**os.environ, "CXR_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,

@@ -2,7 +2,7 @@
 
     python -m bench.train_head            # full demo size (3,955 studies), ~0.5-1 min on 2 cores
 
-Times ``train.train_head`` - the very function ``python train.py`` runs - with train.py's
+Times ``model.training.train_head`` - the very function ``python train.py`` runs - with train.py's
 default options, on the offline backbone's features of the full demo dataset:
 
 * the real cached features when the full demo has been embedded already (``python app.py``
@@ -15,7 +15,7 @@ default options, on the offline backbone's features of the full demo dataset:
   the measured time per epoch.
 
 Also compares 1 thread with every core (seconds per epoch over 4 epochs, alternately) and the
-per-epoch validation score before (through model.evaluate) and after (train.validation_score).
+per-epoch validation score before (through model.evaluate) and after (model.training.validation_score).
 """
 from __future__ import annotations
 
@@ -86,8 +86,9 @@ def run(threads_compare: bool = True) -> dict[str, Any]:
     setup_environment()
     import torch
 
-    import train
     from data.split import patient_split
+    from model.training import train_head
+    from pipeline.options import parse_training_args
     from model.findings_training import study_codes
     from model.threads import TRAIN_THREADS_ENV, available_cores, training_threads
 
@@ -105,7 +106,7 @@ def run(threads_compare: bool = True) -> dict[str, Any]:
         source = ("synthetic: demo not embedded yet; same shapes, real IU labels and patient split "
                   "(run python train.py once for the real features)")
     log(f"train_head: {len(studies)} studies, features {source.split(':')[0]}")
-    args = train.parse_args(["--quiet"])  # train.py's defaults
+    args = parse_training_args(["--quiet"])  # train.py's defaults
     split = patient_split(studies, seed=args.seed)
     index_of = {s.study_id: i for i, s in enumerate(studies)}
     rows = {k: np.array([index_of[i] for i in split[k]], dtype=np.int64) for k in split}
@@ -115,8 +116,8 @@ def run(threads_compare: bool = True) -> dict[str, Any]:
     y = torch.from_numpy(labels).float()
 
     def once(threads: int | None = None, epochs: int | None = None, patience: int | None = None) -> dict[str, Any]:
-        """train.train_head as train.py runs it; ``threads`` overrides the policy's count."""
-        run_args = train.parse_args(["--quiet"])
+        """train_head as train.py runs it; ``threads`` overrides the policy's count."""
+        run_args = parse_training_args(["--quiet"])
         if epochs is not None:
             run_args.epochs = epochs
         if patience is not None:
@@ -128,7 +129,7 @@ def run(threads_compare: bool = True) -> dict[str, Any]:
         try:
             used = training_threads()
             with stopwatch() as t:
-                trained = train.train_head(run_args, backbone.image_dim, backbone.text_dim, Xi, Xt, y, rows, labels, codes)
+                trained = train_head(run_args, backbone.image_dim, backbone.text_dim, Xi, Xt, y, rows, labels, codes)
         finally:
             if saved is None:
                 os.environ.pop(TRAIN_THREADS_ENV, None)
@@ -173,14 +174,15 @@ def run(threads_compare: bool = True) -> dict[str, Any]:
 
 def _validation_before_after(head, xi, xt, labels, reps: int = 3) -> dict[str, Any]:
     """The per-epoch validation score: through model.evaluate (the code before: it also
-    computes mAP with one sklearn call per query, and i2i) vs train.validation_score now."""
+    computes mAP with one sklearn call per query, and i2i) vs model.training.validation_score now."""
     import time
 
-    import train
     from model.evaluate import evaluate_embeddings
+    from model.evaluate_run import project
+    from model.training import validation_score
 
     def before() -> float:
-        m = evaluate_embeddings(train.project(head, xi, "image"), train.project(head, xt, "text"), labels, n_bootstrap=0)
+        m = evaluate_embeddings(project(head, xi, "image"), project(head, xt, "text"), labels, n_bootstrap=0)
         return float(np.mean([m[d][k] for d in ("i2t", "t2i") for k in ("R@10", "P@10")]))
 
     def timed(fn) -> tuple[float, float]:
@@ -192,7 +194,7 @@ def _validation_before_after(head, xi, xt, labels, reps: int = 3) -> dict[str, A
         return float(np.median(times)), value
 
     before_ms, old = timed(before)
-    after_ms, new = timed(lambda: train.validation_score(head, xi, xt, labels))
+    after_ms, new = timed(lambda: validation_score(head, xi, xt, labels))
     return {"n_val": int(len(labels)), "before_ms": round(before_ms, 1), "after_ms": round(after_ms, 1),
             "speedup": round(before_ms / after_ms, 1), "same_score": old == new}
 

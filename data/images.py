@@ -75,7 +75,7 @@ def _load_raster(data: bytes) -> LoadedImage:
             img.load()
     except ImageLoadError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageLoadError(
             f"The image is too large to open safely (over {MAX_PIXELS / 1e6:.0f} MP); "
             "please export it at a lower resolution."

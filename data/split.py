@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from data.atomic_io import atomic_write_json
 from data.records import Study

@@ -7,32 +7,22 @@
     python -m index info  --index INDEX_DIR
 
 Data options are the shared ones of ``data.sources`` (default: the offline demo dataset).
-The work happens in ``index.build``; this file only parses arguments.
+``build`` is the index step of the build pipeline (``pipeline.steps.build_index``: frozen features
+from the cache train.py filled, then the run's head); ``add`` grows a folder through
+``index.build``. This file only parses arguments.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from data.errors import LOAD_ERRORS, one_line
-from data.records import Study
 from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 from model.runtime_option import add_runtime_argument, apply_runtime_argument
-
-
-def _data_root(args: argparse.Namespace, studies: Sequence[Study]) -> Path | None:
-    """Folder that image paths are stored relative to: the dataset folder, else their common parent."""
-    if getattr(args, "data", None):
-        return Path(args.data)
-    if getattr(args, "manifest", None):
-        return Path(args.manifest).parent
-    dirs = [os.path.dirname(os.path.abspath(s.image_path)) for s in studies if s.image_path]
-    return Path(os.path.commonpath(dirs)) if dirs else None
 
 
 def _load_encoder(run_dir: str):
@@ -90,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from index.build import add_from_encoder, build_from_encoder
+    from index.build import add_from_encoder
     from index.manifest import read_manifest, verify_files
 
     if args.command == "info":
@@ -100,25 +90,17 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from data.sources import load_source
     from index import scale_cli
+    from pipeline.steps import build_index, data_root_for
 
     source = load_source(args)
     if args.command == "embed":
         return scale_cli.run_embed(args, source)
     if scale_cli.wants_scaled_build(args):
-        return scale_cli.run_build(args, source, _data_root(args, source.studies), _load_encoder)
+        return scale_cli.run_build(args, source, data_root_for(args, source.studies), _load_encoder)
     if args.command == "build":
-        encoder = _load_encoder(args.run)
-        manifest = build_from_encoder(
-            args.out,
-            encoder,
-            source.studies,
-            data_root=_data_root(args, source.studies),
-            batch_size=args.batch_size,
-            run_dir=args.run,
-            M=args.M,
-            ef_construction=args.ef_construction,
-            ef=args.ef,
-        )
+        manifest = build_index(args.run, args.out, source.studies, data_root=data_root_for(args, source.studies),
+                               batch_size=args.batch_size, encoder=_load_encoder(args.run),
+                               M=args.M, ef_construction=args.ef_construction, ef=args.ef)
         skipped = f" ({len(source.skipped)} rows skipped, listed above)" if source.skipped else ""
         print(f"built {args.out}: {manifest.count} studies{skipped}, backbone {manifest.backbone_id}")
     else:

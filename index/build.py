@@ -142,6 +142,7 @@ def add_studies(
     report_emb: np.ndarray,
     studies: Sequence[Study],
     identity: dict[str, Any] | None = None,
+    frozen_image_feats: np.ndarray | None = None,
 ) -> Manifest:
     """Append studies to an existing index without rebuilding it, then republish atomically.
 
@@ -150,6 +151,8 @@ def add_studies(
     in the index raise ``ValueError`` (use ``new_studies`` to drop them first). Image paths
     are stored relative to the index's own data root (so one root resolves every row);
     paths outside it are kept as given (absolute, from ``load_dataset``).
+    ``frozen_image_feats`` of the new studies extend the folder's frozen vectors (``index.frozen``);
+    without them the folder is republished without any (the side-by-side view then says so).
     """
     started = time.perf_counter()
     index_dir = Path(index_dir)
@@ -184,9 +187,22 @@ def add_studies(
         manifest.data_version = data_version
         manifest.updated_at = now_iso()
         manifest.build_seconds = round(time.perf_counter() - started, 3)
-        write_manifest(staging, manifest)
+        write_manifest(staging, manifest, _extend_frozen(index_dir, staging, manifest, frozen_image_feats))
     log.info("added %d studies to %s (now %d)", len(studies), index_dir, new_count)
     return manifest
+
+
+def _extend_frozen(index_dir: Path, staging: Path, manifest: Manifest, new_feats: np.ndarray | None) -> tuple[str, ...]:
+    """Old frozen vectors + the new rows' into ``staging``; () when either is missing."""
+    from index.frozen import FROZEN_IMAGES, write_frozen
+
+    if new_feats is None or FROZEN_IMAGES not in manifest.files:
+        return ()
+    old = np.load(index_dir / FROZEN_IMAGES, allow_pickle=False).astype(np.float32)
+    new_feats = np.asarray(new_feats, np.float32)
+    if old.shape[1] != new_feats.shape[1]:
+        return ()
+    return (write_frozen(staging, np.concatenate([old, new_feats]), manifest.count),)
 
 
 def new_studies(index_dir: Path | str, studies: Sequence[Study]) -> list[Study]:
@@ -316,12 +332,14 @@ def add_from_encoder(
     batch_size: int = 64,
     progress: bool = True,
 ) -> tuple[Manifest, int]:
-    """Embed the studies not yet indexed and add them; returns (manifest, number added)."""
+    """Embed the studies not yet indexed (frozen features through the shared cache) and add them;
+    returns (manifest, number added)."""
     manifest = read_manifest(Path(index_dir))
     check_identity(manifest, encoder_identity(encoder), where=index_dir)  # fail before embedding
     fresh, _ = with_images(new_studies(index_dir, studies))
     if not fresh:
         return manifest, 0
-    image_emb, report_emb = embed_into_head_space(encoder, fresh, batch_size=batch_size, progress=progress)
-    manifest = add_studies(index_dir, image_emb, report_emb, fresh, identity=encoder_identity(encoder))
+    image_emb, report_emb, frozen_feats = head_space_embeddings(encoder, fresh, batch_size=batch_size, progress=progress)
+    manifest = add_studies(index_dir, image_emb, report_emb, fresh, identity=encoder_identity(encoder),
+                           frozen_image_feats=frozen_feats)
     return manifest, len(fresh)

@@ -366,7 +366,7 @@ class SearchEngine:
                 keep = scores >= float(best[0]) - floor
                 cut = int((~keep).sum())
                 ids, scores = ids[keep], scores[keep]
-        hits = self._hits(ids, scores)
+        hits = self.hits_at(ids, scores)
         return SearchResult(hits, target, query_type, parsed, n_candidates, found.exact, n_below_floor=cut)
 
     def _n_candidates(self, parsed: Filters) -> int:
@@ -374,7 +374,8 @@ class SearchEngine:
             return self.count
         return len(self.store.matching_ids(parsed.label, parsed.view, parsed.finding))
 
-    def _hits(self, ids: np.ndarray, scores: np.ndarray) -> list[Hit]:
+    def hits_at(self, ids: np.ndarray, scores: np.ndarray) -> list[Hit]:
+        """Ranked hits for row ids and their scores (in that order), image paths resolved."""
         metas = self.store.get(ids.tolist())
         return [self._hit(rank, float(score), meta) for rank, (score, meta) in enumerate(zip(scores, metas), start=1)]
 

@@ -8,8 +8,9 @@ other file, so a damaged copy is refused before it is read. Image->image only: t
 towers have no shared image-text space before the head.
 
 Searched exactly (a matrix-vector product: 3,955 x 5,120 in a few ms), so no second graph.
-``python -m index add`` republishes the folder without them (the added rows would have none): the
-side-by-side view then says so until the index is rebuilt (``index build`` stores them again).
+``python -m index add`` extends them with the added rows' features (from the same feature cache);
+an encoder without a frozen backbone adds rows without them, and the folder is then republished
+without any: the side-by-side view says so until the index is rebuilt.
 """
 from __future__ import annotations
 

@@ -104,7 +104,7 @@ class MilvusSearchEngine(SearchEngine):
         keep = found.ids[0] >= 0
         n_candidates = (len(self.store.matching_ids(parsed.label, parsed.view, parsed.finding, parsed.side))
                         if parsed.active else self.count)
-        hits = self._hits(found.ids[0][keep], found.scores[0][keep])
+        hits = self.hits_at(found.ids[0][keep], found.scores[0][keep])
         return SearchResult(hits, target, query_type, parsed, n_candidates, exact=False)
 
 

@@ -106,10 +106,3 @@ def overlay(image: Image.Image, heat: np.ndarray, alpha: float = 0.45, size: int
     rgb = np.asarray(base, np.float32)
     mixed = rgb * (1 - alpha * weight) + colour * alpha * weight
     return Image.fromarray(mixed.clip(0, 255).astype(np.uint8))
-
-
-def top_cells(heat: np.ndarray, n: int = 3) -> list[tuple[int, int]]:
-    """(row, col) of the ``n`` hottest cells, hottest first (for tests and captions)."""
-    flat = np.argsort(np.asarray(heat).reshape(-1))[::-1][:n]
-    g = heat.shape[1]
-    return [(int(k // g), int(k % g)) for k in flat]

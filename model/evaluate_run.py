@@ -1,4 +1,4 @@
-"""Step 3 of train.py: every model row of eval.json on the held-out test split.
+"""The evaluation step (``pipeline.steps``): every model row of eval.json on the held-out test split.
 
 Rows: the frozen backbone (zero-shot where the towers share a space; image->image always), a
 frozen cross-modal baseline fitted on the training split (ridge text->image, for towers without
@@ -96,3 +96,11 @@ def _diffs(a: dict[str, dict[str, np.ndarray]], b: dict[str, dict[str, np.ndarra
     """Paired bootstrap differences a - b of the graded metrics, direction by direction."""
     return {d: {m: paired_bootstrap_diff(a[d][m], b[d][m], max(n_bootstrap, 200)) for m in GRADED if m in b[d]}
             for d in a if d in b}
+
+
+def calibrate_head(head: RetrievalHead, Xi: torch.Tensor, labels: np.ndarray, rows: dict) -> tuple[dict, dict]:
+    """Temperature of the abnormal estimate fitted on val, ECE/reliability on test (model.calibration)."""
+    from model.calibration import calibration_report, head_logits
+
+    logits = {k: head_logits(head, project(head, Xi[rows[k]], "image")) for k in ("val", "test")}
+    return calibration_report(logits["val"], labels[rows["val"]], logits["test"], labels[rows["test"]])

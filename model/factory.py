@@ -64,6 +64,8 @@ WEIGHT_NAMES = (
     "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth",
     "model.safetensors", "pytorch_model.bin",
 )
+# What an open_clip hub repo publishes (what open_clip's hf-hub loader asks for), safetensors first.
+HUB_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
@@ -99,6 +101,15 @@ def _hub_file(repo_id: str, filename: str, cache_dir: str | None, download: bool
         return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir))
     except EntryNotFoundError:
         return None
+
+
+def _first_hub_file(repo_id: str, names: tuple[str, ...], cache_dir: str | None, download: bool) -> Path | None:
+    """The first of ``names`` the hub (or its cache) has for ``repo_id``; None when none is there."""
+    for name in names:
+        found = _hub_file(repo_id, name, cache_dir, download)
+        if found is not None:
+            return found
+    return None
 
 
 def _unavailable(name: str, source: str, reason: str = "") -> BackboneUnavailableError:
@@ -291,12 +302,7 @@ def _create_biomedclip(arg: str, path: str | None, cache_dir: str | None, device
     source = f"hf-hub:{BIOMEDCLIP_HUB_ID}"
     try:
         config = _hub_file(BIOMEDCLIP_HUB_ID, CONFIG_NAME, cache_dir, download)
-        weights = None
-        if config is not None:
-            for weights_name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-                weights = _hub_file(BIOMEDCLIP_HUB_ID, weights_name, cache_dir, download)
-                if weights is not None:
-                    break
+        weights = _first_hub_file(BIOMEDCLIP_HUB_ID, HUB_WEIGHT_NAMES, cache_dir, download) if config is not None else None
     except Exception as exc:  # network / hub errors: one clear message instead of a traceback
         raise _unavailable("biomedclip", source) from exc
     if config is None or weights is None:
@@ -332,13 +338,9 @@ def _create_clip(arg: str, path: str | None, cache_dir: str | None, device: str)
         if not hub:
             raise _unavailable(name, source, "has no Hugging Face hub copy; pass its weights file with --backbone-path")
         repo_id, filename = os.path.split(hub)  # "org/repo/" -> ("org/repo", ""), as open_clip does
-        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-        weights = None
+        names = (filename,) if filename else HUB_WEIGHT_NAMES
         try:
-            for weights_name in names:
-                weights = _hub_file(repo_id, weights_name, cache_dir, download=not hub_offline())
-                if weights is not None:
-                    break
+            weights = _first_hub_file(repo_id, names, cache_dir, download=not hub_offline())
         except Exception as exc:
             raise _unavailable(name, f"hf-hub:{repo_id}") from exc
         if weights is None:
@@ -384,9 +386,12 @@ BACKBONES: dict[str, BackboneFactory] = {
 }
 
 
+NAME_FORMS = {"openclip-random": "openclip-random:<CONFIG>"}  # registry keys that need an argument
+
+
 def available_backbones() -> list[str]:
-    """Names accepted by :func:`create_backbone` (``<CONFIG>`` is any open_clip config name)."""
-    return ["offline", "biomedclip", "clip", "openclip-random:<CONFIG>", "<any of these>+int8", "<any>+ortint8"]
+    """Names accepted by :func:`create_backbone`, from the registry (``<CONFIG>`` is any open_clip config name)."""
+    return [*(NAME_FORMS.get(name, name) for name in BACKBONES), "<any of these>+int8", "<any>+ortint8"]
 
 
 def create_backbone(
@@ -397,7 +402,7 @@ def create_backbone(
     runtime: str | None = None,
 ) -> Backbone:
     """Build the named frozen backbone (see the module docstring for names and ``path``),
-    its towers run in ``runtime`` (default: ``model.runtime.default_runtime()``, torch unless
+    its towers run in ``runtime`` (default: ``model.runtime_option.default_runtime()``, torch unless
     a CLI's ``--runtime`` set it; same features either way).
 
     Raises :class:`BackboneUnavailableError` when the weights cannot be had here, and
@@ -418,7 +423,8 @@ def create_backbone(
             raise ValueError(f"{name!r}: choose one int8 variant, {INT8_SUFFIX} or {ORT_INT8_SUFFIX}")
         backbone.name += ORT_INT8_SUFFIX
         backbone.backbone_id += ORT_INT8_SUFFIX
-    from model.runtime import default_runtime
+    from model.runtime_option import default_runtime
+    from model.towers import attach_runtime  # compiles the towers in an inference runtime; torch stays when one cannot
 
     runtime = runtime or default_runtime()
-    return backbone.use_runtime(runtime) if runtime != "torch" or ort_int8 else backbone
+    return attach_runtime(backbone, runtime) if runtime != "torch" or ort_int8 else backbone

@@ -18,7 +18,7 @@ whose side is only the opposite one (left/right phrases only), pooled over phras
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -164,9 +164,3 @@ def benchmark(
         "ceiling_finding_P@10": float(np.minimum(rel[scored].sum(axis=1), min(k, rel.shape[1])).mean() / min(k, rel.shape[1])),
         "chance_side_swap_rate": all_swaps / all_sided if all_sided else None,
     }
-
-
-def run_benchmark(encode_text: Callable[[list[str]], np.ndarray], image_emb: np.ndarray,
-                  study_findings: Sequence[Sequence[Finding]]) -> dict[str, float]:
-    """:func:`benchmark` with the phrases embedded by ``encode_text`` (texts -> L2-normalised rows)."""
-    return benchmark(encode_text(phrase_texts()), image_emb, study_findings)

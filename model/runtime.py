@@ -36,54 +36,15 @@ import numpy as np
 import torch
 
 from data.atomic_io import atomic_write_json
-from model.runtime_option import RUNTIME_CHOICES
+from model.runtime_option import RUNTIME_MODULES, runtime_installed
 
 log = logging.getLogger(__name__)
 
-AUTO_ORDER = ("openvino", "onnxruntime")  # fastest first, by measurement (module docstring)
 EXPORT_RECIPE = "onnx-opset17-torchscript-v1"  # bump when the export changes: new cache entries
-_RUNTIME_MODULES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
-
-_default_runtime = "torch"
 
 
 class RuntimeUnavailable(RuntimeError):
     """The runtime cannot run this tower here (not installed, export or compile failed)."""
-
-
-def set_default_runtime(name: str) -> str:
-    """The runtime :func:`model.factory.create_backbone` uses when not told (process-wide);
-    ``auto`` is resolved now. Returns the resolved name."""
-    global _default_runtime
-    _default_runtime = resolve_runtime(name)
-    return _default_runtime
-
-
-def default_runtime() -> str:
-    """The runtime backbones get unless told (``torch`` until :func:`set_default_runtime`)."""
-    return _default_runtime
-
-
-def runtime_installed(name: str) -> bool:
-    """True when the runtime's Python package imports."""
-    if name == "torch":
-        return True
-    try:
-        importlib.import_module(_RUNTIME_MODULES[name])
-    except Exception:  # ImportError, or a broken install raising anything at import
-        return False
-    return True
-
-
-def resolve_runtime(name: str | None) -> str:
-    """``auto`` -> the fastest installed runtime; a named one is returned as is (a missing one
-    falls back to torch when the towers are compiled, with a log line)."""
-    name = (name or "torch").strip().lower()
-    if name not in RUNTIME_CHOICES:
-        raise ValueError(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIME_CHOICES)}")
-    if name != "auto":
-        return name
-    return next((r for r in AUTO_ORDER if runtime_installed(r)), "torch")
 
 
 # ----------------------------------------------------------------------------------------
@@ -143,13 +104,13 @@ class CompiledTower:
     """
 
     def __init__(self, path: Path, runtime: str, input_names: Sequence[str]) -> None:
-        if runtime not in _RUNTIME_MODULES:
+        if runtime not in RUNTIME_MODULES:
             raise ValueError(f"{runtime!r} is not a compiled runtime")
         self.path, self.runtime, self.input_names = Path(path), runtime, list(input_names)
         self._compiled: dict[int, Any] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._module = importlib.import_module(_RUNTIME_MODULES[runtime])  # ImportError -> caller falls back
+        self._module = importlib.import_module(RUNTIME_MODULES[runtime])  # ImportError -> caller falls back
         self._compile(max(1, torch.get_num_threads()))  # fail now, not on the first query
 
     def _compile(self, threads: int) -> Any:

@@ -37,7 +37,8 @@ from model.backbones import (
     encode_trimmed_text,
     text_trim_pad_id,
 )
-from model.runtime import TowerSpec, compile_tower, resolve_runtime
+from model.runtime import TowerSpec, compile_tower
+from model.runtime_option import resolve_runtime
 
 log = logging.getLogger(__name__)
 

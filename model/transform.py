@@ -9,6 +9,7 @@ the film itself get the same treatment.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -129,3 +130,22 @@ def preprocess_identity(
         return ",".join(f"{float(v):.4g}" for v in values)
 
     return f"gray8x3-{resize_mode}{size}-{interpolation}-mean{fmt(mean)}-std{fmt(std)}"
+
+
+@dataclass(frozen=True)
+class PreprocessCfg:
+    """A tower's preprocessing stated once (open_clip's ``PreprocessCfg`` habit): the transform
+    and the identity that keys the feature cache are both read from it, so they cannot disagree."""
+
+    size: int = 224
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        return build_transform(self.size, self.mean, self.std, self.interpolation, self.resize_mode)
+
+    @property
+    def identity(self) -> str:
+        return preprocess_identity(self.size, self.mean, self.std, self.interpolation, self.resize_mode)

@@ -34,7 +34,7 @@ def pediatric_films():
 @pytest.fixture(scope="session")
 def demo_built():
     """The offline default (demo data -> trained head -> index), built once like `python app.py` does."""
-    from webapp.bootstrap import ensure_demo
+    from pipeline.demo import ensure_demo
 
     return ensure_demo()
 

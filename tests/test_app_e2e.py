@@ -1,7 +1,6 @@
 """End to end: the real app on a loopback port, called through its named API endpoints."""
 from __future__ import annotations
 
-import json
 
 import pytest
 from gradio_client import Client, handle_file

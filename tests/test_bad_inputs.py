@@ -80,11 +80,11 @@ def ensure_small_demo() -> tuple[Path, Path, Path]:
         build_demo_dataset(out_dir=data, limit=SMALL_N, progress=False, workers=1)
         stale = (run / "config.json").is_file() and (data / "dataset.json").stat().st_mtime > (run / "config.json").stat().st_mtime
         if stale or not _loads(run, index):
-            from webapp.bootstrap import build_index_for_run
+            from pipeline.steps import build_index
 
             train.main(["--data", str(data), "--epochs", "3", "--no-maps", "--bootstrap", "0", "--quiet",
                         "--out", str(run)])
-            build_index_for_run(run, index, studies=load_dataset(data), progress=False)
+            build_index(run, index, load_dataset(data), progress=False)
     return data, run, index
 
 
@@ -128,10 +128,6 @@ def _jpeg(img: Image.Image) -> bytes:
     buffer = io.BytesIO()
     img.save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
-
-
-def _noise(size=(256, 256), seed=0) -> np.ndarray:
-    return np.random.default_rng(seed).random(size)
 
 
 def _chest(seed=0) -> Image.Image:

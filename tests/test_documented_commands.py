@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +86,8 @@ def test_every_documented_command_is_covered():
                     "python train.py", "python -m index build", "python -m index add", "python -m index info",
                     "python -m index.bundle pack", "python -m index.bundle verify", "python -m bench",
                     "make bench", "python -m bench.scale", "python -m bench.composed", "python -m bench.heatmap",
-                    "python -m index", "python -m bench.ablation", "python -m bench.train_cli", *BENCH_PARTS}
+                    "python -m index", "python -m bench.ablation", "python -m bench.train_cli", "python -m pipeline",
+                    *BENCH_PARTS}
     documented = documented_commands()
     assert {"python train.py", "python -m index build", "make test"} <= documented  # the parser reads the README
     missing = sorted(documented - smoke_tested - set(COVERED_ELSEWHERE))
@@ -113,8 +115,13 @@ def test_train_index_bundle_commands(tiny, tmp_path):
     features = sorted((tmp_path / "cache" / "features").iterdir())
     assert len(features) == 1
     assert report["n_test"] >= 1 and report["models"]
-    run("train.py", *common, "--loss", "clip", "--out", str(tmp_path / "run-clip"))
+    # every step in one command: the index comes from the same cached features (still one cache entry)
+    run("train.py", *common, "--loss", "clip", "--out", str(tmp_path / "run-clip"), "--index", str(tmp_path / "index-clip"),
+        env_extra=cache)
     assert json.loads((tmp_path / "run-clip" / "config.json").read_text())["loss"] == "clip"
+    assert sorted((tmp_path / "cache" / "features").iterdir()) == features
+    clip_index = json.loads(run("-m", "index", "info", "--index", str(tmp_path / "index-clip")).stdout)
+    assert clip_index["count"] == 24 and "frozen_images.npy" in clip_index["files"]
     # Weights that are not here: one clear line, exit 2, no traceback.
     bad = run("train.py", "--backbone", "biomedclip", "--backbone-path", str(tmp_path / "no-such-dir"),
               *common, "--out", str(tmp_path / "run-bmc"), expect=2)
@@ -124,12 +131,22 @@ def test_train_index_bundle_commands(tiny, tmp_path):
         env_extra=cache)
     assert sorted((tmp_path / "cache" / "features").iterdir()) == features  # one feature cache, no second embedding
     run("-m", "index", "add", "--index", str(index_dir), "--manifest", str(tiny["more"]))
-    info = run("-m", "index", "info", "--index", str(index_dir)).stdout
-    assert re.search(r"\b30\b", info), info
+    info = json.loads(run("-m", "index", "info", "--index", str(index_dir)).stdout)
+    assert info["count"] == 30 and "frozen_images.npy" in info["files"]  # the added rows keep their frozen vectors
+    assert np.load(index_dir / "frozen_images.npy", allow_pickle=False).shape[0] == 30
 
     bundle = tmp_path / "bundle"
     run("-m", "index.bundle", "pack", "--run", str(run_dir), "--index", str(index_dir), "--out", str(bundle))
     run("-m", "index.bundle", "verify", str(bundle))
+
+
+def test_pipeline_command_is_a_no_op_once_built(demo_built):
+    """`python -m pipeline` (what `make test` runs first) finds the built demo and leaves it as it is."""
+    run_dir, index_dir = demo_built
+    before = {p: p.stat().st_mtime_ns for p in (run_dir / "head.safetensors", index_dir / "manifest.json")}
+    out = run("-m", "pipeline").stdout
+    assert f"run {run_dir}, index {index_dir}" in out
+    assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
 def test_bench_commands_at_tiny_size(demo_built):
@@ -148,7 +165,7 @@ def test_bench_commands_at_tiny_size(demo_built):
 
 def test_training_bench_commands_at_tiny_size(demo_built, tmp_path):
     """The ablation grid and the train.py wall-time bench, one epoch each, on the cached demo features."""
-    grid = run("-m", "bench.ablation", "--seeds", "0", "--variants", "paper", "findings", "--epochs", "1",
+    run("-m", "bench.ablation", "--seeds", "0", "--variants", "paper", "findings", "--epochs", "1",
                "--workers", "1", "--out", str(tmp_path / "ablation"), timeout=1500)
     assert (tmp_path / "ablation" / "ablation.md").is_file() and "Δ" in (tmp_path / "ablation" / "ablation.md").read_text()
     assert json.loads((tmp_path / "ablation" / "ablation.json").read_text())

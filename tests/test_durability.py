@@ -7,7 +7,6 @@ SIGKILL it there, and check that the previous version still loads and answers a 
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

@@ -6,14 +6,12 @@ criteria on the full offline demo (the same code as ``python -m bench.familiarit
 """
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from webapp.presenters import OK, WARNING
 from data.probes import FINDING_PHRASES, NON_CLINICAL_PHRASES, non_radiographs

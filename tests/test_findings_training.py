@@ -78,16 +78,17 @@ def test_composite_loss_tiles_weights_and_trains_the_probe():
 
 
 def test_param_groups_skip_decay_on_biases_and_logit_scale_and_clamp():
-    import train
+    from model.training import param_groups
+    from pipeline.options import parse_training_args
 
     head = RetrievalHead(12, 10, embed_dim=8, hidden_dim=16)
-    decay, no_decay = train.param_groups([head], 0.05)
+    decay, no_decay = param_groups([head], 0.05)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     assert any(p is head.logit_scale for p in no_decay["params"])
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(head.parameters()))
     with pytest.raises(SystemExit):
-        train.parse_args(["--epochs", "0"])
+        parse_training_args(["--epochs", "0"])
     assert MAX_LOGIT_SCALE == pytest.approx(math.log(100))
 
 

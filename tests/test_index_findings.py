@@ -150,8 +150,8 @@ def test_older_store_asks_for_a_rebuild(tmp_path):
     assert schema_version(fresh) == SCHEMA_VERSION and schema_version(tmp_path / "absent.sqlite") is None
 
 
-def test_demo_bootstrap_rebuilds_a_stale_index(tmp_path, monkeypatch):
-    from webapp import bootstrap
+def test_demo_first_start_rebuilds_a_stale_index(tmp_path, monkeypatch):
+    from pipeline import demo, steps
 
     run, idx = tmp_path / "run", tmp_path / "index"
     run.mkdir()
@@ -161,10 +161,12 @@ def test_demo_bootstrap_rebuilds_a_stale_index(tmp_path, monkeypatch):
     (idx / "manifest.json").write_text('{"files": {"frozen_images.npy": "sha", "familiarity.safetensors": "sha"}}')
     _version_1_store(idx / META)
     built = []
-    monkeypatch.setattr(bootstrap, "build_index_for_run", lambda r, i: built.append((r, i)))
-    bootstrap.ensure_demo(run, idx)
-    assert built == [(run, idx)]
+    recorded = _studies(1)
+    monkeypatch.setattr(steps, "run_collection", lambda r: (recorded, tmp_path / "data"))
+    monkeypatch.setattr(steps, "build_index", lambda r, i, studies, data_root: built.append((r, i, studies)))
+    demo.ensure_demo(run, idx)
+    assert built == [(run, idx, recorded)]  # the index step of the pipeline, on the run's own studies
     (idx / META).unlink()
     write_store(idx / META, _studies(1))
-    bootstrap.ensure_demo(run, idx)
+    demo.ensure_demo(run, idx)
     assert len(built) == 1  # current schema: loaded as it is

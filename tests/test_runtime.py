@@ -15,8 +15,9 @@ from skimage import data as skdata
 
 import model.runtime as runtime_mod
 from model.factory import create_backbone
-from model.runtime import export_dir, resolve_runtime
-from model.runtime_option import add_runtime_argument, apply_runtime_argument
+import model.runtime_option as runtime_option
+from model.runtime import export_dir
+from model.runtime_option import add_runtime_argument, apply_runtime_argument, resolve_runtime
 from tests.test_backbones import _write_tiny_clip_folder, write_tiny_biomedclip_folder
 
 RUNTIMES = ["openvino", "onnxruntime"]
@@ -146,7 +147,7 @@ def test_auto_picks_the_fastest_installed_runtime(monkeypatch):
 
 
 def test_runtime_option_sets_the_process_default(monkeypatch):
-    monkeypatch.setattr(runtime_mod, "_default_runtime", "torch")
+    monkeypatch.setattr(runtime_option, "_default_runtime", "torch")
     monkeypatch.delenv("CXR_RUNTIME", raising=False)
     parser = argparse.ArgumentParser()
     add_runtime_argument(parser)
@@ -156,7 +157,7 @@ def test_runtime_option_sets_the_process_default(monkeypatch):
     add_runtime_argument(parser)
     assert parser.parse_args([]).runtime == "torch"
     assert apply_runtime_argument(parser.parse_args(["--runtime", "onnxruntime"])) == "onnxruntime"
-    assert runtime_mod.default_runtime() == "onnxruntime"
+    assert runtime_option.default_runtime() == "onnxruntime"
     with pytest.raises(SystemExit):
         parser.parse_args(["--runtime", "tensorrt"])
 

@@ -22,6 +22,7 @@ from model.threads import query_threads
 from webapp.composed import DEFAULT_WEIGHT, MAX_WEIGHT, MODES, NEUTRAL_PHRASE, compose, compose_findings
 from webapp.presenters import gallery_caption, hits_as_records
 from webapp.queries import QueryError, clean_query, parse_k
+from webapp.service import report_unexpected
 from webapp.why import consensus, from_phrase, why_html, why_rows
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class ExtrasService:
         if not upload:
             return (*empty[:3], "Drop a chest X-ray (PNG, JPEG or DICOM), then add a modifier.", *empty[4:])
         try:
-            loaded = self.service._read_upload(upload)
+            loaded = self.service.read_upload(upload)
             k, notes = parse_k(k)
             mode = mode if mode in MODES else _bad_mode(mode)
             weight = _weight(weight)
@@ -57,7 +58,7 @@ class ExtrasService:
         except (ImageLoadError, QueryError) as exc:
             return (*empty[:3], f"**Cannot search:** {exc}", *empty[4:])
         except Exception:
-            return (*empty[:3], self.service._unexpected("composed search"), *empty[4:])
+            return (*empty[:3], report_unexpected("composed search"), *empty[4:])
         hits = out["hits"]
         what = (f"image {mode} “{phrase}” (weight {weight:g})" if phrase else "the image alone")
         status = "\n".join([f"**{len(hits)} studies** for {what}.", *(f"- {n}" for n in notes + list(loaded.notes))])
@@ -98,9 +99,9 @@ class ExtrasService:
     def _frozen_side(self, frozen_query: np.ndarray, tuned_hits, k: int) -> dict[str, Any]:
         if self.frozen is None:
             return {"frozen": {"available": False, "reason": "this index was built without frozen vectors; "
-                               "rebuild it (python -m webapp.bootstrap or a fresh bundle) to compare"}}
+                               "rebuild it (python -m pipeline or a fresh bundle) to compare"}}
         rows, scores = self.frozen.search(frozen_query, k)
-        frozen_hits = self.engine._hits(rows, scores)
+        frozen_hits = self.engine.hits_at(rows, scores)
         tuned_ids = [h.study_id for h in tuned_hits]
         frozen_ids = [h.study_id for h in frozen_hits]
         shared = [s for s in tuned_ids if s in set(frozen_ids)]
@@ -119,7 +120,7 @@ class ExtrasService:
             rank = int(rank)
             if not 1 <= rank <= len(state["rows"]):
                 raise QueryError(f"Pick a result between 1 and {len(state['rows'])}.")
-            image = self.service._read_upload(state["upload"]).image
+            image = self.service.read_upload(state["upload"]).image
             started = time.perf_counter()
             maps = self._occlusion(state["upload"], image)
             target = self.engine.vectors("images")[int(state["rows"][rank - 1])]
@@ -128,7 +129,7 @@ class ExtrasService:
         except (ImageLoadError, QueryError, ValueError) as exc:
             return None, f"**Cannot draw the heat-map:** {exc}"
         except Exception:
-            return None, self.service._unexpected("heat-map")
+            return None, report_unexpected("heat-map")
         caption = (f"Hit #{rank} ({state['ids'][rank - 1]}), cosine {maps.cosine(target):.3f}. Red: regions of the "
                    f"query whose occlusion lowers the similarity most ({maps.grid}×{maps.grid} occlusion of the "
                    f"{'feature map' if maps.method == 'features' else 'image'}, "

@@ -74,14 +74,14 @@ class SearchService:
         if not upload:
             return (*empty[:4], "Drop a chest X-ray (PNG, JPEG or DICOM) to search.", *empty[5:])
         try:
-            loaded = self._read_upload(upload)
+            loaded = self.read_upload(upload)
             k, notes = parse_k(k)
             filters = self._filters(label, view, finding)
             result = self.engine.search_by_image(loaded.image, k=k, filters=filters, colour=loaded.colourfulness)
         except (ImageLoadError, QueryError) as exc:
             return (*empty[:4], f"{WARNING} {exc}", *empty[5:])
         except Exception:
-            return (*empty[:4], self._unexpected("image search"), *empty[5:])
+            return (*empty[:4], report_unexpected("image search"), *empty[5:])
         notes = list(loaded.notes) + notes
         familiarity = result.familiarity.to_dict() if result.familiarity is not None else None
         if not result.hits and familiarity and familiarity["verdict"] == "not_radiograph":
@@ -115,7 +115,7 @@ class SearchService:
         except QueryError as exc:
             return [], "", f"{WARNING} {exc}", {"hits": []}, None
         except Exception:
-            return [], "", self._unexpected("text search"), {"hits": []}, None
+            return [], "", report_unexpected("text search"), {"hits": []}, None
         terms = query_terms(query, self.vocabulary)
         gallery = [(h.image_path, gallery_caption(h)) for h in result.hits]
         reports = why_html(from_phrase(parse_phrase(query)), result.hits) + report_cards(result.hits, lambda h: terms)
@@ -133,8 +133,8 @@ class SearchService:
         method = method if method in self.maps.methods else self.maps.methods[0]
         return tuple(self.maps.figure(space, method, query_state) for space in ("frozen", "finetuned"))
 
-    # ---- helpers --------------------------------------------------------------------
-    def _read_upload(self, upload: str | os.PathLike) -> LoadedImage:
+    # ---- uploads ----------------------------------------------------------------------
+    def read_upload(self, upload: str | os.PathLike) -> LoadedImage:
         """Decode then delete the server's copy of the upload (unless keeping was asked for).
 
         The file is deleted whether or not it decodes. A path already read by an earlier
@@ -192,11 +192,13 @@ class SearchService:
         return {"label": html.escape(label), "neighbour_ids": [h.study_id for h in hits],
                 "scores": [h.score for h in hits], "familiarity": familiarity}
 
-    @staticmethod
-    def _unexpected(what: str) -> str:
-        ref = uuid.uuid4().hex[:8]
-        log.exception("unexpected error in %s (ref %s)", what, ref)
-        return f"{ERROR} Something went wrong during the {what}; it has been logged (ref {ref}). Please try again."
+
+def report_unexpected(what: str) -> str:
+    """Log the current exception with a short reference and return the one line the user sees
+    instead of a traceback (call it from an ``except`` block)."""
+    ref = uuid.uuid4().hex[:8]
+    log.exception("unexpected error in %s (ref %s)", what, ref)
+    return f"{ERROR} Something went wrong during the {what}; it has been logged (ref {ref}). Please try again."
 
 
 def _filters(label: str, view: str, finding: str) -> dict[str, str | None]:

@@ -6,11 +6,11 @@ minutes; a user who opens the page must see it working, not a refused connection
 1. ``ProgressServer.start`` launches a tiny gradio page on the app's port before torch or the
    model is imported (seconds after ``make run``). It shows the build's stage, counts and ETA,
    read from the build's own tqdm bars and log lines (no change to the build code).
-2. The build runs without the embedding maps (``train.py --no-maps``): search needs only the head
+2. The build (``pipeline.demo``) runs without the embedding maps (``train.py --no-maps``): search needs only the head
    and the index. When the app is built, the progress page says so and is closed, the full app is
    launched on the same port, and the page reloads itself into it.
 3. ``maps_later`` computes the t-SNE/UMAP maps in a background thread after the app is up, and
-   hands them to the service when done (the same work as before, moved after the search).
+   hands them to the service when done (the pipeline's maps step, ``pipeline.steps.maps_for_run``).
 """
 from __future__ import annotations
 
@@ -184,9 +184,9 @@ def first_start(args) -> bool:
     """True when ``app.py`` serves the default demo and it is not completely built yet."""
     if getattr(args, "run", None) or getattr(args, "index", None) or getattr(args, "bundle", None):
         return False
-    from webapp.bootstrap import default_index_dir, default_run_dir
+    from pipeline.demo import demo_pending
 
-    return not ((default_run_dir() / "config.json").is_file() and (default_index_dir() / "manifest.json").is_file())
+    return demo_pending()
 
 
 def maps_later(service, run_dir: Path) -> threading.Thread | None:
@@ -197,8 +197,10 @@ def maps_later(service, run_dir: Path) -> threading.Thread | None:
 
     def work() -> None:
         try:
+            from pipeline.steps import maps_for_run
+
             started = time.monotonic()
-            build_maps(run_dir)
+            maps_for_run(run_dir)
             from webapp.plots import EmbeddingMaps
 
             impressions = {m.study_id: m.impression or m.findings for m in service.engine.store.all()}
@@ -210,26 +212,3 @@ def maps_later(service, run_dir: Path) -> threading.Thread | None:
     thread = threading.Thread(target=work, name="embedding-maps", daemon=True)
     thread.start()
     return thread
-
-
-def build_maps(run_dir: Path) -> Path:
-    """What ``train.py`` does for the maps, from the run folder and the cached features."""
-    import json
-
-    from data.atomic_io import atomic_write_json
-    from data.demo import load_demo_dataset
-    from model.embedding_map import build_embedding_maps
-    from model.features import cached_frozen_features
-    from model.retrieval_model import RetrievalModel
-
-    run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
-    limit = int(config["data"][4:]) if str(config.get("data", ""))[4:].isdigit() else None
-    studies = load_demo_dataset(limit=limit)
-    model = RetrievalModel.from_run(run_dir)
-    image_feats, _ = cached_frozen_features(model.backbone, studies, progress=False)  # cached
-    spaces = {"frozen": image_feats, "finetuned": model.project_image_features(image_feats)}
-    maps = build_embedding_maps(spaces, [s.study_id for s in studies], [s.label for s in studies],
-                                seed=int(config.get("seed", 0)))
-    atomic_write_json(run_dir / "embedding_map.json", maps)
-    return run_dir / "embedding_map.json"

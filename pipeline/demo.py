@@ -1,0 +1,75 @@
+"""The offline default: the demo data -> trained head -> index, built once and reused.
+
+``python app.py`` with no options serves this, and ``python -m pipeline`` builds it ahead of
+time. Every step is cached (phantoms, frozen features, the run folder, the index), so a second
+start only loads, and a start after an interrupted build resumes where it stopped. Imports here
+stay light (no torch) so the first start can serve its progress page before the heavy ones.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from data.paths import cache_root
+
+log = logging.getLogger(__name__)
+
+
+def default_run_dir() -> Path:
+    """Where ``python train.py`` (no arguments) writes its run: the app's default model."""
+    return cache_root() / "runs" / "offline-demo"
+
+
+def default_index_dir() -> Path:
+    return cache_root() / "indexes" / "offline-demo"
+
+
+def demo_pending() -> bool:
+    """True while the default run or its index is not built yet (the app's first start)."""
+    return not ((default_run_dir() / "config.json").is_file() and (default_index_dir() / "manifest.json").is_file())
+
+
+def ensure_demo(run_dir: Path | None = None, index_dir: Path | None = None,
+                train_args: list[str] | None = None) -> tuple[Path, Path]:
+    """Build whatever of the offline demo is missing through the pipeline; returns (run_dir, index_dir).
+
+    No run yet: every step (``pipeline.steps.train_run`` with ``--index``). A run but no index, or
+    one written by older code: the index step alone, from the cached features (seconds to a minute)."""
+    run_dir = Path(run_dir or default_run_dir())
+    index_dir = Path(index_dir or default_index_dir())
+    if not (run_dir / "config.json").is_file():
+        from pipeline.options import parse_training_args
+        from pipeline.steps import train_run
+
+        log.info("[1/2] training the projector head on the offline demo (first start only) -> %s", run_dir)
+        train_run(parse_training_args(["--out", str(run_dir), "--index", str(index_dir), *(train_args or [])]))
+    elif not (index_dir / "manifest.json").is_file() or outdated_demo_index(index_dir):
+        from pipeline.steps import build_index, run_collection
+
+        log.info("[2/2] indexing the run's studies -> %s", index_dir)
+        studies, data_root = run_collection(run_dir)
+        build_index(run_dir, index_dir, studies, data_root=data_root)
+    return run_dir, index_dir
+
+
+def outdated_demo_index(index_dir: Path) -> bool:
+    """The demo index was written by older code: another metadata schema, or no frozen vectors
+    (``index.frozen``) or familiarity model (``index.familiarity``). It is rebuilt from the cached
+    features instead of failing; an index the user built is never rebuilt behind their back. A
+    damaged index is left for the loader to report."""
+    from index.frozen import FROZEN_IMAGES
+    from index.manifest import FAMILIARITY, MANIFEST, META
+    from index.store import SCHEMA_VERSION, schema_version
+
+    try:  # only the list of files: verifying them is the loader's job
+        files = json.loads((index_dir / MANIFEST).read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    found = schema_version(index_dir / META)
+    missing = [name for name in (FROZEN_IMAGES, FAMILIARITY) if name not in files]
+    if found != SCHEMA_VERSION or missing:
+        log.info("the demo index is outdated (schema %s, this code writes %s; missing %s): rebuilding it",
+                 found, SCHEMA_VERSION, ", ".join(missing) or "nothing")
+        return True
+    return False

@@ -1,0 +1,164 @@
+"""The codebase stays easy to carry on: imports run one way, no cycles, small modules, no
+repeated blocks. Read from the source files (ast) and pylint's duplicate-code checker, so a
+change that breaks a rule fails here with the offending module named.
+
+Layers, lowest first: data -> model -> index -> pipeline -> webapp. A module may import its own
+layer and those below. Entry points (app.py, train.py, bench/, every ``__main__.py``) sit on top:
+they may import any layer, and nothing imports them.
+"""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS = {"data": 0, "model": 1, "index": 2, "pipeline": 3, "webapp": 4}
+ENTRY_SCRIPTS = {"app", "train"}
+MAX_LINES = 600
+
+
+def source_files() -> list[Path]:
+    """Every non-test Python file of the project."""
+    files = [ROOT / "app.py", ROOT / "train.py"]
+    for package in (*LAYERS, "bench"):
+        files += sorted((ROOT / package).rglob("*.py"))
+    return files
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def is_entry_point(module: str) -> bool:
+    return module in ENTRY_SCRIPTS or module.split(".")[0] == "bench" or module.endswith("__main__")
+
+
+def project_imports(path: Path, known: set[str]) -> set[str]:
+    """Project modules ``path`` imports, at module level or inside functions (lazy imports count:
+    they are dependencies all the same)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            while name and name not in known:  # `from index.build import x` -> index.build
+                name = name.rpartition(".")[0]
+            if name:
+                found.add(name)
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in source_files()}
+    known = set(modules)
+    return {m: project_imports(p, known) - {m} for m, p in modules.items()}
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for module, targets in graph.items():
+        for target in targets:
+            if is_entry_point(target) and not (module.startswith("bench.") and target.startswith("bench.")):
+                bad.append(f"{module} imports the entry point {target}")
+            elif not is_entry_point(module) and LAYERS[target.split(".")[0]] > LAYERS[module.split(".")[0]]:
+                bad.append(f"{module} ({module.split('.')[0]}) imports {target}, a layer above it")
+    return sorted(bad)
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_imports_run_one_way(graph):
+    assert graph["app"] >= {"pipeline.demo"} and "pipeline.steps" in graph["train"]  # the parser sees imports
+    assert layer_violations(graph) == []
+
+
+def test_the_checks_catch_a_reverse_import_and_a_cycle():
+    bad = {"data.records": {"model.head"}, "model.head": {"data.records"}, "index.build": {"train"}}
+    assert layer_violations(bad) == ["data.records (data) imports model.head, a layer above it",
+                                     "index.build imports the entry point train"]
+    assert cycles(bad) == [["data.records", "model.head"]]
+
+
+def test_no_import_cycles(graph):
+    assert cycles(graph) == []
+
+
+def test_train_py_the_index_cli_and_the_first_start_share_one_pipeline(graph):
+    """The three ways to build go through ``pipeline.steps``; webapp keeps no build job of its own."""
+    assert "pipeline.steps" in graph["train"] and "pipeline.steps" in graph["index.__main__"]
+    assert "pipeline.steps" in graph["pipeline.demo"] and "pipeline.demo" in graph["app"]
+    for module, targets in graph.items():
+        if module.startswith("webapp."):
+            assert not targets & {"model.training", "index.build", "model.features"}, module
+
+
+def test_no_module_over_600_lines():
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in source_files()}
+    assert {p: n for p, n in sizes.items() if n > MAX_LINES} == {}
+    assert sizes["train.py"] > 0
+
+
+def repeated_blocks(paths: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """pylint's similarity checker: blocks of 10+ lines found twice (imports, docstrings and comments aside)."""
+    return subprocess.run([sys.executable, "-m", "pylint", "--disable=all", "--enable=duplicate-code",
+                           "--min-similarity-lines=10", "--ignore-imports=yes", "--ignore-comments=yes",
+                           "--ignore-docstrings=yes", "--score=no", *paths],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_no_block_of_ten_lines_repeated():
+    proc = repeated_blocks(["app.py", "train.py", *LAYERS, "bench"], ROOT)
+    assert "R0801" not in proc.stdout, proc.stdout[-4000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_the_duplicate_checker_finds_a_copied_block(tmp_path):
+    body = "\n".join(f"    x{i} = a * {i} + b\n    total += x{i}" for i in range(6))
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    for name in ("one", "two"):
+        (tmp_path / "pkg" / f"{name}.py").write_text(f"def {name}(a, b):\n    total = 0\n{body}\n    return total\n")
+    assert "R0801" in repeated_blocks(["pkg"], tmp_path).stdout
