@@ -1,7 +1,8 @@
-"""The ablation grid on cached frozen features: loss presets x SupCon labels (x finding probe) x 3 seeds.
+"""The ablation grid on cached frozen features: loss presets x SupCon labels (x finding probe, x side-swap term) x 3 seeds.
 
     python -m bench.ablation                    # full grid, 2 worker processes -> bench/results/ablation.{json,md}
     python -m bench.ablation --seeds 0 --variants paper findings   # a quick subset
+    python -m bench.ablation --variants findings side side5 --out bench/results/side_swap   # the side-swap term
 
 Every run is ``model.training.train_head`` exactly as ``python train.py`` runs it, on the offline backbone's
 cached features of the full demo and the default (seed-0) patient split, so all runs share the
@@ -27,17 +28,20 @@ import numpy as np
 
 from bench.common import log, machine, setup_environment
 
-# name -> (loss preset, supcon labels, finding-probe weight)
-VARIANTS: dict[str, tuple[str, str, float]] = {
-    "clip": ("clip", "binary", 0.0),
-    "clip+supcon": ("clip+supcon", "binary", 0.0),
-    "clip+supcon[findings]": ("clip+supcon", "findings", 0.0),
-    "paper: clip+supcon+bce": ("clip+supcon+bce", "binary", 0.0),
-    "clip+supcon[findings]+bce": ("clip+supcon+bce", "findings", 0.0),
-    "clip+supcon[findings]+bce+probe": ("clip+supcon+bce", "findings", 1.0),
+# name -> (loss preset, supcon labels, finding-probe weight, side-swap weight)
+VARIANTS: dict[str, tuple[str, str, float, float]] = {
+    "clip": ("clip", "binary", 0.0, 0.0),
+    "clip+supcon": ("clip+supcon", "binary", 0.0, 0.0),
+    "clip+supcon[findings]": ("clip+supcon", "findings", 0.0, 0.0),
+    "paper: clip+supcon+bce": ("clip+supcon+bce", "binary", 0.0, 0.0),
+    "clip+supcon[findings]+bce": ("clip+supcon+bce", "findings", 0.0, 0.0),
+    "clip+supcon[findings]+bce+probe": ("clip+supcon+bce", "findings", 1.0, 0.0),
+    "clip+supcon[findings]+bce+side": ("clip+supcon+bce", "findings", 0.0, 1.0),
+    "clip+supcon[findings]+bce+side x5": ("clip+supcon+bce", "findings", 0.0, 5.0),
 }
 PAPER = "paper: clip+supcon+bce"
-SHORT = {"paper": PAPER, "findings": "clip+supcon[findings]+bce", "probe": "clip+supcon[findings]+bce+probe"}
+SHORT = {"paper": PAPER, "findings": "clip+supcon[findings]+bce", "probe": "clip+supcon[findings]+bce+probe",
+         "side": "clip+supcon[findings]+bce+side", "side5": "clip+supcon[findings]+bce+side x5"}
 METRICS = ("nDCG@10", "finding_P@10", "R@10", "P@10", "mAP")
 PHRASE_METRICS = ("nDCG@10", "finding_P@10", "side_swap_rate")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,6 +56,7 @@ def load_data() -> dict[str, Any]:
     from model.factory import create_backbone
     from model.findings_training import study_codes
     from model.phrase_benchmark import phrase_texts
+    from model.side_swap import swapped_text_features
 
     found = cached_demo_features(offline_backbone_identity())
     if found is None:
@@ -60,8 +65,10 @@ def load_data() -> dict[str, Any]:
     split = patient_split(studies, seed=0)  # train.py's default split
     index_of = {s.study_id: i for i, s in enumerate(studies)}
     rows = {k: np.array([index_of[i] for i in split[k]], dtype=np.int64) for k in split}
-    phrase = create_backbone("offline").encode_texts(phrase_texts()).numpy().astype(np.float32)
-    return {"studies": studies, "image": image, "text": text, "rows": rows, "codes": study_codes(studies)[0],
+    backbone = create_backbone("offline")
+    phrase = backbone.encode_texts(phrase_texts()).numpy().astype(np.float32)
+    swapped, swap_mask = swapped_text_features(backbone, studies)  # cached beside the features
+    return {"swapped": swapped, "swap_mask": swap_mask,"studies": studies, "image": image, "text": text, "rows": rows, "codes": study_codes(studies)[0],
             "labels": np.array([s.label for s in studies], dtype=np.int64), "phrase": phrase,
             "findings": [s.structured_findings for s in studies]}
 
@@ -76,16 +83,17 @@ def run_one(variant: str, seed: int, epochs: int | None = None) -> dict[str, Any
     from pipeline.options import parse_training_args
 
     d = _DATA
-    loss, supcon_labels, w_findings = VARIANTS[variant]
+    loss, supcon_labels, w_findings, w_side = VARIANTS[variant]
     argv = ["--quiet", "--loss", loss, "--supcon-labels", supcon_labels, "--w-findings", str(w_findings),
-            "--seed", str(seed)] + (["--epochs", str(epochs)] if epochs else [])
+            "--w-side", str(w_side), "--seed", str(seed)] + (["--epochs", str(epochs)] if epochs else [])
     args = parse_training_args(argv)
     torch.manual_seed(seed)
     np.random.seed(seed)
     Xi, Xt = torch.from_numpy(d["image"]), torch.from_numpy(d["text"])
     y = torch.from_numpy(d["labels"]).float()
     t0 = time.time()
-    trained = train_head(args, d["image"].shape[1], d["text"].shape[1], Xi, Xt, y, d["rows"], d["labels"], d["codes"])
+    trained = train_head(args, d["image"].shape[1], d["text"].shape[1], Xi, Xt, y, d["rows"], d["labels"], d["codes"],
+                         swapped=(torch.from_numpy(d["swapped"]), d["swap_mask"]) if w_side else None)
     seconds = time.time() - t0
     backbone = type("B", (), {"name": "offline", "shared_space": False})()
     report = evaluate_models(backbone, trained.head, Xi, Xt, d["labels"], d["rows"], d["codes"], d["findings"], 0,

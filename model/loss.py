@@ -10,6 +10,9 @@
   toward left effusions, less toward right ones, and not toward cardiomegaly.
 * Optional finding x side BCE (``w_findings``): an auxiliary multi-label linear probe on the
   shared space predicts which findings a study has and on which side (trained, never saved).
+* Optional side-swap term (``w_side``, :func:`side_swap_loss`): each image with a one-sided
+  finding must be closer to its report than to the same report with left and right swapped
+  (``model.side_swap``).
 
 ``LOSS_PRESETS`` name the ablations of the ``--loss`` switch (the paper's three).
 """
@@ -88,6 +91,20 @@ def supcon_loss(features: Tensor, labels: Tensor, temperature: float = 0.1, pos_
     return -mean_log_prob_pos.mean()
 
 
+def side_swap_loss(image_emb: Tensor, text_emb: Tensor, swapped_emb: Tensor, logit_scale: Tensor | float) -> Tensor:
+    """Two-way cross-entropy per study: its image against its own report (the answer) and the
+    same report with the sides swapped. Rows are studies with a one-sided finding; embeddings
+    L2-normalised; ``logit_scale`` in log space as in :func:`clip_loss`."""
+    if not (image_emb.shape == text_emb.shape == swapped_emb.shape):
+        raise ValueError(f"image, text and swapped embeddings must share a shape, got {tuple(image_emb.shape)}, "
+                         f"{tuple(text_emb.shape)}, {tuple(swapped_emb.shape)}")
+    if len(image_emb) == 0:
+        return image_emb.sum() * 0.0
+    scale = torch.as_tensor(logit_scale, dtype=image_emb.dtype, device=image_emb.device).clamp(max=MAX_LOGIT_SCALE).exp()
+    logits = scale * torch.stack([(image_emb * text_emb).sum(-1), (image_emb * swapped_emb).sum(-1)], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+
+
 class CompositeLoss(nn.Module):
     """w_clip * InfoNCE + w_supcon * SupCon(images ++ texts) + w_bce * BCE(image & text logits).
 
@@ -95,14 +112,14 @@ class CompositeLoss(nn.Module):
     """
 
     def __init__(self, w_clip: float = 1.0, w_supcon: float = 1.0, w_bce: float = 1.0, supcon_temperature: float = 0.1,
-                 w_findings: float = 0.0, n_findings: int = 0, embed_dim: int = 0) -> None:
+                 w_findings: float = 0.0, n_findings: int = 0, embed_dim: int = 0, w_side: float = 0.0) -> None:
         super().__init__()
-        weights = (float(w_clip), float(w_supcon), float(w_bce), float(w_findings))
+        weights = (float(w_clip), float(w_supcon), float(w_bce), float(w_findings), float(w_side))
         if any(w < 0 or not math.isfinite(w) for w in weights):
             raise ValueError(f"loss weights must be finite and >= 0, got {weights}")
         if not any(weights):
             raise ValueError("all loss weights are 0: nothing to train")
-        self.w_clip, self.w_supcon, self.w_bce, self.w_findings = weights
+        self.w_clip, self.w_supcon, self.w_bce, self.w_findings, self.w_side = weights
         self.supcon_temperature = float(supcon_temperature)
         # the auxiliary finding x side probe (its own parameters: the optimiser must see them)
         self.finding_head = nn.Linear(embed_dim, n_findings) if self.w_findings and n_findings and embed_dim else None
@@ -122,12 +139,14 @@ class CompositeLoss(nn.Module):
         supcon_labels: Tensor | None = None,
         pos_weights: Tensor | None = None,
         finding_targets: Tensor | None = None,
+        side_swap: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """``outputs`` is ``RetrievalHead.forward(image_feats, text_feats)``: image_emb, text_emb,
         logit_scale, image_logit and (optionally) text_logit. ``labels`` are 0/1 (normal/abnormal)
         per study; ``supcon_labels`` optionally gives finer class ids for SupCon (default: labels);
         ``pos_weights`` (B, B) graded study-to-study positives for SupCon (finding-aware SupCon;
-        tiled over images ++ texts); ``finding_targets`` (B, n_findings) 0/1 for the finding probe.
+        tiled over images ++ texts); ``finding_targets`` (B, n_findings) 0/1 for the finding probe;
+        ``side_swap`` = (batch positions of studies with a one-sided finding, their swapped reports' embeddings).
 
         Returns the differentiable total and a dict of the computed terms (unweighted) and total.
         """
@@ -161,5 +180,10 @@ class CompositeLoss(nn.Module):
                           + F.binary_cross_entropy_with_logits(self.finding_head(text_emb), target))
             parts["findings"] = float(term.detach())
             total = total + self.w_findings * term
+        if self.w_side and side_swap is not None:
+            rows, swapped_emb = side_swap
+            term = side_swap_loss(image_emb[rows], text_emb[rows], swapped_emb, outputs["logit_scale"])
+            parts["side"] = float(term.detach())
+            total = total + self.w_side * term
         parts["total"] = float(total.detach())
         return total, parts

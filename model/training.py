@@ -34,6 +34,7 @@ def loss_weights(args: argparse.Namespace) -> dict[str, float]:
         "w_supcon": w_supcon if args.w_supcon is None else args.w_supcon,
         "w_bce": w_bce if args.w_bce is None else args.w_bce,
         "w_findings": float(args.w_findings),
+        "w_side": float(getattr(args, "w_side", 0.0)),
     }
 
 
@@ -59,6 +60,7 @@ def train_head(
     rows: dict[str, np.ndarray],
     labels: np.ndarray,
     codes: np.ndarray | None = None,
+    swapped: tuple[torch.Tensor, np.ndarray] | None = None,
 ) -> TrainedHead:
     """Step 2: the projector head on cached frozen features (row-aligned ``Xi``, ``Xt``, float
     labels ``y``), AdamW with warm-up + cosine schedule, early stopping on the validation split.
@@ -66,12 +68,17 @@ def train_head(
     ``args`` carries the head/loss/optimisation options of ``pipeline.options`` (``bench.train_head``
     times this same function). The head is initialised from torch's global RNG here, as before.
     ``codes`` (study profile codes, :func:`model.findings_training.study_codes`) are needed by
-    finding-aware SupCon, the finding probe and the nDCG early-stopping score.
+    finding-aware SupCon, the finding probe and the nDCG early-stopping score. ``swapped`` = (frozen
+    features of every study's side-swapped report, mask of studies that have one), row-aligned
+    (:func:`model.side_swap.swapped_text_features`): needed by the side-swap term (``--w-side``).
     """
     weights = loss_weights(args)
     needs_codes = args.supcon_labels == "findings" or weights["w_findings"] > 0 or args.val_metric == "ndcg"
     if needs_codes and codes is None:
         raise ValueError("finding-aware training/validation needs the studies' finding codes")
+    if weights["w_side"] > 0 and swapped is None:
+        raise ValueError("the side-swap term (w_side > 0) needs the side-swapped reports' features")
+    Xs, swap_mask = (swapped[0], torch.from_numpy(np.asarray(swapped[1], bool))) if weights["w_side"] > 0 else (None, None)
     head = RetrievalHead(image_dim, text_dim, embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
                          dropout=args.dropout, residual=not args.no_residual)
     untrained = {k: v.clone() for k, v in head.state_dict().items()}
@@ -107,6 +114,9 @@ def train_head(
                     extra["pos_weights"] = batch_pos_weights(codes, batch)
                 if targets is not None:
                     extra["finding_targets"] = targets[batch]
+                if Xs is not None:  # positions in the batch of studies with a one-sided finding
+                    at = torch.nonzero(swap_mask[batch]).squeeze(1)
+                    extra["side_swap"] = (at, head.encode_text(Xs[batch[at]]))
                 loss, parts = criterion(head(Xi[batch], Xt[batch]), y[batch], **extra)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

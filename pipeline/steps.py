@@ -227,9 +227,15 @@ def train_run(args: argparse.Namespace) -> Path:
     t_embed = time.time() - t0
     log.info("features: image %s, text %s (%.1fs)", image_feats.shape, text_feats.shape, t_embed)
     Xi, Xt = torch.from_numpy(image_feats), torch.from_numpy(text_feats)
+    swapped = None
+    if args.w_side > 0:  # the side-swapped reports' features, cached beside the studies'
+        from model.side_swap import swapped_text_features
+
+        feats, mask = swapped_text_features(backbone, data.studies)
+        swapped = (torch.from_numpy(feats), mask)
 
     trained = train_head(args, backbone.image_dim, backbone.text_dim, Xi, Xt, torch.from_numpy(data.labels).float(),
-                         data.rows, data.labels, data.codes)
+                         data.rows, data.labels, data.codes, swapped=swapped)
 
     report, calibration = evaluate(backbone, trained, Xi, Xt, data, args.bootstrap)
     report["timings_s"] = {"embed": round(t_embed, 1), "train_head": round(trained.seconds, 1)}

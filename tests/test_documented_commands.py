@@ -115,11 +115,14 @@ def test_train_index_bundle_commands(tiny, tmp_path):
     features = sorted((tmp_path / "cache" / "features").iterdir())
     assert len(features) == 1
     assert report["n_test"] >= 1 and report["models"]
-    # every step in one command: the index comes from the same cached features (still one cache entry)
-    run("train.py", *common, "--loss", "clip", "--out", str(tmp_path / "run-clip"), "--index", str(tmp_path / "index-clip"),
-        env_extra=cache)
-    assert json.loads((tmp_path / "run-clip" / "config.json").read_text())["loss"] == "clip"
+    # every step in one command: the index comes from the same cached features (still one cache entry),
+    # and the side-swapped reports' features are cached beside them
+    run("train.py", *common, "--loss", "clip", "--w-side", "1", "--out", str(tmp_path / "run-clip"),
+        "--index", str(tmp_path / "index-clip"), env_extra=cache)
+    config = json.loads((tmp_path / "run-clip" / "config.json").read_text())
+    assert config["loss"] == "clip" and config["loss_weights"]["w_side"] == 1.0
     assert sorted((tmp_path / "cache" / "features").iterdir()) == features
+    assert (features[0] / "side_swapped_text.npz").is_file()
     clip_index = json.loads(run("-m", "index", "info", "--index", str(tmp_path / "index-clip")).stdout)
     assert clip_index["count"] == 24 and "frozen_images.npy" in clip_index["files"]
     # Weights that are not here: one clear line, exit 2, no traceback.
@@ -165,7 +168,7 @@ def test_bench_commands_at_tiny_size(demo_built):
 
 def test_training_bench_commands_at_tiny_size(demo_built, tmp_path):
     """The ablation grid and the train.py wall-time bench, one epoch each, on the cached demo features."""
-    run("-m", "bench.ablation", "--seeds", "0", "--variants", "paper", "findings", "--epochs", "1",
+    run("-m", "bench.ablation", "--seeds", "0", "--variants", "paper", "findings", "side", "--epochs", "1",
                "--workers", "1", "--out", str(tmp_path / "ablation"), timeout=1500)
     assert (tmp_path / "ablation" / "ablation.md").is_file() and "Δ" in (tmp_path / "ablation" / "ablation.md").read_text()
     assert json.loads((tmp_path / "ablation" / "ablation.json").read_text())
