@@ -1,0 +1,60 @@
+"""The build pipeline's own contracts (pipeline.steps, pipeline.demo): a demo run names its studies
+by its recorded options, the maps step redraws a run's maps from the shared feature cache, and the
+first start trains and indexes through one call."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import train
+from pipeline.steps import maps_for_run, run_collection
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, demo_built):
+    """A 40-study demo run trained without maps (what the app's first start does), on the cached full demo."""
+    run = tmp_path_factory.mktemp("pipeline") / "run"
+    train.main(["--demo-limit", "40", "--epochs", "2", "--bootstrap", "0", "--no-maps", "--quiet", "--out", str(run)])
+    return run
+
+
+def test_a_demo_run_names_its_studies_by_its_recorded_options(demo_run):
+    config = json.loads((demo_run / "config.json").read_text())
+    assert config["data"] == "demo40" and config["args"]["demo_limit"] == 40 and config["args"]["demo_seed"] == 0
+    studies, root = run_collection(demo_run)
+    assert len(studies) == 40 and all(s.image_path.startswith(str(root)) for s in studies)
+    split = json.loads((demo_run / "split.json").read_text())
+    assert {s.study_id for s in studies} == {i for part in split.values() for i in part}  # the studies it trained on
+    assert [s.study_id for s in run_collection(demo_run)[0]] == [s.study_id for s in studies]  # in the same order
+
+
+def test_the_maps_step_redraws_a_run_without_maps_from_the_feature_cache(demo_run):
+    assert not (demo_run / "embedding_map.json").exists()
+    path = maps_for_run(demo_run)
+    maps = json.loads(path.read_text())
+    studies, _ = run_collection(demo_run)
+    assert maps["ids"] == [s.study_id for s in studies] and maps["labels"] == [s.label for s in studies]
+    assert set(maps["maps"]) == {"frozen", "finetuned"}
+
+
+def test_a_run_on_other_data_must_be_given_its_data(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"data": "manifest", "args": {}}))
+    with pytest.raises(ValueError, match="python -m index build"):
+        run_collection(tmp_path)
+
+
+def test_the_first_start_trains_and_indexes_in_one_pass(tmp_path, demo_built):
+    from index.manifest import FAMILIARITY, read_manifest
+    from pipeline.demo import ensure_demo
+
+    run, index = tmp_path / "run", tmp_path / "index"
+    got = ensure_demo(run, index, train_args=["--demo-limit", "40", "--epochs", "2", "--bootstrap", "0", "--no-maps",
+                                              "--quiet"])
+    assert got == (run, index)
+    manifest = read_manifest(index)
+    assert manifest.count == 40 and manifest.run_dir == str(run.absolute())
+    assert {FAMILIARITY, "frozen_images.npy"} <= set(manifest.files)
+    before = (index / "manifest.json").stat().st_mtime_ns
+    ensure_demo(run, index)  # built: nothing to do
+    assert (index / "manifest.json").stat().st_mtime_ns == before
