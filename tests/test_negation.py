@@ -53,6 +53,16 @@ def test_affirmed_findings_stay_hits(reports):
     assert marks(highlight(text, TERMS)) == [("Heart", False)]  # "normal" is not a negation cue
 
 
+def test_plurals_are_marked_like_their_finding(reports):
+    # CXR25 impression: "bilateral pleural effusions"; CXR4: "alveolar opacities" (vocabulary: opacity)
+    text = sentence(reports, "CXR25", "Left lower lobe airspace disease and bilateral pleural effusions, left greater than right.")
+    assert marks(highlight(text, TERMS)) == [("Left", False), ("airspace disease", False), ("pleural effusions", False),
+                                             ("left", False), ("right", False)]
+    text = sentence(reports, "CXR4", "There are diffuse bilateral interstitial and alveolar opacities")
+    assert marks(highlight(text, ["opacity"])) == [("opacities", False)]
+    assert marks(highlight("No focal opacity.", ["opacity"])) == [("opacity", True)]
+
+
 def test_negation_stops_at_the_sentence_end(reports):
     # CXR10: a negated list, then an affirmed granuloma in the next sentence.
     findings = reports["CXR10"].findings

@@ -59,6 +59,13 @@ def hit_terms(finding_names: Sequence[str], tags: Sequence[str]) -> list[str]:
 NEGATED_MARK = '<mark class="neg" title="negated in the report">'
 
 
+def _with_plural(term: str) -> str:
+    """Regex for ``term`` and its English plural (effusion(s), opacity/opacities), as reports write both."""
+    if term.endswith("y") and len(term) > 3 and term[-2] not in "aeiou":
+        return re.escape(term[:-1]) + "(?:y|ies)"
+    return re.escape(term) + "(?:e?s)?"
+
+
 def highlight(text: str, terms: Sequence[str]) -> str:
     """Escape ``text`` and wrap each occurrence of any term in <mark> (longest terms first);
     occurrences the report negates ("No pleural effusion") get ``<mark class="neg">`` instead."""
@@ -68,7 +75,7 @@ def highlight(text: str, terms: Sequence[str]) -> str:
         return html.escape(text)
     # Match on the raw text and escape each piece: matching escaped text could split an
     # entity ("&quot;" contains the word "quot") and never sees the characters the user sees.
-    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+    pattern = re.compile(r"\b(" + "|".join(_with_plural(w) for w in words) + r")\b", re.IGNORECASE)
     matches = list(pattern.finditer(text))
     flags = negated(text, [m.span() for m in matches])
     out, last = [], 0
