@@ -25,10 +25,10 @@ from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 from model.runtime_option import add_runtime_argument, apply_runtime_argument
 
 
-def _load_encoder(run_dir: str):
+def _load_encoder(run_dir: str, backbone_path: str | None = None):
     from model.retrieval_model import RetrievalModel
 
-    return RetrievalModel.from_run(run_dir)
+    return RetrievalModel.from_run(run_dir, backbone_path=backbone_path)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--run", required=True, help="trained run folder (model.retrieval_model)")
     build.add_argument("--out", required=True, help="index folder to (re)write atomically")
     build.add_argument("--batch-size", type=int, default=64)
+    build.add_argument("--backbone-path", metavar="DIR", help="local copy of the run's backbone weights (no hub)")
     add_runtime_argument(build)
     build.add_argument("--M", type=int, default=DEFAULT_M, help="hnsw graph degree")
     build.add_argument("--ef-construction", type=int, default=DEFAULT_EF_CONSTRUCTION)
@@ -53,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--index", required=True, help="existing index folder")
     add.add_argument("--run", help="trained run folder (default: the one the index was built from)")
     add.add_argument("--batch-size", type=int, default=64)
+    add.add_argument("--backbone-path", metavar="DIR", help="local copy of the run's backbone weights (no hub)")
     add_runtime_argument(add)
     add_data_arguments(add)
 
@@ -96,10 +98,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "embed":
         return scale_cli.run_embed(args, source)
     if scale_cli.wants_scaled_build(args):
-        return scale_cli.run_build(args, source, data_root_for(args, source.studies), _load_encoder)
+        return scale_cli.run_build(args, source, data_root_for(args, source.studies),
+                                   lambda run: _load_encoder(run, args.backbone_path))
     if args.command == "build":
         manifest = build_index(args.run, args.out, source.studies, data_root=data_root_for(args, source.studies),
-                               batch_size=args.batch_size, encoder=_load_encoder(args.run),
+                               batch_size=args.batch_size, encoder=_load_encoder(args.run, args.backbone_path),
                                M=args.M, ef_construction=args.ef_construction, ef=args.ef)
         skipped = f" ({len(source.skipped)} rows skipped, listed above)" if source.skipped else ""
         print(f"built {args.out}: {manifest.count} studies{skipped}, backbone {manifest.backbone_id}")
@@ -107,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
         run_dir = args.run or read_manifest(Path(args.index)).run_dir
         if not run_dir:
             raise SystemExit("the index does not record its run folder; pass --run RUN_DIR")
-        encoder = _load_encoder(run_dir)
+        encoder = _load_encoder(run_dir, args.backbone_path)
         manifest, added = add_from_encoder(
             args.index, encoder, source.studies, batch_size=args.batch_size
         )

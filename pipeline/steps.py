@@ -241,9 +241,11 @@ def train_run(args: argparse.Namespace) -> Path:
     report["timings_s"] = {"embed": round(t_embed, 1), "train_head": round(trained.seconds, 1)}
     write_run(out, trained, run_config(args, backbone, trained, data, calibration), report, data.split)
 
-    if args.index:
-        build_index(out, args.index, data.studies, data_root=data_root_for(args, data.studies),
-                    progress=not args.quiet)
+    if args.index:  # the saved run, verified by its checksum, on the backbone already loaded (and its --backbone-path)
+        from model.retrieval_model import RetrievalModel
+
+        build_index(out, args.index, data.studies, data_root=data_root_for(args, data.studies), progress=not args.quiet,
+                    encoder=RetrievalModel.from_run(out, backbone=backbone))
     if not args.no_maps:
         write_maps(out, image_feats, project(trained.head, Xi, "image"), data.studies, args.seed)
     log.info("\n%s\n\nrun folder: %s  (%.0fs in all)", format_table(report), out, time.time() - t_start)

@@ -293,7 +293,8 @@ def test_search_by_image_and_text_with_encoder(tmp_path, encoder):
 def test_cli_build_and_add(tmp_path, encoder, monkeypatch):
     from index import __main__ as cli
 
-    monkeypatch.setattr(cli, "_load_encoder", lambda run_dir: encoder)
+    loaded = []
+    monkeypatch.setattr(cli, "_load_encoder", lambda run_dir, backbone_path=None: loaded.append(backbone_path) or encoder)
     data = tmp_path / "ds"
     (data / "images").mkdir(parents=True)
     studies = make_studies(30, image_dir=data / "images")
@@ -303,8 +304,10 @@ def test_cli_build_and_add(tmp_path, encoder, monkeypatch):
     rel = [Study.from_dict({**s.to_dict(), "image_paths": [os.path.relpath(s.image_path, data)]}) for s in studies]
     save_dataset(data, rel[:20])
     out = tmp_path / "idx"
-    assert cli.main(["build", "--run", str(tmp_path / "run"), "--out", str(out), "--data", str(data), "--batch-size", "8"]) == 0
+    assert cli.main(["build", "--run", str(tmp_path / "run"), "--out", str(out), "--data", str(data), "--batch-size", "8",
+                     "--backbone-path", str(tmp_path / "weights")]) == 0
     assert read_manifest(out).count == 20
+    assert loaded == [str(tmp_path / "weights")]  # a run on local weights is indexed with them (no hub)
     save_dataset(data, rel)  # 10 new studies appear
     assert cli.main(["add", "--index", str(out), "--data", str(data)]) == 0
     assert read_manifest(out).count == 30

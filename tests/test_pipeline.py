@@ -58,3 +58,24 @@ def test_the_first_start_trains_and_indexes_in_one_pass(tmp_path, demo_built):
     before = (index / "manifest.json").stat().st_mtime_ns
     ensure_demo(run, index)  # built: nothing to do
     assert (index / "manifest.json").stat().st_mtime_ns == before
+
+
+def test_train_with_index_reuses_the_loaded_backbone(tmp_path, monkeypatch, demo_built):
+    """`train.py --index` indexes with the backbone it trained on (so `--backbone-path` weights are used
+    again, not looked up on the hub): one backbone is created for the whole run."""
+    import model.factory
+    import pipeline.steps
+    from index.manifest import read_manifest
+
+    real, created = model.factory.create_backbone, []
+
+    def counting(*args, **kwargs):
+        created.append(args[0] if args else kwargs.get("name"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model.factory, "create_backbone", counting)
+    monkeypatch.setattr(pipeline.steps, "create_backbone", counting)
+    index = tmp_path / "index"
+    train.main(["--demo-limit", "40", "--epochs", "1", "--bootstrap", "0", "--no-maps", "--quiet",
+                "--out", str(tmp_path / "run"), "--index", str(index)])
+    assert created == ["offline"] and read_manifest(index).count == 40
