@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from model.evaluate_run import project
-from model.findings_training import batch_pos_weights, probe_targets
+from model.findings_training import PairRelevance, probe_targets
 from model.head import MAX_LOGIT_SCALE, RetrievalHead
 from model.loss import LOSS_PRESETS, CompositeLoss
 from model.relevance_metrics import ndcg_at_k, relevance_matrix
@@ -82,6 +82,7 @@ def train_head(
     head = RetrievalHead(image_dim, text_dim, embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
                          dropout=args.dropout, residual=not args.no_residual)
     untrained = {k: v.clone() for k, v in head.state_dict().items()}
+    pair_relevance = PairRelevance(codes) if args.supcon_labels == "findings" else None  # computed once, read per batch
     targets = probe_targets(codes, rows["train"]) if weights["w_findings"] > 0 else None
     if targets is not None and targets.shape[1] == 0:
         log.info("finding probe off: no finding is frequent enough in this training split")
@@ -110,8 +111,8 @@ def train_head(
                 if len(batch) < 2:
                     continue
                 extra = {}
-                if args.supcon_labels == "findings":
-                    extra["pos_weights"] = batch_pos_weights(codes, batch)
+                if pair_relevance is not None:
+                    extra["pos_weights"] = pair_relevance.batch(batch)
                 if targets is not None:
                     extra["finding_targets"] = targets[batch]
                 if Xs is not None:  # positions in the batch of studies with a one-sided finding

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from data.findings import Finding, relevance
-from model.findings_training import batch_pos_weights, probe_targets
+from model.findings_training import PairRelevance, probe_targets
 from model.head import MAX_LOGIT_SCALE, RetrievalHead
 from model.loss import CompositeLoss, supcon_loss
 from model.phrase_benchmark import PHRASES, Phrase, benchmark
@@ -34,7 +34,7 @@ def _weighted_reference(z: torch.Tensor, w: np.ndarray, t: float) -> float:
 
 def test_finding_supcon_weights_positives_by_graded_relevance():
     codes, _ = encode_profiles(PROFILES)
-    w = batch_pos_weights(codes, torch.arange(6))
+    w = PairRelevance(codes).batch(torch.arange(6))
     for i in range(6):
         for j in range(6):
             assert float(w[i, j]) == pytest.approx(relevance(PROFILES[i], PROFILES[j]))
@@ -50,9 +50,24 @@ def test_finding_supcon_weights_positives_by_graded_relevance():
     assert float(supcon_loss(z, labels, 0.2, pos_weights=same)) == pytest.approx(float(supcon_loss(z, labels, 0.2)), rel=1e-12)
 
 
+def test_pair_relevance_table_equals_the_direct_computation():
+    """The per-batch lookup gives exactly relevance_matrix of the batch's codes (duplicates, empty profiles)."""
+    from model.relevance_metrics import relevance_matrix
+
+    rng = np.random.default_rng(0)
+    codes = rng.choice(np.array([0, 1, 3, 5, 7], dtype=np.uint8), size=(300, 6), p=[0.7, 0.1, 0.1, 0.05, 0.05])
+    codes[:40] = 0  # normal studies share one profile
+    table = PairRelevance(codes)
+    assert len(table.table) < 300  # distinct profiles, not studies
+    for rows in (torch.arange(300), torch.from_numpy(rng.choice(300, size=64, replace=False))):
+        c = codes[rows.numpy()]
+        assert np.array_equal(table.batch(rows).numpy(), relevance_matrix(c, c).astype(np.float32))
+    assert PairRelevance(np.zeros((5, 0), np.uint8)).batch(torch.arange(5)).numpy().tolist() == [[1.0] * 5] * 5
+
+
 def test_finding_supcon_gradient_pulls_same_side_closer_than_opposite_side():
     codes, _ = encode_profiles(PROFILES[:3])  # left, left, right effusion
-    w = batch_pos_weights(codes, torch.arange(3)).double()
+    w = PairRelevance(codes).batch(torch.arange(3)).double()
     z = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=torch.float64), dim=1)
     z.requires_grad_(True)
     supcon_loss(z, torch.zeros(3), temperature=0.5, pos_weights=w).backward()
@@ -68,7 +83,7 @@ def test_composite_loss_tiles_weights_and_trains_the_probe():
     assert targets.shape == (6, 6)  # 2 findings x (present, left, right)
     loss = CompositeLoss(1, 1, 1, w_findings=1.0, n_findings=targets.shape[1], embed_dim=8)
     out = head(torch.randn(6, 12), torch.randn(6, 10))
-    total, parts = loss(out, torch.tensor([1, 1, 1, 0, 0, 1]), pos_weights=batch_pos_weights(codes, torch.arange(6)),
+    total, parts = loss(out, torch.tensor([1, 1, 1, 0, 0, 1]), pos_weights=PairRelevance(codes).batch(torch.arange(6)),
                         finding_targets=targets)
     assert {"clip", "supcon", "bce", "findings", "total"} == set(parts)
     total.backward()
