@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup browser bench clean-cache
+.PHONY: run test setup browser orthanc bench clean-cache
 
 setup: $(STAMP)
 
@@ -20,12 +20,17 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-scale.txt
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
+# Orthanc and its DICOMweb plugin for the PACS tests (tests/test_pacs.py starts its own server), same way.
+orthanc:
+	@{ command -v Orthanc >/dev/null 2>&1 && ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so* >/dev/null 2>&1; } || \
+		{ apt-get update -qq && apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null; }
+
 run: setup
 	GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app.py
 
 # The offline demo (data -> head -> index) is built first, with progress bars, so the suite's
 # end-to-end tests find it ready (a no-op when already built).
-test: setup browser
+test: setup browser orthanc
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pipeline
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest
 

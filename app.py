@@ -64,6 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=2, help="queries processed at once (2 CPU cores: 2)")
     p.add_argument("--keep-uploads", action="store_true", help="keep uploaded files in the temp cache (default: deleted once read)")
     serving.add_arguments(p)
+    pacs = p.add_argument_group("PACS (issue 27): viewer links and queries by StudyInstanceUID")
+    pacs.add_argument("--viewer-url", metavar="TEMPLATE", help="link each PACS hit to a viewer, e.g. "
+                      "'http://pacs/ohif/viewer?StudyInstanceUIDs={study_uid}' (none: no link)")
+    pacs.add_argument("--dicomweb", metavar="URL", help="DICOMweb root the image tab fetches StudyInstanceUIDs from")
+    pacs.add_argument("--dicomweb-auth-file", metavar="JSON", help='its credentials: {"username", "password"} or {"token"}')
     add_runtime_argument(p)
     return p.parse_args(argv)
 
@@ -106,7 +111,7 @@ def example_uploads() -> list[str]:
     return [str(p) for p in films if "NORMAL" in p.parts][:2] + [str(p) for p in films if "PNEUMONIA" in p.parts][:2]
 
 
-def build_ui(service, examples: list[str], phantom_examples: list[str]):
+def build_ui(service, examples: list[str], phantom_examples: list[str], pacs_source=None, viewer_url: str | None = None):
     import gradio as gr
 
     from webapp.service import ANY
@@ -122,6 +127,8 @@ def build_ui(service, examples: list[str], phantom_examples: list[str]):
                 with gr.Row():
                     with gr.Column(scale=1):
                         upload = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", type="filepath", file_count="single")
+                        study_uid = gr.Textbox(label="…or a StudyInstanceUID from the PACS (Enter searches)", lines=1,
+                                               visible=pacs_source is not None, elem_id="study-uid")
                         preview = gr.Image(label="Query (de-identified preview)", type="pil", interactive=False, height=260)
                         verdict_img = gr.HTML(elem_id="verdict-image")  # familiarity verdict (webapp.trust)
                         probability = gr.Label(label="Head's normal / abnormal estimate", num_top_classes=2)
@@ -182,8 +189,15 @@ def build_ui(service, examples: list[str], phantom_examples: list[str]):
         img_outputs = [preview, gallery_img, reports_img, probability, status_img, json_img, query_state]
         from webapp.trust import verdict_of
 
-        search_image = serving.gallery_outputs(service.search_image)  # gallery images: copies in the temp folder
-        search_text = serving.gallery_outputs(service.search_text)
+        from webapp.pacs import UidQuery, with_viewer_links
+
+        linked_image = with_viewer_links(service.search_image, viewer_url, html_at=(2,), records_at=5)
+        search_image = serving.gallery_outputs(linked_image)  # gallery images: copies in the temp folder
+        search_text = serving.gallery_outputs(with_viewer_links(service.search_text, viewer_url, html_at=(1,), records_at=3))
+        if pacs_source is not None:  # a StudyInstanceUID: its frontal image over WADO-RS, searched like an upload
+            by_uid = serving.gallery_outputs(UidQuery(linked_image, pacs_source).search)
+            study_uid.submit(by_uid, [study_uid, *img_inputs[1:]], img_outputs, api_name="search_study_uid").then(
+                verdict_of, json_img, verdict_img, api_visibility="private")
         for event in (search_img_btn.click(search_image, img_inputs, img_outputs, api_name="search_image"),
                       upload.upload(search_image, img_inputs, img_outputs, api_visibility="private")):
             event.then(verdict_of, json_img, verdict_img, api_visibility="private")
@@ -195,6 +209,18 @@ def build_ui(service, examples: list[str], phantom_examples: list[str]):
         for trigger in (method.change, query_state.change, demo.load):
             trigger(service.map_figures, [method, query_state], [plot_frozen, plot_tuned], api_visibility="private")
     return demo
+
+
+def pacs_options(args: argparse.Namespace) -> tuple:
+    """(PacsSource or None, viewer URL template or None) from --dicomweb/--viewer-url; bad ones fail in one line."""
+    from data.dicomweb import PacsSource
+    from webapp.pacs import check_template
+
+    try:
+        viewer = check_template(args.viewer_url)
+        return (PacsSource(args.dicomweb, auth_file=args.dicomweb_auth_file) if args.dicomweb else None), viewer
+    except LOAD_ERRORS as exc:
+        raise SystemExit(one_line(exc)) from None
 
 
 def model_card(service) -> str:
@@ -268,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(one_line(exc)) from None
     examples = example_uploads()
     phantoms = phantom_examples(service)
-    demo = build_ui(service, examples, phantoms)
+    demo = build_ui(service, examples, phantoms, *pacs_options(args))
     demo.queue(default_concurrency_limit=args.concurrency, max_size=64)
     import gradio as gr
 

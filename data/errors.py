@@ -57,6 +57,10 @@ class BundleCorruptError(BundleError):
     """A bundle file is missing or differs from its checksum in bundle.json."""
 
 
+class PacsError(InputError, RuntimeError):
+    """A PACS that cannot be used: unreachable, refusing the credentials, or failing mid-way (data.dicomweb)."""
+
+
 # What the entry points report as one line (exit 2): our input errors and the OS's "no such file".
 REPORTED: tuple[type[BaseException], ...] = (InputError, FileNotFoundError, NotADirectoryError, PermissionError)
 # Loading a run or an index (index CLI, app start-up): any ValueError/OSError there comes from the files given.

@@ -5,6 +5,8 @@
     python -m index embed --backbone NAME --shards DIR [--workers N] (features once, for train.py --features)
     python -m index add   --index INDEX_DIR --data DATA_DIR [--run RUN_DIR]
     python -m index info  --index INDEX_DIR
+    python -m index build --run RUN_DIR --dicomweb URL --out INDEX_DIR   (a PACS: index.pacs_cli)
+    python -m index sync  --index INDEX_DIR --dicomweb URL                (its new studies)
 
 Data options are the shared ones of ``data.sources`` (default: the offline demo dataset).
 ``build`` is the index step of the build pipeline (``pipeline.steps.build_index``: frozen features
@@ -33,7 +35,7 @@ def _load_encoder(run_dir: str, backbone_path: str | None = None):
 
 def _parser() -> argparse.ArgumentParser:
     from data.sources import add_data_arguments
-    from index import scale_cli
+    from index import pacs_cli, scale_cli
 
     parser = argparse.ArgumentParser(prog="python -m index", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--ef", type=int, default=DEFAULT_EF, help="hnsw query beam width")
     scale_cli.add_build_arguments(build)
     add_data_arguments(build)
+    pacs_cli.add_source_arguments(build)  # --- PACS source (issue 27): index.pacs_cli
 
     add = sub.add_parser("add", help="embed studies not yet in an index and add them (no rebuild)")
     add.add_argument("--index", required=True, help="existing index folder")
@@ -57,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--backbone-path", metavar="DIR", help="local copy of the run's backbone weights (no hub)")
     add_runtime_argument(add)
     add_data_arguments(add)
+    pacs_cli.add_source_arguments(add)
+    pacs_cli.add_sync_command(sub)  # --- end PACS source
 
     scale_cli.add_embed_command(sub)
 
@@ -88,8 +93,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "info":
         manifest = read_manifest(Path(args.index))
         verify_files(Path(args.index), manifest)
+        print(f"studies: {manifest.count}", file=sys.stderr)  # stdout stays one JSON document for scripts
         print(json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
         return 0
+    from index import pacs_cli
+
+    if pacs_cli.wants_pacs(args):  # build/add/sync --dicomweb URL (issue 27)
+        return pacs_cli.run(args, _load_encoder)
     from data.sources import load_source
     from index import scale_cli
     from pipeline.steps import build_index, data_root_for
