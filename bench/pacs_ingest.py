@@ -35,8 +35,12 @@ def main(argv: list[str] | None = None) -> dict:
     from index.sync import SyncReport, build_from_pacs, fetch_studies
     from model.retrieval_model import RetrievalModel
     from pipeline.demo import ensure_demo
-    from tests.orthanc import OrthancServer, radiograph, text_sr
+    from tests.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary, radiograph, text_sr
 
+    if not (orthanc_binary() and dicomweb_plugin()) and not os.environ.get("CI"):
+        report = {"pacs_ingest": {"skipped": "Orthanc or its DICOMweb plugin is not installed (make orthanc)"}}
+        emit(report)
+        return report
     load_at_start = machine()["load_average"]
     run_dir, _ = ensure_demo()
     studies = [s for s in load_demo_dataset() if s.image_path][:30]

@@ -180,7 +180,7 @@ def test_query_by_study_uid_searches_with_its_frontal_image(pacs, built, model, 
     upload = tmp_path / "same.dcm"  # the same DICOM uploaded: the same verdict and hits
     upload.write_bytes(query.source.frontal_dicom(uid))
     uploaded = service.search_image(str(upload), 5, "any", "any", "any")[5]
-    assert records["familiarity"] == uploaded["familiarity"]
+    assert records["familiarity"] is not None and records["familiarity"] == uploaded["familiarity"]
     assert [h["study_id"] for h in records["hits"]] == [h["study_id"] for h in uploaded["hits"]]
     lateral = list(by_uid)[N_FRONTAL]
     *_, status, records, _ = query.search(lateral, 5, "any", "any", "any")
@@ -329,3 +329,37 @@ def test_unusable_studies_are_skipped_with_their_reason(orthanc, pacs, tmp_path)
     for uid in (broken, empty_sr, doomed):
         server.delete_study(uid)
     assert requests.get(f"{server.url}/studies", auth=("pacs", "wrong")).status_code == 401
+
+
+def test_the_app_wires_the_viewer_link_and_the_uid_box(pacs, built, model):
+    import app
+    from data.dicomweb import PacsSource
+    from index.engine import SearchEngine
+    from webapp.service import RunInfo, SearchService
+
+    server, auth, _, _, run = pacs
+    with pytest.raises(SystemExit, match="--viewer-url must be an http"):
+        app.pacs_options(app.parse_args(["--viewer-url", "javascript:alert(1)//{study_uid}"]))
+    args = app.parse_args(["--viewer-url", "http://pacs/ohif/viewer?StudyInstanceUIDs={study_uid}",
+                           "--dicomweb", server.url, "--dicomweb-auth-file", str(auth)])
+    source, template = app.pacs_options(args)
+    assert isinstance(source, PacsSource) and template.endswith("={study_uid}")
+    assert app.pacs_options(app.parse_args([])) == (None, None)
+    service = SearchService(SearchEngine.load(built, model), RunInfo.load(run), maps=None)
+    demo = app.build_ui(service, [], [], pacs_source=source, viewer_url=template)
+    names = {d.get("api_name") for d in demo.config["dependencies"]}
+    assert {"search_image", "search_text", "search_study_uid"} <= names
+    plain = app.build_ui(service, [], [])
+    assert "search_study_uid" not in {d.get("api_name") for d in plain.config["dependencies"]}
+
+
+def test_the_pacs_tests_skip_only_without_orthanc_and_outside_ci(monkeypatch):
+    import tests.orthanc as orthanc_module
+
+    monkeypatch.setattr(orthanc_module, "orthanc_binary", lambda: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="Orthanc is not installed"):
+        require_orthanc()
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="CI is set, so the PACS tests must run"):
+        require_orthanc()
