@@ -157,7 +157,10 @@ def test_hits_carry_their_study_uid_and_a_viewer_link(pacs, built, model):
         assert f"href='{hit['viewer_url']}'" in out[1]
     assert out[1].count("Open in viewer") == 5
     # no template, no link; a non-UID study id (a folder-built index) never gets one
-    assert "viewer_url" not in json.dumps(service.search_text("pleural effusion", 5, "any", "any", "any")[3])
+    unlinked = with_viewer_links(service.search_text, None, html_at=(1,), records_at=3)("pleural effusion", 5,
+                                                                                       "any", "any", "any")
+    assert "viewer_url" not in json.dumps(unlinked[3]) and "Open in viewer" not in unlinked[1]
+    assert all(hit["study_uid"] == hit["study_id"] for hit in unlinked[3]["hits"])
     assert add_links([{"study_id": "CXR12"}], template) == [{"study_id": "CXR12"}]
     assert link_cards(report_cards([], lambda h: []), template).startswith("<p")
     assert hits_as_records([]) == []
@@ -197,6 +200,8 @@ def test_a_second_sync_adds_nothing(pacs, built, capsys):
     out = capsys.readouterr().out
     assert f"added 0 studies to {built}: now {N_FRONTAL}" in out
     assert "listed 30, known 25, fetched 0, skipped 5, indexed 0" in out
+    assert cli("add", "--index", str(built), "--dicomweb", server.url, "--auth-file", str(auth)) == 0  # same as sync
+    assert f"added 0 studies to {built}: now {N_FRONTAL}" in capsys.readouterr().out
     assert _digest(built) == before  # nothing republished
 
 

@@ -46,12 +46,14 @@ def viewer_url(template: str | None, study_id: str) -> str | None:
 
 
 def add_links(records: list[dict[str, Any]], template: str | None) -> list[dict[str, Any]]:
-    """Hit records with ``study_uid`` and ``viewer_url`` where the hit came from a PACS."""
+    """Hit records of a PACS study with its ``study_uid``, and its ``viewer_url`` when there is a template."""
     out = []
     for record in records:
         study_id = str(record.get("study_id", ""))
-        link = viewer_url(template, study_id)
-        out.append({**record, "study_uid": study_id, "viewer_url": link} if is_study_uid(study_id) else record)
+        if is_study_uid(study_id):
+            link = viewer_url(template, study_id)
+            record = {**record, "study_uid": study_id, **({"viewer_url": link} if link else {})}
+        out.append(record)
     return out
 
 
@@ -72,9 +74,8 @@ def link_cards(cards: str, template: str | None) -> str:
 
 def with_viewer_links(fn: Callable[..., tuple], template: str | None, html_at: Sequence[int],
                       records_at: int) -> Callable[..., tuple]:
-    """Wrap a search handler returning a tuple: its report-card HTML outputs get links, its JSON hits too."""
-    if not template:
-        return fn
+    """Wrap a search handler returning a tuple: PACS hits in its JSON get their ``study_uid`` (always) and
+    ``viewer_url``, its report-card HTML a link (with a template)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> tuple:
