@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -36,6 +37,7 @@ FRONTAL_VIEWS = ("PA", "AP")  # in order of preference, as for IU X-ray
 IMAGE_MODALITIES = ("CR", "DX")
 MAX_IN_FLIGHT = 4  # studies fetched at once: keeps a PACS (and this process's memory) from being flooded
 TIMEOUT_S = 30.0
+GONE = "deleted from the PACS after it was listed (no series)"
 
 # DICOM JSON tags (PS3.18 F.2) read from QIDO-RS / WADO-RS metadata answers.
 STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
@@ -101,6 +103,7 @@ class PacsSource:
                  timeout: float = TIMEOUT_S):
         from dicomweb_client.api import DICOMwebClient
 
+        logging.getLogger("dicomweb_client").setLevel(logging.WARNING)  # not one INFO line per request
         self.url = url.rstrip("/")
         self.reports = reports or {}
         self.client = DICOMwebClient(self.url, session=read_auth_file(auth_file), timeout=timeout)
@@ -158,6 +161,8 @@ class PacsSource:
     def frontal_dicom(self, study_uid: str) -> bytes:
         """The study's frontal CR/DX instance as DICOM bytes (for a query by StudyInstanceUID)."""
         found = self._frontal_instance(study_uid)
+        if found == GONE:
+            raise ImageLoadError(f"Study {study_uid} is not on the PACS at {self.url}.")
         if isinstance(found, str):
             raise ImageLoadError(f"Study {study_uid} cannot be used as a query: {found}.")
         try:
@@ -178,7 +183,7 @@ class PacsSource:
         """(series, instance, view) of the study's frontal CR/DX image, or why there is none."""
         series = self._call(lambda: self.client.search_for_series(study_uid), f"listing study {study_uid}")
         if not series:
-            return "deleted from the PACS after it was listed (no series)"
+            return GONE
         images = [s for s in series if _value(s, MODALITY) in IMAGE_MODALITIES]
         if not images:
             modalities = sorted({_value(s, MODALITY) or "?" for s in series})

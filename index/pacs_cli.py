@@ -24,6 +24,7 @@ def add_source_arguments(parser: argparse.ArgumentParser, required: bool = False
     group.add_argument("--reports-csv", metavar="CSV",
                        help="reports of studies without an SR: study_uid,findings[,impression]")
     group.add_argument("--in-flight", type=int, default=4, help="studies fetched at once over WADO-RS")
+    group.add_argument("--quiet", action="store_true", help="no progress bars (skipped studies are still listed)")
 
 
 def add_sync_command(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +33,6 @@ def add_sync_command(sub: argparse._SubParsersAction) -> None:
     sync.add_argument("--run", help="trained run folder (default: the one the index was built from)")
     sync.add_argument("--batch-size", type=int, default=64)
     sync.add_argument("--backbone-path", metavar="DIR", help="local copy of the run's backbone weights (no hub)")
-    sync.add_argument("--quiet", action="store_true", help="no progress bar")
     add_source_arguments(sync, required=True)
 
 

@@ -190,6 +190,8 @@ def test_query_by_study_uid_searches_with_its_frontal_image(pacs, built, model, 
     assert "only non-frontal views" in status and records["hits"] == []
     *_, status, _, _ = query.search("not-a-uid", 5, "any", "any", "any")
     assert "StudyInstanceUID" in status
+    *_, status, _, _ = query.search("1.2.3.4", 5, "any", "any", "any")
+    assert status == f"**Warning:** Study 1.2.3.4 is not on the PACS at {server.url}."
 
 
 # --------------------------------------------------------------------------- sync
