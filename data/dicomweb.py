@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import logging
+import re
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -44,6 +45,13 @@ STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
 MODALITY, VIEW_POSITION = "00080060", "00185101"
 
 T = TypeVar("T")
+UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)+$")
+log = logging.getLogger(__name__)
+
+
+def is_study_uid(value: str) -> bool:
+    """A DICOM UID: digits and dots, at most 64 characters (PS3.5 9.1)."""
+    return len(value) <= 64 and bool(UID_RE.match(value))
 
 
 @dataclass(frozen=True)
@@ -132,7 +140,10 @@ class PacsSource:
             found = self._call(lambda: self.client.search_for_studies(search_filters=filters, get_remaining=True),
                                "listing studies")
         uids = [_value(item, STUDY_UID) for item in found]
-        return list(dict.fromkeys(u for u in uids if u))
+        bad = [u for u in uids if not is_study_uid(u)]
+        if bad:  # it names files (<uid>.png) and URLs: never take a malformed one as given
+            log.warning("ignoring %d malformed StudyInstanceUID(s) listed by the PACS, e.g. %r", len(bad), bad[0][:80])
+        return list(dict.fromkeys(u for u in uids if is_study_uid(u)))
 
     # ---- WADO-RS ---------------------------------------------------------------------
     def fetch(self, study_uid: str) -> PacsStudy:

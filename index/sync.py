@@ -123,6 +123,7 @@ def sync_from_pacs(index_dir: Path | str, encoder: Encoder, source: PacsSource, 
                 manifest, added = add_from_encoder(index_dir, encoder, studies, batch_size=batch_size,
                                                    progress=progress)
                 report.indexed += added
+                bar.set_postfix(report.counts())
     return manifest, report
 
 

@@ -370,3 +370,20 @@ def test_the_pacs_tests_skip_only_without_orthanc_and_outside_ci(monkeypatch):
     monkeypatch.setenv("CI", "1")
     with pytest.raises(pytest.fail.Exception, match="CI is set, so the PACS tests must run"):
         require_orthanc()
+
+
+def test_sr_text_items_and_uid_rules():
+    """Enhanced SR nesting (a container inside the root) and "Conclusion" read as the impression; a listed
+    StudyInstanceUID that is not a UID (it would name a file) is never taken."""
+    from data.dicomweb import is_study_uid, sr_text
+
+    def text(meaning: str, value: str) -> dict:
+        return {"0040A040": {"Value": ["TEXT"]}, "0040A160": {"Value": [value]},
+                "0040A043": {"Value": [{"00080104": {"Value": [meaning]}}]}}
+
+    nested = {"0040A040": {"Value": ["CONTAINER"]}, "0040A730": {"Value": [text("Finding", "Small left effusion.")]}}
+    sr = {"0040A730": {"Value": [nested, text("Conclusion", "Effusion."), text("Impression", "  ")]}}
+    assert sr_text(sr) == ("Small left effusion.", "Effusion.")
+    assert sr_text({}) == ("", "")
+    assert is_study_uid("1.2.840.113619.2.55.3.604688119") and not is_study_uid("../../etc/passwd")
+    assert not is_study_uid("1." + "2" * 70) and not is_study_uid("12345")

@@ -18,16 +18,11 @@ import tempfile
 from typing import Any, Callable, Sequence
 from urllib.parse import quote
 
+from data.dicomweb import is_study_uid  # a PACS-sourced hit's study id is its StudyInstanceUID
 from data.errors import ImageLoadError, PacsError
 
-UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 PLACEHOLDER = "{study_uid}"
 VIEWER_LINK_TEXT = "Open in viewer"
-
-
-def is_study_uid(value: str) -> bool:
-    """A DICOM UID (digits and dots, at most 64 characters): what a PACS-sourced hit's study id is."""
-    return len(value) <= 64 and bool(UID_RE.match(value))
 
 
 def check_template(template: str | None) -> str | None:
