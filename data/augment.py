@@ -55,3 +55,31 @@ def png_bytes(img: Image.Image) -> bytes:
     buffer = io.BytesIO()
     img.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def write_film_manifest(films, out_dir, copies: int, seed: int = 0, report: str = "chest radiograph") -> "Path":
+    """A CSV manifest (``data.manifest``) of ``copies`` augmented copies of each film, written
+    under ``out_dir`` (files kept when present: their features stay cached); returns its path.
+    Why: an index of real films that is not the demo, for the trust tests and bench."""
+    import csv
+    from pathlib import Path
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k, film in enumerate(films):
+        film = Path(film)
+        names = [f"{film.stem}-c{j:03d}.png" for j in range(copies)]
+        if not all((out / "images" / n).is_file() for n in names):
+            with Image.open(film) as img:
+                for n, copy in zip(names, variants(img.convert("L"), copies, seed * 1000 + k)):
+                    copy.save(out / "images" / n)
+        label = 0 if film.stem.upper().startswith("NORMAL") else 1
+        rows += [{"image_path": f"images/{n}", "report": report if label == 0 else f"{report}: pneumonia",
+                  "label": label, "patient_id": film.stem, "study_id": Path(n).stem} for n in names]
+    path = out / "manifest.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
