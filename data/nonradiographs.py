@@ -15,11 +15,11 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from data.probes import _text_page, _to_uint8
+from data.probes import text_page, to_uint8
 
 
 def _image(array: np.ndarray) -> Image.Image:
-    return Image.fromarray(_to_uint8(array))
+    return Image.fromarray(to_uint8(array))
 
 
 def shipped_pictures() -> list[tuple[str, Image.Image]]:
@@ -112,7 +112,7 @@ def textures(n: int = 6, seed: int = 33) -> list[tuple[str, Image.Image]]:
         field = Image.fromarray(rng.integers(0, 256, (cells, cells), dtype=np.uint8)).resize((512, 512), Image.BICUBIC)
         out.append((f"blotch:{i}", field.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 6))))))
     for i in range(3):
-        out.append((f"page:{i}", Image.fromarray(_text_page(100 + i, size=(700, 900)))))
+        out.append((f"page:{i}", Image.fromarray(text_page(100 + i, size=(700, 900)))))
     return out
 
 

@@ -150,11 +150,11 @@ def cross_validate(ts: TrainingSet, c: float = C) -> np.ndarray:
     return prob
 
 
-def rates(ts: TrainingSet, accepted: np.ndarray) -> dict[str, Any]:
-    """Per kind, on the originals: how many, how many refused, which (for the small kinds)."""
+def rates(ts: TrainingSet, accepted: np.ndarray, originals: bool = True) -> dict[str, Any]:
+    """Per kind, on the originals (or the augmented copies): how many, how many refused, which."""
     out = {}
     for kind in ("film", "heldout-phantom", "phantom", "probe", "extra"):
-        rows = np.flatnonzero((ts.kind == kind) & ts.original)
+        rows = np.flatnonzero((ts.kind == kind) & (ts.original == originals))
         if len(rows) == 0:
             continue
         refused = [ts.names[i] for i in rows if not accepted[i]]
@@ -189,6 +189,7 @@ def fit_and_measure(ts: TrainingSet, backbone_id: str) -> tuple[RadiographModel,
         "backbone_id": backbone_id, "n_rows": int(fit_rows.sum()), "folds": FOLDS, "C": C,
         "threshold": THRESHOLD,
         "cross_validated": rates(ts, prob >= THRESHOLD),
+        "cross_validated_augmented_copies": rates(ts, prob >= THRESHOLD, originals=False),
         "lowest_radiograph_probability": round(float(np.nanmin(prob[radio])), 4),
         "highest_non_radiograph_probability": round(float(np.nanmax(prob[ts.original & (ts.label == 0)])), 4),
         "imagenet_head_alternative": imagenet_alternative(ts),
