@@ -47,7 +47,7 @@ def false_alarms(run_dir: Path, studies, backbone) -> dict[str, Any]:
     image_feats, _ = cached_frozen_features(backbone, studies, progress=False)
     rows = split_rows(run_dir, studies)
     fitted = np.concatenate([rows["train"], rows["val"]])
-    model = FamiliarityModel.fit(image_feats[fitted])
+    model = FamiliarityModel.fit(image_feats[fitted], backbone_id=backbone.backbone_id)  # with its radiograph check
     verdicts = [model.assess_image(load_radiograph(studies[i].image_path).image, image_feats[i][None]).verdict
                 for i in rows["test"]]
     counts = {v: verdicts.count(v) for v in sorted(set(verdicts))}
