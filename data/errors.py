@@ -45,6 +45,10 @@ class StoreSchemaError(IndexLoadError):
     """The metadata store was written by older code (another schema version): rebuild the index."""
 
 
+class IndexRefusedError(InputError, ValueError):
+    """The index's own films would fail its trust checks (index.trust_report): not published."""
+
+
 class ShardMismatchError(InputError, ValueError):
     """The shard folder was written for another backbone, preprocessing or study list."""
 

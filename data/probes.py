@@ -70,7 +70,7 @@ def _jpeg(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
+def to_uint8(array: np.ndarray) -> np.ndarray:
     array = np.asarray(array)
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
@@ -84,10 +84,10 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
 def skimage_samples() -> list[tuple[str, bytes]]:
     import skimage.data
 
-    return [(f"skimage:{name}", _png(_to_uint8(getattr(skimage.data, name)()))) for name in SKIMAGE_SAMPLES]
+    return [(f"skimage:{name}", _png(to_uint8(getattr(skimage.data, name)()))) for name in SKIMAGE_SAMPLES]
 
 
-def _text_page(seed: int, size: tuple[int, int] = (600, 800), dark: bool = False) -> np.ndarray:
+def text_page(seed: int, size: tuple[int, int] = (600, 800), dark: bool = False) -> np.ndarray:
     rng = np.random.default_rng(seed)
     page = Image.new("L", size, 20 if dark else 250)
     draw = ImageDraw.Draw(page)
@@ -114,17 +114,17 @@ def generated() -> list[tuple[str, bytes]]:
     gradients = {"horizontal": xx, "vertical": yy, "diagonal": (xx + yy) / 2,
                  "radial": np.hypot(xx - 0.5, yy - 0.5), "inverse-radial": 1 - np.hypot(xx - 0.5, yy - 0.5)}
     for name, g in gradients.items():
-        out.append((f"gradient:{name}", _png(_to_uint8(g))))
-    out.append(("gradient:colour", _png(_to_uint8(np.dstack([xx, yy, 1 - xx])))))
-    out.append(("gradient:sunset", _jpeg(_to_uint8(np.dstack([1 - yy * 0.3, 0.5 * (1 - yy), yy])))))
+        out.append((f"gradient:{name}", _png(to_uint8(g))))
+    out.append(("gradient:colour", _png(to_uint8(np.dstack([xx, yy, 1 - xx])))))
+    out.append(("gradient:sunset", _jpeg(to_uint8(np.dstack([1 - yy * 0.3, 0.5 * (1 - yy), yy])))))
     for value in (0, 128, 255):
         out.append((f"flat:grey{value}", _png(np.full((h, w), value, np.uint8))))
     for name, colour in {"red": (200, 30, 30), "blue": (20, 60, 200), "green": (30, 160, 60)}.items():
         out.append((f"flat:{name}", _png(np.tile(np.array(colour, np.uint8), (h, w, 1)))))
     for seed in range(4):
-        out.append((f"text:page{seed}", _png(_text_page(seed))))
-    out.append(("text:dark-page", _png(_text_page(9, dark=True))))
-    out.append(("text:page-jpeg", _jpeg(_text_page(11, size=(850, 1100)))))
+        out.append((f"text:page{seed}", _png(text_page(seed))))
+    out.append(("text:dark-page", _png(text_page(9, dark=True))))
+    out.append(("text:page-jpeg", _jpeg(text_page(11, size=(850, 1100)))))
     stripes = ((xx * 16).astype(int) % 2 * 255).astype(np.uint8)
     out.append(("pattern:stripes", _png(stripes)))
     return out

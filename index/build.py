@@ -277,7 +277,10 @@ def fit_familiarity(encoder: Encoder, studies: Sequence[Study], image_feats: np.
         image_feats = np.concatenate([
             np.asarray(backbone.encode_images([_open_image(s.image_path) for s in studies[i:i + 64]]), np.float32)
             for i in range(0, len(studies), 64)])
-    return fit_for_studies(backbone, image_feats, [s.report_text for s in studies])
+    familiarity = fit_for_studies(backbone, image_feats, [s.report_text for s in studies])
+    from index.trust_report import attach  # calibration report; refuses an index its own films fail
+
+    return attach(familiarity, backbone, studies, image_feats)
 
 
 def head_space_embeddings(

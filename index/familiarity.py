@@ -4,8 +4,10 @@ A retrieval index always returns its nearest studies, even for a photo of a cat;
 says when those neighbours mean nothing:
 
 * ``not_radiograph``: the input fails a cheap pixel check (colour, a document, noise, a flat
-  field or a smooth gradient, an odd aspect ratio) or its frozen-backbone features are far
-  beyond anything indexed. No results, no estimate, a plain message why.
+  field or a smooth gradient, an odd aspect ratio), or the backbone's radiograph check
+  (``model.radiograph_check``: fitted once per backbone, independent of any index) refuses its
+  frozen features. Only for a backbone without such a check: its features are far beyond
+  anything indexed. No results, no estimate, a plain message why.
 * ``unlike_index``: a radiograph-like input whose features are farther from the indexed
   studies than ``UNLIKE_QUANTILE`` of the indexed studies are from each other (held out).
   Results are shown under a warning and the normal/abnormal estimate is withheld.
@@ -36,6 +38,8 @@ from PIL import Image
 from data.images import colourfulness
 
 FAMILIAR, UNLIKE_INDEX, NOT_RADIOGRAPH = "familiar", "unlike_index", "not_radiograph"
+# which check decided a verdict (the verdict JSON's ``decided_by``)
+BY_PIXELS, BY_RADIOGRAPH_MODEL, BY_INDEX_DISTANCE, BY_TEXT = "pixels", "radiograph_model", "index_distance", "text"
 VERDICTS = (FAMILIAR, UNLIKE_INDEX, NOT_RADIOGRAPH)
 FILE = "familiarity.safetensors"
 FORMAT_VERSION = 1
@@ -51,6 +55,10 @@ UNLIKE_QUANTILE = 0.99  # beyond this share of held-out indexed studies: "unlike
 # spreads, grey photos that pass the pixel checks (camera, coins, brick, a page) at 3.5-4.3.
 FAR_SPREADS = 3.2
 TEXT_UNLIKE_QUANTILE = 0.995
+# A "document" has more than this share of near-white pixels. Was 0.25, twice the 16 films' 0.012;
+# brighter re-exports of the same films (gamma 0.6, contrast stretch: data.augment) reach 0.38 and
+# were refused; pages and screenshots of the probe set sit at 0.65-0.83.
+WHITE_SHARE = 0.5
 MAX_SENTENCES = 3000  # report sentences kept as the text reference (most frequent first)
 
 MESSAGES = {
@@ -61,6 +69,8 @@ MESSAGES = {
     "noise": "This looks like noise or a fine texture, not a chest radiograph.",
     "smooth": "This looks like a smooth gradient with no anatomy, not a chest radiograph.",
     "far": "This does not look like a chest radiograph: it is far from every indexed study.",
+    "radiograph_model": ("This does not look like a chest radiograph: it resembles a photograph, a page, a chart "
+                         "or a texture more than any film."),
     "unlike_image": ("This radiograph is unlike the studies in the index: similar studies are shown, but they may be "
                      "poor matches, and the normal/abnormal estimate is withheld because it cannot be trusted here."),
     "unlike_text": ("This phrase does not read like a radiology finding: the matches below may be arbitrary. "
@@ -80,19 +90,24 @@ class Familiarity:
     percentile: float  # share (%) of held-out indexed items scoring lower
     reason: str  # key of MESSAGES
     message: str
+    decided_by: str = ""  # BY_*: the check that gave the verdict
+    radiograph_probability: float = float("nan")  # the radiograph check's P(radiograph); nan if not run
 
     def to_dict(self) -> dict[str, Any]:
         score = None if not np.isfinite(self.score) else round(float(self.score), 4)
+        prob = self.radiograph_probability
         return {"verdict": self.verdict, "score": score, "percentile": round(float(self.percentile), 1),
-                "reason": self.reason, "message": self.message}
+                "reason": self.reason, "message": self.message, "decided_by": self.decided_by,
+                "radiograph_probability": None if not np.isfinite(prob) else round(float(prob), 4)}
 
     @property
     def trusted(self) -> bool:
         return self.verdict == FAMILIAR
 
 
-def verdict(name: str, reason: str, score: float = float("nan"), percentile: float = 100.0) -> Familiarity:
-    return Familiarity(name, float(score), float(percentile), reason, MESSAGES[reason])
+def verdict(name: str, reason: str, score: float = float("nan"), percentile: float = 100.0, by: str = "",
+            radiograph_probability: float = float("nan")) -> Familiarity:
+    return Familiarity(name, float(score), float(percentile), reason, MESSAGES[reason], by, float(radiograph_probability))
 
 
 # --------------------------------------------------------------------------- pixel checks
@@ -100,7 +115,8 @@ def pixel_check(img: Image.Image, colour: float | None = None) -> str | None:
     """The reason key when the pixels alone rule out a radiograph, else None.
 
     Thresholds sit at about twice the extremes measured on 3,955 phantoms and 16 real films
-    (white share <= 0.012, grey-level sd >= 0.13, entropy >= 3.6 bits, Laplacian 0.028-0.071).
+    (grey-level sd >= 0.13, entropy >= 3.6 bits, Laplacian 0.028-0.071). The white share is
+    the exception (see WHITE_SHARE): bright re-exports of real films reach 0.38.
     """
     colour = colourfulness(img) if colour is None else colour
     if colour > 0.06:
@@ -118,7 +134,7 @@ def pixel_check(img: Image.Image, colour: float | None = None) -> str | None:
         return "flat"
     hist = np.bincount(np.asarray(thumb, np.uint8).ravel() >> 3, minlength=32) / a.size
     entropy = float(-(hist[hist > 0] * np.log2(hist[hist > 0])).sum())
-    if (a >= 0.92).mean() > 0.25 or entropy < 2.6:
+    if (a >= 0.92).mean() > WHITE_SHARE or entropy < 2.6:
         return "document"
     if lap < 0.012:
         return "smooth"
@@ -255,6 +271,15 @@ def _one_blas_thread():
 _BLAS = None
 
 
+def _radiograph_check(backbone_id: str) -> Any:
+    """The shipped (or cache-fitted) radiograph check of the backbone, None without one."""
+    if not backbone_id:
+        return None
+    from model.radiograph_check import for_backbone
+
+    return for_backbone(backbone_id)
+
+
 def _top_components(centred: np.ndarray, r: int) -> np.ndarray:
     """Top-r principal directions (r, D): randomized SVD (torch) is seconds even at 8000 x 5120."""
     import torch
@@ -273,10 +298,12 @@ def _top_components(centred: np.ndarray, r: int) -> np.ndarray:
 class FamiliarityModel:
     """Image and (optionally) text familiarity of one index; see the module docstring."""
 
-    def __init__(self, image: _Space, text: _Space | None, meta: dict[str, Any]):
+    def __init__(self, image: _Space, text: _Space | None, meta: dict[str, Any], radiograph: Any = None):
         self.image = image
         self.text = text
         self.meta = meta
+        # the backbone's index-independent radiograph check (model.radiograph_check), or None
+        self.radiograph = radiograph if radiograph is not None else _radiograph_check(meta.get("backbone_id", ""))
 
     @property
     def unlike_threshold(self) -> float:
@@ -312,17 +339,23 @@ class FamiliarityModel:
 
     # ---- verdicts ---------------------------------------------------------------------
     def assess_image(self, img: Image.Image | None, feats: np.ndarray, colour: float | None = None) -> Familiarity:
-        """Verdict for one image query from its pixels (when given) and frozen features."""
+        """Verdict for one image query from its pixels (when given) and frozen features: the
+        pixel checks, then the radiograph check (no index involved), then the index distance."""
         reason = pixel_check(img, colour) if img is not None else None
         score = float(self.image.scores(feats)[0])
         pct = self.image.percentile(score)
         if reason is not None:
-            return verdict(NOT_RADIOGRAPH, reason, score, pct)
-        if score > self.far_threshold:
-            return verdict(NOT_RADIOGRAPH, "far", score, pct)
+            return verdict(NOT_RADIOGRAPH, reason, score, pct, BY_PIXELS)
+        prob = float("nan")
+        if self.radiograph is not None:
+            prob = float(self.radiograph.probability(feats)[0])
+            if prob < self.radiograph.threshold:
+                return verdict(NOT_RADIOGRAPH, "radiograph_model", score, pct, BY_RADIOGRAPH_MODEL, prob)
+        elif score > self.far_threshold:  # no radiograph check for this backbone: the index-relative rule
+            return verdict(NOT_RADIOGRAPH, "far", score, pct, BY_INDEX_DISTANCE)
         if score > self.unlike_threshold:
-            return verdict(UNLIKE_INDEX, "unlike_image", score, pct)
-        return verdict(FAMILIAR, "familiar", score, pct)
+            return verdict(UNLIKE_INDEX, "unlike_image", score, pct, BY_INDEX_DISTANCE, prob)
+        return verdict(FAMILIAR, "familiar", score, pct, BY_INDEX_DISTANCE, prob)
 
     def image_scores(self, feats: np.ndarray) -> np.ndarray:
         return self.image.scores(feats)
@@ -330,14 +363,14 @@ class FamiliarityModel:
     def assess_text(self, text: str, feats: np.ndarray | None) -> Familiarity | None:
         """Verdict for one text query (None when this index has no text reference)."""
         if text_check(text) is not None:
-            return verdict(UNLIKE_INDEX, "no_words")
+            return verdict(UNLIKE_INDEX, "no_words", by=BY_TEXT)
         if self.text is None or feats is None:
             return None
         score = float(self.text.scores(feats)[0])
         pct = self.text.percentile(score)
         if score > float(self.meta["text_unlike"]):
-            return verdict(UNLIKE_INDEX, "unlike_text", score, pct)
-        return verdict(FAMILIAR, "familiar", score, pct)
+            return verdict(UNLIKE_INDEX, "unlike_text", score, pct, BY_INDEX_DISTANCE)
+        return verdict(FAMILIAR, "familiar", score, pct, BY_INDEX_DISTANCE)
 
     # ---- storage ----------------------------------------------------------------------
     def save(self, path: Path | str) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 from index.familiarity import FAMILIAR, NOT_RADIOGRAPH, UNLIKE_INDEX
 
 TITLES = {FAMILIAR: "Familiar input", UNLIKE_INDEX: "Unlike the indexed studies", NOT_RADIOGRAPH: "Not a chest radiograph"}
+DECIDED_BY = {"pixels": "the pixel checks", "radiograph_model": "the radiograph check",
+              "index_distance": "the distance to the indexed studies", "text": "the text check"}
 SHORT = {FAMILIAR: "familiar", UNLIKE_INDEX: "unlike the index", NOT_RADIOGRAPH: "not a radiograph"}
 CSS = """
 .cxr-verdict {border-radius: 6px; padding: 6px 10px; margin: 4px 0; font-size: .95em;}
@@ -24,8 +26,12 @@ def verdict_html(familiarity: dict[str, Any] | None) -> str:
     name = familiarity.get("verdict", "")
     pct = familiarity.get("percentile")
     detail = f" · farther than {pct:.0f}% of indexed studies" if isinstance(pct, (int, float)) and name != NOT_RADIOGRAPH else ""
+    by = familiarity.get("decided_by") or ""
+    if name == NOT_RADIOGRAPH and by in DECIDED_BY:
+        detail = f" · decided by {DECIDED_BY[by]}"
     message = familiarity.get("message") or ""
-    return (f"<div class='cxr-verdict cxr-verdict-{html.escape(name)}' data-verdict='{html.escape(name)}'>"
+    return (f"<div class='cxr-verdict cxr-verdict-{html.escape(name)}' data-verdict='{html.escape(name)}' "
+            f"data-decided-by='{html.escape(by)}'>"
             f"<b>{html.escape(TITLES.get(name, name))}</b>{html.escape(detail)}"
             f"{'<br>' + html.escape(message) if message else ''}</div>")
 
