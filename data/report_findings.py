@@ -35,7 +35,7 @@ _REWRITES = (
     (re.compile(r"\b(?:the )?(?:heart|heart size|cardiac silhouette|cardiac size)\s+(?:is |are |appears |remains )*"
                 r"(?:(mild|moderate|marked|slight|borderline)(?:ly)? )?(?:enlarged|large)\b", re.IGNORECASE),
      r"\1 cardiomegaly"),
-    (re.compile(r"\b(?:elevated|elevation of the) (left |right )?hemidiaphragm\b", re.IGNORECASE), r"\1elevated diaphragm"),
+    (re.compile(r"\b(?:elevated |(?:relative )?elevation of (?:the )?)(left |right )?hemidiaphragm\b", re.IGNORECASE), r"\1elevated diaphragm"),
     (re.compile(r"\b(left |right )?hemidiaphragm (?:is |remains )?(?:mildly |slightly )?elevated\b", re.IGNORECASE),
      r"\1elevated diaphragm"),
     (re.compile(r"\baorta (?:is |appears |remains )*(?:mildly |slightly )?tortuous\b|\btortuous (?:thoracic )?aorta\b",

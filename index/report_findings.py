@@ -29,7 +29,7 @@ from index.fusion import Ranking
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS reports (
     row_id      INTEGER PRIMARY KEY REFERENCES items(row_id),
-    n_positive  INTEGER NOT NULL   -- findings the report asserts (0: a normal report)
+    n_positive  INTEGER NOT NULL   -- findings the report asserts or hedges (0: a normal report)
 );
 CREATE TABLE IF NOT EXISTS report_findings (
     row_id    INTEGER NOT NULL REFERENCES items(row_id),
@@ -59,7 +59,7 @@ def write_reports(conn: sqlite3.Connection, rows: Iterable[tuple[int, Study]]) -
             continue
         found = report_findings(text)
         conn.execute("INSERT INTO reports (row_id, n_positive) VALUES (?, ?)",
-                     (row_id, sum(f.certainty == POSITIVE for f in found)))
+                     (row_id, sum(f.certainty != NEGATIVE for f in found)))
         conn.executemany("INSERT INTO report_findings VALUES (?, ?, ?, ?, ?)",
                          [(row_id, f.name, f.side, f.severity, f.certainty) for f in found])
         conn.execute("INSERT INTO report_text (rowid, affirmed) VALUES (?, ?)", (row_id, affirmed_text(text)))
