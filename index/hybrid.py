@@ -15,7 +15,7 @@ result says so (``SearchResult.note``).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -24,9 +24,6 @@ from data.report_findings import parse_query
 from index.fusion import Fused, Ranking, rrf
 from index.lexical import lexical_ranking
 from index.report_findings import Query, count_reports, excluded, structured_ranking
-
-if TYPE_CHECKING:
-    from index.engine import SearchEngine, SearchResult
 
 MODES = ("dense", "hybrid")
 DENSE, LEXICAL, STRUCTURED = "dense", "lexical", "structured"
@@ -71,14 +68,15 @@ def fuse(read: Query, text: str, parsed: ParsedPhrase, dense: Ranking | None, al
                          drop)
 
 
-def has_reports(engine: "SearchEngine") -> bool:
+def has_reports(engine: Any) -> bool:
     """Whether the engine's index holds report text (hybrid is then the app's default)."""
     return count_reports(engine.store.read) > 0
 
 
-def hybrid_search(engine: "SearchEngine", text: str, emb: np.ndarray, k: int, filters: Any, exact: bool,
-                  familiarity: Any) -> "SearchResult":
-    """The engine's hybrid text query (``emb``: the phrase's normalised embedding)."""
+def hybrid_search(engine: Any, text: str, emb: np.ndarray, k: int, filters: Any, exact: bool,
+                  familiarity: Any) -> Any:
+    """The engine's hybrid text query (``emb``: the phrase's normalised embedding): a ``SearchResult``
+    (``engine``: an ``index.engine.SearchEngine``, not imported here, which imports this module)."""
     parsed = parse_query(text)
     depth = max(int(k), DENSE_DEPTH)
     dense = engine.search_by_image_vector(emb, k=depth, filters=filters, exact=exact)

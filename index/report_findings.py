@@ -73,11 +73,13 @@ def count_reports(read: Query) -> int:
         return 0
 
 
-def _rows_for(read: Query, names: Sequence[str], allowed: set[int] | None) -> list[tuple]:
-    """The reports' mentions of ``names``; where a report states a finding with a side, its unsided
-    mentions of it ("This pneumothorax measures ...") refer back to that one and are dropped."""
+def _rows_for(read: Query, names: Sequence[str], allowed: set[int] | None, asserted: bool = True) -> list[tuple]:
+    """The reports' mentions of ``names`` (``asserted``: positive or hedged only); where a report
+    states a finding with a side, its unsided mentions of it ("This pneumothorax measures ...")
+    refer back to that one and are dropped."""
     rows = read(f"SELECT row_id, finding, side, severity, certainty FROM report_findings "
-                f"WHERE finding IN ({','.join('?' * len(names))})", list(names))
+                f"WHERE finding IN ({','.join('?' * len(names))})" + (" AND certainty != 'negative'" if asserted else ""),
+                list(names))
     rows = [r for r in rows if allowed is None or r[0] in allowed]
     sided = {(r[0], r[1]) for r in rows if r[2] and r[4] != NEGATIVE}
     return [r for r in rows if r[2] or r[4] == NEGATIVE or (r[0], r[1]) not in sided]
@@ -109,9 +111,8 @@ def excluded(read: Query, parsed: ParsedPhrase) -> set[int]:
     sided = {f.name: f.side for f in parsed.positive if f.side in (LEFT, RIGHT)}
     if sided:
         stated: dict[tuple[int, str], set[str]] = {}
-        for row_id, name, side, _, certainty in _rows_for(read, sorted(sided), None):
-            if certainty != NEGATIVE:
-                stated.setdefault((row_id, name), set()).add(side)
+        for row_id, name, side, _, _ in _rows_for(read, sorted(sided), None):
+            stated.setdefault((row_id, name), set()).add(side)
         out |= {row_id for (row_id, name), sides in stated.items() if sides == {OPPOSITE[sided[name]]}}
     return out
 
@@ -123,8 +124,6 @@ def structured_ranking(read: Query, parsed: ParsedPhrase, allowed: set[int] | No
         best: dict[tuple[int, int], float] = {}
         wanted = list(parsed.positive)
         for row_id, name, side, severity, certainty in _rows_for(read, sorted({f.name for f in wanted}), allowed):
-            if certainty == NEGATIVE:
-                continue
             for i, q in enumerate(wanted):
                 if q.name == name:
                     best[(row_id, i)] = max(best.get((row_id, i), 0.0), _grade(q, side, severity, certainty))
@@ -133,7 +132,7 @@ def structured_ranking(read: Query, parsed: ParsedPhrase, allowed: set[int] | No
     elif parsed.negated:
         names = sorted({f.name for f in parsed.negated})
         drop = excluded(read, parsed)
-        said_absent = {r[0] for r in _rows_for(read, names, allowed) if r[4] == NEGATIVE}
+        said_absent = {r[0] for r in _rows_for(read, names, allowed, asserted=False) if r[4] == NEGATIVE}
         for (row_id,) in read("SELECT row_id FROM reports", ()):
             if (allowed is None or row_id in allowed) and row_id not in drop:
                 grades[row_id] = 1.0 if row_id in said_absent else 0.5

@@ -212,3 +212,19 @@ def test_parse_chips():
 
     with pytest.raises(QueryError, match="side filter needs a finding"):
         with_side({"finding": None}, "left", "zebra crossing")
+
+
+def test_a_store_without_report_tables_is_refused_with_a_rebuild_message(tmp_path):
+    import sqlite3
+
+    from index.store import StoreSchemaError
+
+    path = tmp_path / "meta.sqlite"
+    write_store(path, [_study(0, "Small left pleural effusion.")])
+    conn = sqlite3.connect(path)
+    with conn:  # what schema 2 wrote: no report tables
+        conn.executescript("DROP TABLE reports; DROP TABLE report_findings; DROP TABLE report_text;"
+                           "UPDATE info SET value = '2' WHERE key = 'schema_version';")
+    conn.close()
+    with pytest.raises(StoreSchemaError, match=r"schema version 2; this code reads version 3.*Rebuild the index"):
+        MetadataStore.load(path)
