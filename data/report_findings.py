@@ -35,9 +35,16 @@ _REWRITES = (
     (re.compile(r"\b(?:the )?(?:heart|heart size|cardiac silhouette|cardiac size)\s+(?:is |are |appears |remains )*"
                 r"(?:(mild|moderate|marked|slight|borderline)(?:ly)? )?(?:enlarged|large)\b", re.IGNORECASE),
      r"\1 cardiomegaly"),
-    (re.compile(r"\b(?:elevated |(?:relative )?elevation of (?:the )?)(left |right )?hemidiaphragm\b", re.IGNORECASE), r"\1elevated diaphragm"),
-    (re.compile(r"\b(left |right )?hemidiaphragm (?:is |remains )?(?:mildly |slightly )?elevated\b", re.IGNORECASE),
+    (re.compile(r"\b(?:elevated |(?:relative )?elevation of (?:the )?)(left |right )?(?:hemi)?diaphragm\b", re.IGNORECASE),
      r"\1elevated diaphragm"),
+    (re.compile(r"\b(left |right )?(?:hemi)?diaphragm (?:is |remains )?(?:mildly |slightly )?(?:elevated|elevation)\b",
+                re.IGNORECASE), r"\1elevated diaphragm"),
+    (re.compile(r"\b(?:dextro|levo)(?:scoliosis|curvature)\b|\bspine curvature\b|\bcurvature of the spine\b",
+                re.IGNORECASE), "scoliosis"),
+    (re.compile(r"\bvascular prominence\b|\bprominen(?:t|ce of the) (?:central )?(?:pulmonary )?vascul(?:ature|arity)\b",
+                re.IGNORECASE), "congestion"),
+    # "No change in the right apical scarring" reports a finding, it does not negate it
+    (re.compile(r"\bno (?:significant |interval |appreciable )?change (?:in|of)\b", re.IGNORECASE), "unchanged"),
     (re.compile(r"\baorta (?:is |appears |remains )*(?:mildly |slightly )?tortuous\b|\btortuous (?:thoracic )?aorta\b",
                 re.IGNORECASE), "tortuous aorta"),
     (re.compile(r"\bdegenerative changes\b", re.IGNORECASE), "degenerative change"),

@@ -176,8 +176,12 @@ def test_hybrid_finds_what_the_reports_say_and_dense_does_not(iu_engines):
     assert all(h.channels == ("dense",) for h in dense.hits) and dense.mode == "dense"
     top = hybrid.hits[0]
     assert "structured" in top.channels and top.to_dict()["channels"] == list(top.channels) and "tags" in top.to_dict()
-    assert any(f.name == "pleural effusion" and f.side in (LEFT, BILATERAL) and f.certainty == POSITIVE
-               for f in report_findings(top.study.report_text))
+    # CXR188 is the one report of the 300 saying "small left pleural effusion" (the dense vectors here are random)
+    assert "CXR188" in hybrid.study_ids[:3] and "CXR188" not in dense.study_ids
+    for hit in hybrid.hits:  # every hit's report states an effusion that is not right-sided only
+        sides = {f.side for f in report_findings(hit.study.report_text)
+                 if f.name == "pleural effusion" and f.certainty != NEGATIVE}
+        assert sides and sides != {RIGHT}, hit.study_id
     negated = engine.search_by_text("no pleural effusion", k=20, mode="hybrid")
     for hit in negated.hits:
         assert not any(f.name == "pleural effusion" and f.certainty == POSITIVE for f in report_findings(hit.study.report_text))
