@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(os.environ.get("CXR_PORT", os.environ.get("GRADIO_SERVER_PORT", 7860))))
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
     p.add_argument("--concurrency", type=int, default=2, help="queries processed at once (2 CPU cores: 2)")
+    p.add_argument("--text-mode", choices=("dense", "hybrid"), default=None,
+                   help="text search: hybrid fuses the indexed reports with image similarity (default when the "
+                        "index has reports); dense is image similarity alone (the paper's setting)")
     p.add_argument("--keep-uploads", action="store_true", help="keep uploaded files in the temp cache (default: deleted once read)")
     serving.add_arguments(p)
     pacs = p.add_argument_group("PACS (issue 27): viewer links and queries by StudyInstanceUID")
@@ -98,7 +101,9 @@ def load_service(args: argparse.Namespace, train_args: list[str] | None = None):
     engine = open_engine(index_dir, model, data_root=args.data_root)
     impressions = {m.study_id: m.impression or m.findings for m in engine.store.all()}
     maps = EmbeddingMaps.load(run_dir / "embedding_map.json", impressions)
-    return SearchService(engine, RunInfo.load(run_dir), maps, keep_uploads=args.keep_uploads)
+    service = SearchService(engine, RunInfo.load(run_dir), maps, keep_uploads=args.keep_uploads)
+    service.text_mode = getattr(args, "text_mode", None) or service.text_mode
+    return service
 
 
 def example_uploads() -> list[str]:
@@ -115,6 +120,7 @@ def build_ui(service, examples: list[str], phantom_examples: list[str], pacs_sou
     import gradio as gr
 
     from webapp.service import ANY
+    from webapp.text_query import MODES, SIDES, chips_html
 
     findings = [ANY] + list(service.vocabulary)
     views = [ANY] + service.views
@@ -154,6 +160,7 @@ def build_ui(service, examples: list[str], phantom_examples: list[str], pacs_sou
                         # lines=1: Enter searches (gradio submits on Enter only for one-line boxes); Shift+Enter adds a line
                         text = gr.Textbox(label="Findings phrase", placeholder="e.g. small left pleural effusion (Enter searches)",
                                           lines=1, max_lines=4)
+                        chips_txt = gr.HTML(elem_id="parse-chips")  # how the phrase was read (webapp.text_query)
                         verdict_txt = gr.HTML(elem_id="verdict-text")
                         gr.Examples([[p] for p in EXAMPLE_PHRASES], inputs=text, label="Try")
                         with gr.Accordion("Filters", open=False):
@@ -161,6 +168,9 @@ def build_ui(service, examples: list[str], phantom_examples: list[str], pacs_sou
                             label_txt = gr.Dropdown(["any", "normal", "abnormal"], value=ANY, label="Label")
                             view_txt = gr.Dropdown(views, value=ANY, label="View")
                             finding_txt = gr.Dropdown(findings, value=ANY, label="Finding")
+                            side_txt = gr.Dropdown(list(SIDES), value=ANY, label="Side", elem_id="side-filter")
+                            mode_txt = gr.Radio(list(MODES), value=service.text_mode, label="Search mode",
+                                                info="hybrid: image similarity + the indexed reports; dense: image similarity only")
                         search_txt_btn = gr.Button("Search", variant="primary")
                     with gr.Column(scale=2):
                         status_txt = gr.Markdown()
@@ -201,11 +211,12 @@ def build_ui(service, examples: list[str], phantom_examples: list[str], pacs_sou
         for event in (search_img_btn.click(search_image, img_inputs, img_outputs, api_name="search_image"),
                       upload.upload(search_image, img_inputs, img_outputs, api_visibility="private")):
             event.then(verdict_of, json_img, verdict_img, api_visibility="private")
-        txt_inputs = [text, k_txt, label_txt, view_txt, finding_txt]
+        txt_inputs = [text, k_txt, label_txt, view_txt, finding_txt, side_txt, mode_txt]  # mode last: API callers
         txt_outputs = [gallery_txt, reports_txt, status_txt, json_txt, query_state]
         for event in (search_txt_btn.click(search_text, txt_inputs, txt_outputs, api_name="search_text"),
                       text.submit(search_text, txt_inputs, txt_outputs, api_visibility="private")):
             event.then(verdict_of, json_txt, verdict_txt, api_visibility="private")
+            event.then(chips_html, [text, mode_txt], chips_txt, api_visibility="private")
         for trigger in (method.change, query_state.change, demo.load):
             trigger(service.map_figures, [method, query_state], [plot_frozen, plot_tuned], api_visibility="private")
     return demo
@@ -303,10 +314,11 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.run or args.bundle):
         maps_later(service, service.run.run_dir)
     log.info("ready in %.1fs", time.time() - t0)
+    from webapp.text_query import CSS as CHIPS_CSS
     from webapp.trust import CSS as VERDICT_CSS
 
     serving.serve(demo, **options, allowed_paths=serving.served_examples(examples + phantoms),  # nothing else as-is
-                  theme=gr.themes.Soft(), css=CSS + VERDICT_CSS)
+                  theme=gr.themes.Soft(), css=CSS + VERDICT_CSS + CHIPS_CSS)
 
 
 if __name__ == "__main__":

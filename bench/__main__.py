@@ -1,7 +1,7 @@
 """The whole benchmark suite: ``python -m bench`` prints ONE JSON document (and saves it to
 bench/out/latest.json). About 6-9 minutes on 2 cores; progress goes to stderr.
 
-    python -m bench                      # embed, search, query, train_head, startup (warm), familiarity, pacs_ingest
+    python -m bench                      # embed, search, query, train_head, startup (warm), familiarity, hybrid, pacs_ingest
     python -m bench --cold               # + cold start of the full demo (many minutes)
     python -m bench --with-1m            # + the 1M x 512 search case (2 GB; long hnsw build)
     python -m bench --only query embed   # some parts
@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.common import ROOT, emit, log, machine, setup_environment
 
-PARTS = ("embed", "search", "query", "train_head", "startup", "familiarity", "pacs_ingest")
+PARTS = ("embed", "search", "query", "train_head", "startup", "familiarity", "hybrid", "pacs_ingest")
 
 # ``--quick``: the same parts at smoke sizes (the documented-commands test runs this; figures not for the README).
 QUICK_ARGS = {
@@ -32,6 +32,7 @@ QUICK_ARGS = {
     "query": ["--backbones", "offline", "--n-image", "3", "--n-policy", "0", "--no-runtimes"],
     "train_head": ["--no-thread-compare"],
     "startup": ["--warm-demo-limit", "40"],
+    "hybrid": ["--no-quality", "--reps", "1"],
     "pacs_ingest": ["--reps", "1"],
 }
 

@@ -135,3 +135,9 @@ def _has_word(text: str, word: str) -> bool:
 
 def _has_any(text: str, words: tuple[str, ...]) -> bool:
     return any(_has_word(text, w) for w in words)
+
+
+def surface_forms() -> list[tuple[str, str]]:
+    """(surface form, vocabulary name) pairs the parser recognises, longest form first (for finding
+    mention spans in report text, data.report_findings)."""
+    return list(_FORMS)

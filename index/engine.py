@@ -20,6 +20,7 @@ from data.records import ABNORMAL, LABEL_NAMES, NORMAL, Study
 from index.ann import EXACT_THRESHOLD, ExactIndex, HnswIndex, Neighbours, normalise
 from index.build import Encoder, encoder_identity
 from index.familiarity import FamiliarityModel, Familiarity, NOT_RADIOGRAPH
+from index.hybrid import check_mode, hybrid_search
 from index.manifest import (
     FAMILIARITY,
     IMAGES,
@@ -110,6 +111,7 @@ class Hit(StudyFields):
     score: float
     row_id: int
     study: Study
+    channels: tuple[str, ...] = ("dense",)  # which searches found it (hybrid text search: index.hybrid)
 
     # What a hit tells a caller: the whitelist is the privacy decision (no patient id, no paths).
     PUBLIC = ("view", "finding_names", "tags", "findings", "impression")
@@ -118,7 +120,8 @@ class Hit(StudyFields):
         """The one JSON shape of a hit (the API endpoints and ``SearchResult.to_dict``)."""
         return {"rank": self.rank, "study_id": self.study.study_id, "score": round(float(self.score), 4),
                 "label": self.study.label_name, **{k: _plain(getattr(self.study, k)) for k in self.PUBLIC},
-                "structured_findings": [f.to_dict() for f in self.study.structured_findings]}
+                "structured_findings": [f.to_dict() for f in self.study.structured_findings],
+                "channels": list(self.channels)}
 
 
 def _plain(value: Any) -> Any:
@@ -139,6 +142,8 @@ class SearchResult:
     reports: list[Hit] = field(default_factory=list)  # search_by_image only: image->report hits
     familiarity: Familiarity | None = None  # None when the index has no familiarity model
     n_below_floor: int = 0  # filtered search: hits cut for falling below the relevance floor
+    mode: str = "dense"  # text queries: the mode that answered ("hybrid" or "dense", index.hybrid)
+    note: str = ""  # text queries: why hybrid fell back to dense, if it did
 
     def __len__(self) -> int:
         return len(self.hits)
@@ -162,6 +167,8 @@ class SearchResult:
             "reports": [h.to_dict() for h in self.reports],
             "familiarity": self.familiarity.to_dict() if self.familiarity is not None else None,
             "n_below_floor": self.n_below_floor,
+            "mode": self.mode,
+            "note": self.note,
         }
 
 
@@ -301,10 +308,13 @@ class SearchEngine:
             n_below_floor=images.n_below_floor,
         )
 
-    def search_by_text(self, text: str, k: int = 10, filters: Any = None, exact: bool = False) -> SearchResult:
-        """Radiographs matching a findings phrase (text->image), with the phrase's familiarity."""
+    def search_by_text(self, text: str, k: int = 10, filters: Any = None, exact: bool = False,
+                       mode: str = "dense") -> SearchResult:
+        """Radiographs matching a findings phrase (text->image), with the phrase's familiarity.
+        ``mode="hybrid"`` fuses the indexed reports' channels in (index.hybrid); dense is the paper's setting."""
         if not text or not text.strip():
             raise ValueError("the text query is empty")
+        mode = check_mode(mode)
         encoder = self._require_encoder()
         text = text.strip()
         familiarity = None
@@ -315,6 +325,8 @@ class SearchEngine:
             else:
                 emb = encoder.embed_texts([text])
             emb = normalise(emb)
+        if mode == "hybrid":  # hybrid text search: index.hybrid
+            return hybrid_search(self, text, emb, k, filters, exact, familiarity)
         result = self._search(emb, k, filters, "images", exact, "text")
         return replace(result, familiarity=familiarity)
 

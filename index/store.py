@@ -24,10 +24,12 @@ import numpy as np
 from data.errors import StoreSchemaError  # noqa: F401 (defined in data.errors, re-exported)
 from data.findings import BILATERAL, LEFT, RIGHT, canonical_name, profile
 from data.records import Study
+from index.report_findings import write_reports
 
 # 2: one JSON ``record`` per study (Study.to_dict, with structured findings) instead of a column per
-# field; item_findings keyed by finding AND side. Version-1 stores must be rebuilt.
-SCHEMA_VERSION = 2
+# field; item_findings keyed by finding AND side. 3: the findings and lexical text each report states
+# (index.report_findings), for the hybrid text search. Older stores are refused with "rebuild the index".
+SCHEMA_VERSION = 3
 SIDES = (LEFT, RIGHT, BILATERAL)
 
 _SCHEMA = """
@@ -141,7 +143,7 @@ def _check_schema(conn: sqlite3.Connection, where: Path | str) -> None:
     if found != str(SCHEMA_VERSION):
         raise StoreSchemaError(
             f"{where} holds index metadata of schema version {found}; this code reads version {SCHEMA_VERSION} "
-            "(structured findings with their side). Rebuild the index: `python -m index build --run RUN --out DIR ...` "
+            "(structured findings with their side, and the findings each report states). Rebuild the index: `python -m index build --run RUN --out DIR ...` "
             "(the offline demo's index is rebuilt automatically by `python app.py`)."
         )
 
@@ -182,6 +184,7 @@ def append_to_store(path: Path, studies: Sequence[Study], data_root: Path | str 
                 "INSERT INTO item_findings (row_id, finding, side) VALUES (?, ?, ?)",
                 [row for i, s in enumerate(studies) for row in finding_rows(current + i, s)],
             )
+            write_reports(conn, [(current + i, s) for i, s in enumerate(studies)])
     finally:
         conn.close()
 
@@ -222,6 +225,10 @@ class MetadataStore:
     def _query(self, sql: str, params: Iterable = ()) -> list[tuple]:
         with self._lock:
             return self._conn.execute(sql, tuple(params)).fetchall()
+
+    def read(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        """Run a read-only query on the store (the hybrid search's report tables, index.report_findings)."""
+        return self._query(sql, params)
 
     def get(self, row_ids: Iterable[int]) -> list[ItemMeta]:
         """Metadata of ``row_ids``, in the order given."""

@@ -130,10 +130,22 @@ def evaluate(backbone: Any, trained: TrainedHead, Xi: torch.Tensor, Xt: torch.Te
     phrase_feats = backbone.encode_texts(phrase_texts()).numpy().astype(np.float32)
     report = evaluate_models(backbone, trained.head, Xi, Xt, data.labels, data.rows, data.codes,
                              [s.structured_findings for s in data.studies], n_bootstrap, phrase_feats=phrase_feats)
+    report["phrase_benchmark"].update(hybrid_phrase_rows(trained, Xi, phrase_feats, data))
     calibration, report["calibration"] = calibrate_head(trained.head, Xi, data.labels, data.rows)
     report.update({"n_test": int(len(data.rows["test"])), "split_hash": split_hash(data.split),
                    "split_level": data.level, "data": data.source.name, "best_epoch": trained.best_epoch})
     return report, calibration
+
+
+def hybrid_phrase_rows(trained: TrainedHead, Xi: torch.Tensor, phrase_feats: np.ndarray,
+                       data: Collection) -> dict[str, Any]:
+    """eval.json's ``phrase_benchmark["hybrid"]`` and ``["reports only"]`` (index.hybrid_benchmark): the
+    head's phrase and test-image embeddings fused with the test studies' own reports."""
+    from index.hybrid_benchmark import hybrid_rows
+
+    test = data.rows["test"]
+    return hybrid_rows(project(trained.head, torch.from_numpy(phrase_feats), "text"),
+                       project(trained.head, Xi[test], "image"), [data.studies[i] for i in test])
 
 
 def run_config(args: argparse.Namespace, backbone: Any, trained: TrainedHead, data: Collection,

@@ -64,7 +64,7 @@ def test_store_holds_structured_findings_and_side_rows(index):
     ]
     assert record["tags"] == list(studies[2].tags) and record["findings"] == "report 2"
     assert rows == [("pleural effusion", "bilateral")]  # left + right tags fold into one bilateral row
-    assert version == str(SCHEMA_VERSION) == "2"
+    assert version == str(SCHEMA_VERSION) == "3"
     store = MetadataStore.load(out / META)
     try:
         assert store.get([0])[0].study == studies[0]
@@ -113,7 +113,7 @@ def test_hits_carry_structured_findings_in_one_json_shape(index):
     assert record["structured_findings"][0] == {"name": "pleural effusion", "side": "bilateral", "location": "",
                                                 "severity": "severe", "certainty": "positive"}
     assert set(record) == {"rank", "study_id", "score", "label", "view", "finding_names", "tags", "findings",
-                           "impression", "structured_findings"}
+                           "impression", "structured_findings", "channels"}
     assert record["label"] == "abnormal" and record["tags"] == list(studies[2].tags)
     assert hits_as_records(result.hits) == [h.to_dict() for h in result.hits]
     assert json.loads(json.dumps(result.to_dict()))["hits"][0] == record
@@ -140,7 +140,7 @@ def test_older_store_asks_for_a_rebuild(tmp_path):
     old = tmp_path / "meta.sqlite"
     _version_1_store(old)
     assert schema_version(old) == 1
-    with pytest.raises(StoreSchemaError, match=r"schema version 1; this code reads version 2.*Rebuild the index"):
+    with pytest.raises(StoreSchemaError, match=r"schema version 1; this code reads version 3.*Rebuild the index"):
         MetadataStore.load(old)
     with pytest.raises(StoreSchemaError, match="Rebuild the index"):  # `index add` on an old index
         append_to_store(old, _studies(1)[:1], start=1)

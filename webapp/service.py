@@ -24,6 +24,7 @@ from data.findings_text import parse_phrase
 from webapp.why import consensus, from_phrase, why_html
 from webapp.queries import LABEL_CHOICES, QueryError, clean_query, parse_choice, parse_k
 from webapp.trust import warning_lines
+from webapp import text_query
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class SearchService:
         self._recent: OrderedDict[str, LoadedImage] = OrderedDict()
         self._recent_lock = threading.Lock()
         self._path_locks = [threading.Lock() for _ in range(16)]
+        from index.hybrid import has_reports
+
+        self.text_mode = "hybrid" if has_reports(engine) else "dense"  # app.py --text-mode overrides
         warm_in_background()  # the report view's negation detector: spaCy loads off the first request
 
     # ---- image -> studies and reports ---------------------------------------------
@@ -104,26 +108,31 @@ class SearchService:
         return loaded.image, gallery, reports, estimate, status, records, state
 
     # ---- text -> images ------------------------------------------------------------
-    def search_text(self, text: str | None, k: int, label: str, view: str, finding: str):
-        """Returns (gallery, reports_html, status, records, query_state)."""
+    def search_text(self, text: str | None, k: int, label: str, view: str, finding: str, side: str = ANY,
+                    mode: str | None = None):
+        """Returns (gallery, reports_html, status, records, query_state). ``side``: left / right /
+        bilateral for the phrase's finding; ``mode``: hybrid or dense (default: the app's)."""
         try:
             query, notes = clean_query(text)
             k, k_notes = parse_k(k)
-            filters = self._filters(label, view, finding)
+            mode = text_query.check_mode(mode, self.text_mode)
+            filters = text_query.with_side(self._filters(label, view, finding), side, query)
             notes += k_notes + self._context_notes(query)
-            result = self.engine.search_by_text(query, k=k, filters=filters)
+            result = self.engine.search_by_text(query, k=k, filters=filters, mode=mode)
         except QueryError as exc:
             return [], "", f"{WARNING} {exc}", {"hits": []}, None
         except Exception:
             return [], "", report_unexpected("text search"), {"hits": []}, None
         terms = query_terms(query, self.vocabulary)
         gallery = [(h.image_path, gallery_caption(h)) for h in result.hits]
-        reports = why_html(from_phrase(parse_phrase(query)), result.hits) + report_cards(result.hits, lambda h: terms)
+        reports = (why_html(from_phrase(parse_phrase(query)), result.hits) + text_query.found_by_html(query, result.hits)
+                   + report_cards(result.hits, lambda h: terms))
         familiarity = result.familiarity.to_dict() if result.familiarity is not None else None
-        status = _status(f"{len(result.hits)} radiographs from {result.n_candidates:,} candidates.", notes,
+        notes += [result.note] if result.note else []
+        status = _status(f"{len(result.hits)} radiographs from {result.n_candidates:,} candidates ({result.mode} search).", notes,
                          warning_lines(result.familiarity) + _floor_warnings(result),
                          trusted=result.familiarity is None or result.familiarity.trusted)
-        records = {"hits": hits_as_records(result.hits), "familiarity": familiarity}
+        records = {"hits": hits_as_records(result.hits), "familiarity": familiarity, "mode": result.mode}
         return gallery, reports, status, records, self._query_state(query[:80], result.hits, familiarity)
 
     # ---- embedding map -------------------------------------------------------------
