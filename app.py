@@ -18,7 +18,7 @@ import logging
 import time
 from pathlib import Path
 
-from data.errors import LOAD_ERRORS, one_line
+from data.errors import LOAD_ERRORS, InputError, one_line
 from webapp import serving
 from model.runtime_option import add_runtime_argument, apply_runtime_argument
 
@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_service(args: argparse.Namespace, train_args: list[str] | None = None):
     """Build (first start) or load the model, the index and the plots."""
-    from index.vector_store import open_engine
+    from index.engine import SearchEngine
     from model.retrieval_model import RetrievalModel
     from pipeline.demo import ensure_demo
     from webapp.plots import EmbeddingMaps
@@ -85,12 +85,12 @@ def load_service(args: argparse.Namespace, train_args: list[str] | None = None):
     elif args.run and args.index:
         run_dir, index_dir = Path(args.run), args.index  # a folder or milvus://...
     elif args.run or args.index:
-        raise SystemExit("give both --run and --index, or neither for the offline demo")
+        raise InputError("give both --run and --index, or neither for the offline demo")
     else:
         run_dir, index_dir = ensure_demo(train_args=train_args)
     log.info("loading the model and index")
     model = RetrievalModel.from_run(run_dir, backbone_path=args.backbone_path)
-    engine = open_engine(index_dir, model, data_root=args.data_root)
+    engine = SearchEngine.load(index_dir, model, data_root=args.data_root)  # a folder or milvus://
     impressions = {m.study_id: m.impression or m.findings for m in engine.store.all()}
     maps = EmbeddingMaps.load(run_dir / "embedding_map.json", impressions)
     return SearchService(engine, RunInfo.load(run_dir), maps, keep_uploads=args.keep_uploads)

@@ -7,7 +7,7 @@ the frozen features through one on-disk cache (``model.features.cached_frozen_fe
 collection is embedded once, whichever of the three comes first.
 
 The work of each step lives where its job is: loaders in ``data``, the training loop in
-``model.training``, the metrics in ``model.evaluate_run``, the index writer in ``index.build``,
+``model.training``, the metrics in ``model.evaluate_run``, the one index builder in ``index.build``,
 the t-SNE/UMAP export in ``model.embedding_map``. This module only wires them together.
 """
 from __future__ import annotations
@@ -165,20 +165,21 @@ def write_run(out: Path, trained: TrainedHead, config: dict[str, Any], report: d
 
 
 # --------------------------------------------------------------------------------------- 5. index
-def build_index(run_dir: Path | str, index_dir: Path | str, studies: Sequence[Study],
-                data_root: Path | str | None = None, batch_size: int = 64, progress: bool = True,
-                encoder: Any = None, **hnsw: int):
-    """Step 5: index ``studies`` with the run's model (frozen features from the shared cache, then
-    the head), with their familiarity model and frozen vectors; published atomically. Returns the manifest.
+def index_run(run_dir: Path | str, index: Path | str, studies: Sequence[Study],
+              data_root: Path | str | None = None, batch_size: int = 64, progress: bool = True,
+              encoder: Any = None, shards: Path | str | None = None, **hnsw: int):
+    """Step 5: index ``studies`` with the run's model through the one builder (``index.build``): frozen
+    features from the shared cache (or the Ray ingest's ``shards``), then the head, with their familiarity
+    model and frozen vectors, to an hnswlib folder or ``milvus://``; published atomically. Returns the manifest.
 
     ``encoder``: the run's model when the caller has it loaded already (default: loaded from ``run_dir``)."""
     from index.build import build_from_encoder
     from model.retrieval_model import RetrievalModel
 
-    log.info("building the search index -> %s", index_dir)
+    log.info("building the search index -> %s", index)
     model = encoder if encoder is not None else RetrievalModel.from_run(run_dir)
-    return build_from_encoder(index_dir, model, studies, data_root=data_root, batch_size=batch_size,
-                              run_dir=run_dir, progress=progress, **hnsw)
+    return build_from_encoder(index, model, studies, data_root=data_root, batch_size=batch_size,
+                              run_dir=run_dir, progress=progress, shards=shards, **hnsw)
 
 
 # ---------------------------------------------------------------------------------------- 6. maps
@@ -244,8 +245,8 @@ def train_run(args: argparse.Namespace) -> Path:
     if args.index:  # the saved run, verified by its checksum, on the backbone already loaded (and its --backbone-path)
         from model.retrieval_model import RetrievalModel
 
-        build_index(out, args.index, data.studies, data_root=data_root_for(args, data.studies), progress=not args.quiet,
-                    encoder=RetrievalModel.from_run(out, backbone=backbone))
+        index_run(out, args.index, data.studies, data_root=data_root_for(args, data.studies), progress=not args.quiet,
+                  encoder=RetrievalModel.from_run(out, backbone=backbone), shards=args.features)
     if not args.no_maps:
         write_maps(out, image_feats, project(trained.head, Xi, "image"), data.studies, args.seed)
     log.info("\n%s\n\nrun folder: %s  (%.0fs in all)", format_table(report), out, time.time() - t_start)

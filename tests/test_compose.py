@@ -129,7 +129,7 @@ def test_composed_search_bad_inputs_give_messages(extras, small_demo, tmp_path):
 def test_side_by_side_uses_the_frozen_vectors(extras, small_demo, tmp_path):
     from index.frozen import FROZEN_IMAGES
 
-    assert FROZEN_IMAGES in extras.engine.manifest.files and extras.frozen is not None
+    assert FROZEN_IMAGES in extras.engine.manifest.files and extras.engine.frozen is not None
     out = extras.search_composed(_upload(small_demo, tmp_path), "", "with", 1.0, 5, True)
     frozen = out[4]["frozen"]
     assert frozen["available"] and len(frozen["frozen_ids"]) == 5 and len(out[5]) == 5
