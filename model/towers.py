@@ -129,7 +129,7 @@ def text_spec(backbone: Backbone) -> TowerSpec:
     return TowerSpec("text", ("tokens",), TOKEN_AXES, build_open_clip)
 
 
-def _open_clip_text_runner(backbone: OpenClipBackbone, tower):
+def open_clip_text_runner(backbone: OpenClipBackbone, tower):
     pad_id = text_trim_pad_id(backbone.model)
 
     def run(texts: list[str]) -> torch.Tensor:
@@ -146,7 +146,7 @@ def _tokenize(backbone: OfflineBackbone, texts: list[str]) -> dict[str, torch.Te
     return (getattr(model, "preprocess", None) or model.tokenize)(texts)
 
 
-def _offline_text_runner(backbone: OfflineBackbone, tower):
+def offline_text_runner(backbone: OfflineBackbone, tower):
     def run(texts: list[str]) -> torch.Tensor:
         feats = _tokenize(backbone, texts)
         return tower(feats["input_ids"], feats["attention_mask"])
@@ -176,8 +176,8 @@ def attach_runtime(backbone: Backbone, runtime: str) -> Backbone:
     if image is not None:
         backbone.image_runner = image
     if text is not None:
-        backbone.text_runner = (_offline_text_runner if isinstance(backbone, OfflineBackbone)
-                                 else _open_clip_text_runner)(backbone, text)
+        backbone.text_runner = (offline_text_runner if isinstance(backbone, OfflineBackbone)
+                                 else open_clip_text_runner)(backbone, text)
     if image is not None or text is not None:
         backbone.runtime = runtime if text is not None or not ort_int8 else "torch"
     return backbone

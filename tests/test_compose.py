@@ -156,7 +156,7 @@ def test_heatmap_on_demand(extras, small_demo, tmp_path):
     out = extras.search_composed(_upload(small_demo, tmp_path), "left pleural effusion", "with", 1.0, 4)
     image, caption = extras.heatmap(out[7], 2)
     assert image is not None and image.size == (320, 320) and "Hit #2" in caption
-    maps = extras._heat[out[7]["upload"]]
+    maps = extras.cached_occlusion(out[7]["upload"])
     heat = maps.heat(extras.engine.vectors("images")[out[7]["rows"][1]])
     assert heat.shape == (maps.grid, maps.grid) and heat.min() >= 0 and heat.max() == pytest.approx(1.0)
     assert extras.heatmap(out[7], 99)[0] is None

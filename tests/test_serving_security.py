@@ -94,7 +94,7 @@ def _app_temp_dirs(parent: Path, pid: int) -> list[Path]:
 def _dead_process_stamp() -> tuple[int, int]:
     """(pid, start time) of a process that has exited: what a killed app leaves in its folder name."""
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    start = serving._process_start(child.pid) or 0
+    start = serving.process_start(child.pid) or 0
     child.kill()
     child.wait()
     return child.pid, start
@@ -320,8 +320,8 @@ def test_stale_sweep_keeps_live_and_foreign_folders(tmp_path):
     dead_pid, dead_start = _dead_process_stamp()
     me = os.getpid()
     dead = tmp_path / f"{serving.TEMP_PREFIX}{dead_pid}-{dead_start}-abc"
-    reused = tmp_path / f"{serving.TEMP_PREFIX}{me}-{(serving._process_start(me) or 0) + 1}-abc"  # pid reused since
-    alive = tmp_path / f"{serving.TEMP_PREFIX}{me}-{serving._process_start(me)}-abc"
+    reused = tmp_path / f"{serving.TEMP_PREFIX}{me}-{(serving.process_start(me) or 0) + 1}-abc"  # pid reused since
+    alive = tmp_path / f"{serving.TEMP_PREFIX}{me}-{serving.process_start(me)}-abc"
     foreign = tmp_path / f"{serving.TEMP_PREFIX}oldstyle"
     for folder in (dead, reused, alive, foreign):
         (folder / "sub").mkdir(parents=True)

@@ -132,6 +132,11 @@ class ExtrasService:
                    f"{seconds:.2f} s).")
         return overlay(image, heat), caption
 
+    def cached_occlusion(self, key: str) -> OcclusionMaps | None:
+        """The occlusion maps kept for an upload (``key``: its path), if its heat-map was drawn."""
+        with self._heat_lock:
+            return self._heat.get(key)
+
     def _occlusion(self, key: str, image) -> OcclusionMaps:
         with self._heat_lock:
             if key in self._heat:

@@ -109,7 +109,7 @@ def exposure_warning(host: str, share: bool, authenticated: bool) -> str | None:
 
 
 # ----------------------------------------------------------------------------- temp folder
-def _process_start(pid: int) -> int | None:
+def process_start(pid: int) -> int | None:
     """Start time of a process in clock ticks since boot (Linux), to tell a reused pid apart."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -120,7 +120,7 @@ def _process_start(pid: int) -> int | None:
 
 def _alive(pid: int, start: int) -> bool:
     """Is the process that made a folder still running? Same pid and same start time (pids are reused)."""
-    now = _process_start(pid)
+    now = process_start(pid)
     if now is not None and start:
         return now == start
     try:
@@ -165,7 +165,7 @@ def make_temp_dir() -> Path:
     if stale:
         log.info("removed %d stale temp folder(s) of earlier runs under %s", len(stale), parent)
     pid = os.getpid()
-    folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{pid}-{_process_start(pid) or 0}-", dir=parent))
+    folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{pid}-{process_start(pid) or 0}-", dir=parent))
     os.environ["GRADIO_TEMP_DIR"] = str(folder)
     os.environ["GRADIO_EXAMPLES_CACHE"] = str(folder / "examples")  # gradio serves it too; default: ./.gradio
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
