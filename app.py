@@ -198,6 +198,7 @@ def build_ui(service, examples: list[str], phantom_examples: list[str]):
 
 
 def model_card(service) -> str:
+    from model.checkpoint import run_option
     from model.evaluate import format_table
 
     cfg = service.run.config
@@ -206,8 +207,8 @@ def model_card(service) -> str:
         "## Loaded model",
         f"- **Backbone:** `{cfg.get('backbone_name')}` (`{cfg.get('backbone_id')}`), frozen",
         f"- **Head:** {json.dumps(cfg.get('head', {}))}",
-        f"- **Loss:** `{cfg.get('loss')}` — weights " + ", ".join(f"{k} = {v:g}" for k, v in weights.items())
-        + f"; SupCon positives: {cfg.get('supcon_labels', 'binary')} (`findings`: weighted by shared findings and side)",
+        f"- **Loss:** `{run_option(cfg, 'loss')}` — weights " + ", ".join(f"{k} = {v:g}" for k, v in weights.items())
+        + f"; SupCon positives: {run_option(cfg, 'supcon_labels', 'binary')} (`findings`: weighted by shared findings and side)",
         f"- **Trained on:** `{cfg.get('data')}` (data version `{cfg.get('data_version')}`, split `{cfg.get('split_hash')}`)",
         f"- **Index:** {service.engine.count:,} studies, hnswlib M={service.engine.manifest.M}, ef={service.engine.manifest.ef}",
         "",

@@ -40,19 +40,26 @@ class Encoder(Protocol):
     embed_dim: int
     backbone: FrozenBackbone
 
-    def project_image_features(self, feats: np.ndarray) -> np.ndarray: ...
+    def project_image_features(self, feats: np.ndarray) -> np.ndarray:
+        """(N, image_dim) frozen features -> (N, embed_dim) unit vectors (what the builder indexes)."""
 
-    def project_text_features(self, feats: np.ndarray) -> np.ndarray: ...
+    def project_text_features(self, feats: np.ndarray) -> np.ndarray:
+        """(N, text_dim) frozen features -> (N, embed_dim) unit vectors."""
 
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Images -> (N, embed_dim), straight from pixels."""
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts -> (N, embed_dim)."""
 
-    def embed_images_with_features(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]: ...
+    def embed_images_with_features(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """(frozen features, embeddings) of images in one backbone pass (familiarity reads the first)."""
 
-    def embed_text_with_features(self, text: str) -> tuple[np.ndarray, np.ndarray]: ...
+    def embed_text_with_features(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(frozen (1, text_dim), embedding (1, embed_dim)) of one query text."""
 
-    def abnormal_probability(self, image_emb: np.ndarray) -> np.ndarray: ...
+    def abnormal_probability(self, image_emb: np.ndarray) -> np.ndarray:
+        """Calibrated P(abnormal) per image embedding, (N,) in [0, 1]."""
 
 
 def encoder_identity(encoder: Encoder) -> dict[str, Any]:

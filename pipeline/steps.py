@@ -31,7 +31,7 @@ from data.paths import cache_root
 from data.records import Study
 from data.sources import DataSource, load_source
 from data.split import load_or_create_split, split_hash, split_level
-from model.checkpoint import save_checkpoint
+from model.checkpoint import run_option, save_checkpoint
 from model.embedding_map import build_embedding_maps
 from model.evaluate import format_phrase_table, format_table
 from model.evaluate_run import calibrate_head, evaluate_models, project
@@ -103,8 +103,7 @@ def run_collection(run_dir: Path | str) -> tuple[list[Study], Path]:
     if not str(config.get("data", "")).startswith("demo"):
         raise ValueError(f"run {run_dir} was trained on {config.get('data')!r}; build its index with "
                          "`python -m index build --run RUN --out DIR` and that run's data options")
-    recorded = config.get("args", {})
-    seed, limit = int(recorded.get("demo_seed") or 0), recorded.get("demo_limit")
+    seed, limit = int(run_option(config, "demo_seed") or 0), run_option(config, "demo_limit")
     return load_demo_dataset(seed=seed, limit=limit), demo_dir(seed)
 
 
@@ -139,15 +138,14 @@ def evaluate(backbone: Any, trained: TrainedHead, Xi: torch.Tensor, Xt: torch.Te
 def run_config(args: argparse.Namespace, backbone: Any, trained: TrainedHead, data: Collection,
                calibration: dict[str, Any]) -> dict[str, Any]:
     """config.json: what rebuilds the model (backbone identity, head shape via the checkpoint) and
-    every option of the run except paths (``pipeline.options.PATH_ARGS``)."""
+    every option of the run except paths (``pipeline.options.PATH_ARGS``), once, under ``args``: read
+    them with ``model.checkpoint.run_option`` (which also reads runs written before)."""
     return {
         "backbone_name": backbone.name, "backbone_id": backbone.backbone_id, "preprocess_id": backbone.preprocess_id,
         "image_dim": backbone.image_dim, "text_dim": backbone.text_dim, "shared_space": backbone.shared_space,
-        "loss": args.loss, "loss_weights": trained.loss_weights, "supcon_temperature": args.supcon_temperature,
-        "supcon_labels": args.supcon_labels, "val_metric": args.val_metric,
-        "args": {k: v for k, v in vars(args).items() if k not in PATH_ARGS},
-        "optim": {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "patience")},
-        "best_epoch": trained.best_epoch, "seed": args.seed, "data": data.source.name, "calibration": calibration,
+        "loss_weights": trained.loss_weights,  # derived from args.loss and the w_* options
+        "args": {k: v for k, v in vars(args).items() if k not in PATH_ARGS},  # every option, once (run_option)
+        "best_epoch": trained.best_epoch, "data": data.source.name, "calibration": calibration,
         "data_version": studies_fingerprint(data.studies), "split_hash": split_hash(data.split),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
     }
@@ -202,9 +200,8 @@ def maps_for_run(run_dir: Path | str) -> Path:
     studies, _ = run_collection(run_dir)
     model = RetrievalModel.from_run(run_dir)
     image_feats, _ = cached_frozen_features(model.backbone, studies, progress=False)  # cached by train.py
-    config = json.loads((run_dir / "config.json").read_text())
     return write_maps(run_dir, image_feats, model.project_image_features(image_feats), studies,
-                      int(config.get("seed", 0)))
+                      int(run_option(model.config, "seed", 0)))
 
 
 # ---------------------------------------------------------------------------------- all the steps
