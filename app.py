@@ -18,7 +18,7 @@ import logging
 import time
 from pathlib import Path
 
-from data.errors import LOAD_ERRORS, InputError, one_line
+from data.errors import LOAD_ERRORS, REPORTED, InputError, one_line
 from webapp import serving
 from model.runtime_option import add_runtime_argument, apply_runtime_argument
 
@@ -249,7 +249,10 @@ def phantom_examples(service, n: int = 2) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    options = serving.launch_options(args)
+    try:
+        options = serving.launch_options(args)
+    except REPORTED as exc:  # a bad --auth-file or --max-upload-mb: one line
+        raise SystemExit(one_line(exc)) from None
     temp_dir = serving.make_temp_dir()  # removed at exit; stale ones of earlier runs swept now
     log.info("temp folder %s", temp_dir)
     t0 = time.time()

@@ -22,6 +22,7 @@ class FrozenBackbone(Protocol):
     preprocess_id: str
     image_dim: int
     text_dim: int
+    context_length: int  # text tokens the text tower reads (the app says when a query is cut)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor: ...
 

@@ -43,6 +43,7 @@ class FakeBackbone:
 
     name = "fake"
     preprocess_id = "fake-thumbnail-8x4"
+    context_length = 77
 
     def __init__(self, backbone_id: str, dim: int):
         self.backbone_id, self.image_dim, self.text_dim = backbone_id, 32, dim

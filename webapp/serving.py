@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from data.errors import InputError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 100  # generous for one DICOM radiograph (a CR/DX film is 5-50 MB)
@@ -40,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def max_upload_bytes(megabytes: float) -> int:
     if not megabytes > 0:
-        raise SystemExit("error: --max-upload-mb must be a positive number")
+        raise InputError("--max-upload-mb must be a positive number")
     return int(megabytes * 1024 * 1024)
 
 
@@ -72,7 +74,7 @@ def read_auth_file(path: str | os.PathLike) -> list[tuple[str, str]]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise SystemExit(f"error: cannot read --auth-file {path}: {exc.__class__.__name__}") from None
+        raise InputError(f"cannot read --auth-file {path}: {exc.__class__.__name__}") from None
     pairs = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
@@ -80,10 +82,10 @@ def read_auth_file(path: str | os.PathLike) -> list[tuple[str, str]]:
             continue
         user, sep, password = line.partition(":")
         if not sep or not user.strip() or not password:
-            raise SystemExit(f"error: --auth-file {path} line {number}: expected 'user:password'")
+            raise InputError(f"--auth-file {path} line {number}: expected 'user:password'")
         pairs.append((user.strip(), password))
     if not pairs:
-        raise SystemExit(f"error: --auth-file {path} holds no 'user:password' line")
+        raise InputError(f"--auth-file {path} holds no 'user:password' line")
     return pairs
 
 
