@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from data.errors import LOAD_ERRORS, InputError, one_line

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from data.dataset import studies_fingerprint
+from data.dataset import studies_fingerprint, with_images
 from data.records import Study
 from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, normalise
 from index.encoder import Encoder, encoder_identity
@@ -187,14 +187,6 @@ def _open_image(path: str) -> Image.Image:
     from data.images import load_radiograph
 
     return load_radiograph(path).image
-
-
-def with_images(studies: Sequence[Study]) -> tuple[list[Study], list[Study]]:
-    """Split studies into (those with a readable image file, those without)."""
-    usable, missing = [], []
-    for study in studies:
-        (usable if study.image_path and Path(study.image_path).is_file() else missing).append(study)
-    return usable, missing
 
 
 def frozen_features(encoder: Encoder, studies: Sequence[Study], shards: Path | str | None = None,

@@ -139,6 +139,32 @@ def test_train_py_the_index_cli_and_the_first_start_share_one_pipeline(graph):
             assert not targets & {"model.training", "index.build", "model.features"}, module
 
 
+def callers_of(names: set[str]) -> dict[str, set[str]]:
+    """Function name -> the modules (non-test) that call it, by name or as an attribute."""
+    found: dict[str, set[str]] = {n: set() for n in names}
+    for path in source_files():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+                if name in found:
+                    found[name].add(module_name(path))
+    return found
+
+
+def test_every_way_to_build_an_index_goes_through_the_one_builder():
+    """train.py --index, python -m index build (any engine, any --out) and the app's first start call the
+    pipeline's index step, which calls the one builder; index add appends through the same module.
+    Only benches write synthetic vectors with ``build_index`` directly."""
+    calls = callers_of({"index_run", "build_from_encoder", "build_from_features", "build_index", "add_from_encoder",
+                        "add_studies", "write_vectors", "append_vectors"})
+    assert calls["index_run"] == {"pipeline.steps", "pipeline.demo", "index.__main__"}
+    assert calls["build_from_encoder"] == {"pipeline.steps"} and calls["add_from_encoder"] == {"index.__main__"}
+    assert {m for m in calls["build_index"] if not m.startswith("bench.")} == {"index.build"}
+    assert calls["build_from_features"] == calls["add_studies"] == calls["write_vectors"] == {"index.build"}
+    assert calls["append_vectors"] == {"index.build"}
+
+
 def test_no_module_over_500_lines():
     sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in source_files()}
     assert {p: n for p, n in sizes.items() if n > MAX_LINES} == {}
