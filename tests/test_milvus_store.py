@@ -99,6 +99,9 @@ def test_sidecar_folder_holds_the_artifacts_and_must_agree_with_the_collections(
     build_index(spec, x[:50], x[:50], studies[:50], IDENTITY)
     folder = artifacts_dir(spec)
     assert folder == tmp_path / "small.db.artifacts" / "tiny" and (folder / "manifest.json").is_file()
+    from data.paths import cache_root
+
+    assert artifacts_dir("milvus://localhost:19530#x") == cache_root() / "milvus" / "localhost_19530" / "x"  # a server
     shutil.copytree(folder, tmp_path / "before-add")
     manifest = add_studies(spec, x[50:], x[50:], studies[50:], identity=IDENTITY)  # index add, same builder
     engine = SearchEngine.load(spec, None, exact_threshold=0)  # Milvus answers, not the engine's exact search
