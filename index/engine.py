@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from data.records import Study
-from index.ann import EXACT_THRESHOLD, ExactIndex, Neighbours, normalise
+from index.ann import EXACT_THRESHOLD, FILTER_EXACT_FRACTION, ExactIndex, Neighbours, normalise
 from index.encoder import Encoder, encoder_identity
 from index.familiarity import FamiliarityModel, Familiarity, NOT_RADIOGRAPH
 from index.filters import Filters
@@ -291,8 +291,12 @@ class SearchEngine:
 
     def _top_k(self, query: np.ndarray, k: int, parsed: Filters, allowed: np.ndarray | None, target: str,
                exact: bool) -> Neighbours:
-        """Exact search for small galleries or on request (same answer on every store), else the store's."""
-        if exact or self.count < self.exact_threshold:
+        """Exact search (the same answer on every store) for small galleries, on request, and for filters
+        that pass few rows (``FILTER_EXACT_FRACTION``: an ANN index probes its usual share of the
+        gallery and finds few of them: Milvus IVF's filtered recall@10 on the full demo was 0.88 with
+        161 allowed rows, ``bench.parity``); else the store's top-k with the filters pushed down."""
+        few = allowed is not None and len(allowed) <= max(self.exact_threshold, k, FILTER_EXACT_FRACTION * self.count)
+        if exact or few or self.count < self.exact_threshold:
             return self._exact_index(target).search(query[None, :], int(k), allowed)
         found = self.vector_store.search(target, query[None, :], int(k), parsed, allowed)
         keep = found.ids[0] >= 0
