@@ -18,7 +18,7 @@ import logging
 import time
 from pathlib import Path
 
-from data.errors import LOAD_ERRORS, one_line
+from data.errors import LOAD_ERRORS, REPORTED, InputError, one_line
 from webapp import serving
 from model.runtime_option import add_runtime_argument, apply_runtime_argument
 
@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_service(args: argparse.Namespace, train_args: list[str] | None = None):
     """Build (first start) or load the model, the index and the plots."""
-    from index.vector_store import open_engine
+    from index.engine import SearchEngine
     from model.retrieval_model import RetrievalModel
     from pipeline.demo import ensure_demo
     from webapp.plots import EmbeddingMaps
@@ -93,12 +93,12 @@ def load_service(args: argparse.Namespace, train_args: list[str] | None = None):
     elif args.run and args.index:
         run_dir, index_dir = Path(args.run), args.index  # a folder or milvus://...
     elif args.run or args.index:
-        raise SystemExit("give both --run and --index, or neither for the offline demo")
+        raise InputError("give both --run and --index, or neither for the offline demo")
     else:
         run_dir, index_dir = ensure_demo(train_args=train_args)
     log.info("loading the model and index")
     model = RetrievalModel.from_run(run_dir, backbone_path=args.backbone_path)
-    engine = open_engine(index_dir, model, data_root=args.data_root)
+    engine = SearchEngine.load(index_dir, model, data_root=args.data_root)  # a folder or milvus://
     impressions = {m.study_id: m.impression or m.findings for m in engine.store.all()}
     maps = EmbeddingMaps.load(run_dir / "embedding_map.json", impressions)
     service = SearchService(engine, RunInfo.load(run_dir), maps, keep_uploads=args.keep_uploads)
@@ -235,6 +235,7 @@ def pacs_options(args: argparse.Namespace) -> tuple:
 
 
 def model_card(service) -> str:
+    from model.checkpoint import run_option
     from model.evaluate import format_table
 
     cfg = service.run.config
@@ -243,8 +244,8 @@ def model_card(service) -> str:
         "## Loaded model",
         f"- **Backbone:** `{cfg.get('backbone_name')}` (`{cfg.get('backbone_id')}`), frozen",
         f"- **Head:** {json.dumps(cfg.get('head', {}))}",
-        f"- **Loss:** `{cfg.get('loss')}` — weights " + ", ".join(f"{k} = {v:g}" for k, v in weights.items())
-        + f"; SupCon positives: {cfg.get('supcon_labels', 'binary')} (`findings`: weighted by shared findings and side)",
+        f"- **Loss:** `{run_option(cfg, 'loss')}` — weights " + ", ".join(f"{k} = {v:g}" for k, v in weights.items())
+        + f"; SupCon positives: {run_option(cfg, 'supcon_labels', 'binary')} (`findings`: weighted by shared findings and side)",
         f"- **Trained on:** `{cfg.get('data')}` (data version `{cfg.get('data_version')}`, split `{cfg.get('split_hash')}`)",
         f"- **Index:** {service.engine.count:,} studies, hnswlib M={service.engine.manifest.M}, ef={service.engine.manifest.ef}",
         "",
@@ -285,7 +286,10 @@ def phantom_examples(service, n: int = 2) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    options = serving.launch_options(args)
+    try:
+        options = serving.launch_options(args)
+    except REPORTED as exc:  # a bad --auth-file or --max-upload-mb: one line
+        raise SystemExit(one_line(exc)) from None
     temp_dir = serving.make_temp_dir()  # removed at exit; stale ones of earlier runs swept now
     log.info("temp folder %s", temp_dir)
     t0 = time.time()

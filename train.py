@@ -48,11 +48,6 @@ def cli(argv: list[str] | None = None) -> int:
     except REPORTED as exc:  # the inputs' fault (data.errors): one line, exit 2; anything else keeps its traceback
         print(one_line(exc), file=sys.stderr)
         return 2
-    except SystemExit as exc:  # data.sources reports unusable data options this way
-        if isinstance(exc.code, str):
-            print(f"error: {exc.code}", file=sys.stderr)
-            return 2
-        raise
     except KeyboardInterrupt:
         return 130
     return 0

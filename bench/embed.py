@@ -172,7 +172,7 @@ def _legacy_embed_studies(backbone, studies, folder: Path, batch_size: int) -> N
                 reports = []
                 for i in range(0, len(texts), 64):
                     with torch.inference_mode():
-                        reports.append(F.normalize(backbone._text_features(texts[i : i + 64]).float(), dim=-1).clone())
+                        reports.append(F.normalize(backbone.text_features(texts[i : i + 64]).float(), dim=-1).clone())
                 buffer = io.BytesIO()
                 np.savez(buffer, image=torch.cat(images).numpy(), text=torch.cat(reports).numpy())
                 atomic_write_bytes(folder / f"chunk{c // CHUNK:05d}.npz", buffer.getvalue())
@@ -227,7 +227,7 @@ def _layout_comparison(backbone, batches) -> dict[str, Any]:
     before, after = [], []
     with torch_threads(1):
         with torch.inference_mode():
-            reference = backbone._image_features(batches[0][:4])
+            reference = backbone.image_features(batches[0][:4])
             model.to(memory_format=torch.contiguous_format)
             old = features(batches[0][:4], torch.contiguous_format)
         before.append(rate(torch.contiguous_format))

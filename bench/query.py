@@ -102,7 +102,7 @@ def stage_breakdown(engine, data: bytes, reps: int = 5) -> dict[str, Any]:
 def text_queries(engine, phrases: list[str]) -> dict[str, Any]:
     """Distinct phrases (cache misses), then the same again (hits); and the code before."""
     model, backbone = engine.encoder, engine.encoder.backbone
-    model._embed_one_text.cache_clear()
+    model.clear_text_cache()
     engine.search_by_text("warm up the text tower")
     first = time_calls(lambda p: engine.search_by_text(p, k=10), phrases, warmup=0)
     cached = time_calls(lambda p: engine.search_by_text(p, k=10), phrases, warmup=0)
@@ -110,7 +110,7 @@ def text_queries(engine, phrases: list[str]) -> dict[str, Any]:
     if hasattr(backbone, "trim_text_padding"):
         # before: the padded text pass and no cache, on the same phrases, same process
         def uncached_padded(p: str):
-            model._embed_one_text.cache_clear()
+            model.clear_text_cache()
             return engine.search_by_text(p, k=10)
 
         backbone.trim_text_padding = False
@@ -128,7 +128,7 @@ def text_queries(engine, phrases: list[str]) -> dict[str, Any]:
             "speedup": round(before["median_ms"] / after["median_ms"], 2),
             "max_abs_feature_diff": float((padded - trimmed).abs().max()),
         }
-    model._embed_one_text.cache_clear()
+    model.clear_text_cache()
     return out
 
 

@@ -124,7 +124,7 @@ def openvino_profile(backbone, threads: int = 2, reps: int = 5) -> dict[str, Any
     times (OpenVINO's own counters, ``PERF_COUNT``), with the matrix products' effective rate."""
     import openvino as ov
 
-    runner = backbone._image_runner
+    runner = backbone.image_runner
     if runner is None or getattr(runner, "runtime", None) != "openvino":
         return {"skipped": "the image tower does not run in OpenVINO"}
     core = ov.Core()

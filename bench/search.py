@@ -248,7 +248,7 @@ def scale_case(n: int, dim: int = 512, n_queries: int = 300, exact_queries: int 
         out["build_s_per_graph"] = graph_s
         out["index_mb_on_disk"] = round(sum(f.stat().st_size for f in folder.iterdir()) / 2**20, 1)
         engine = SearchEngine.load(folder, None)
-        graph = engine._graphs["images"]
+        graph = engine.vector_store.graphs["images"]
         load_start = time.perf_counter()
         SearchEngine.load(folder, None)
         out["index_load_s"] = round(time.perf_counter() - load_start, 2)

@@ -52,3 +52,12 @@ def studies_fingerprint(studies: Iterable[Study]) -> str:
     for s in studies:
         h.update(json.dumps([s.study_id, s.label, s.report_text, [Path(p).name for p in s.image_paths]]).encode())
     return h.hexdigest()[:16]
+
+
+def with_images(studies: Sequence[Study]) -> tuple[list[Study], list[Study]]:
+    """Split studies into (those with a readable image file, those without): the one rule every
+    loader's output and every index build applies."""
+    usable, missing = [], []
+    for study in studies:
+        (usable if study.image_path and Path(study.image_path).is_file() else missing).append(study)
+    return usable, missing

@@ -10,7 +10,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.dataset import load_dataset, studies_fingerprint
+from data.dataset import load_dataset, studies_fingerprint, with_images
+from data.errors import InputError
 from data.paths import cache_root
 from data.records import Study
 
@@ -57,13 +58,11 @@ def load_source(args: argparse.Namespace) -> DataSource:
         from data.iu_xray import load_iu_reports
 
         if not args.iu_images:
-            raise SystemExit("--iu-reports needs --iu-images (the NLMCXR_png folder)")
-        studies = load_iu_reports(args.iu_reports, args.iu_images)
-        with_images = [s for s in studies if s.image_paths and Path(s.image_path).is_file()]
-        skipped = [f"{s.study_id}: no image found" for s in studies if s not in with_images]
-        if not with_images:
-            raise SystemExit(f"no IU images found under {args.iu_images}")
-        return DataSource(with_images, "iu", skipped)
+            raise InputError("--iu-reports needs --iu-images (the NLMCXR_png folder)")
+        usable, missing = with_images(load_iu_reports(args.iu_reports, args.iu_images))
+        if not usable:
+            raise InputError(f"no IU images found under {args.iu_images}")
+        return DataSource(usable, "iu", [f"{s.study_id}: no image found" for s in missing])
     if args.data:
         return DataSource(load_dataset(args.data), "dataset")
     from data.demo import load_demo_dataset

@@ -9,9 +9,9 @@
     python -m index sync  --index INDEX_DIR --dicomweb URL                (its new studies)
 
 Data options are the shared ones of ``data.sources`` (default: the offline demo dataset).
-``build`` is the index step of the build pipeline (``pipeline.steps.build_index``: frozen features
-from the cache train.py filled, then the run's head); ``add`` grows a folder through
-``index.build``. This file only parses arguments.
+``build`` is the index step of the build pipeline (``pipeline.steps.index_run``: frozen features
+from the cache train.py filled or from Ray's shards, then the run's head, to a folder or Milvus);
+``add`` grows either through the same builder (``index.build``). This file only parses arguments.
 """
 from __future__ import annotations
 
@@ -19,10 +19,9 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Sequence
 
-from data.errors import LOAD_ERRORS, one_line
+from data.errors import LOAD_ERRORS, InputError, one_line
 from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 from model.runtime_option import add_runtime_argument, apply_runtime_argument
 
@@ -42,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
 
     build = sub.add_parser("build", help="embed a dataset with a trained run and build its index")
     build.add_argument("--run", required=True, help="trained run folder (model.retrieval_model)")
-    build.add_argument("--out", required=True, help="index folder to (re)write atomically")
+    build.add_argument("--out", required=True, help="index folder to (re)write atomically, or milvus://PATH.db#NAME")
     build.add_argument("--batch-size", type=int, default=64)
     build.add_argument("--backbone-path", metavar="DIR", help="local copy of the run's backbone weights (no hub)")
     add_runtime_argument(build)
@@ -54,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     pacs_cli.add_source_arguments(build)  # --- PACS source (issue 27): index.pacs_cli
 
     add = sub.add_parser("add", help="embed studies not yet in an index and add them (no rebuild)")
-    add.add_argument("--index", required=True, help="existing index folder")
+    add.add_argument("--index", required=True, help="existing index folder or milvus://... address")
     add.add_argument("--run", help="trained run folder (default: the one the index was built from)")
     add.add_argument("--batch-size", type=int, default=64)
     add.add_argument("--backbone-path", metavar="DIR", help="local copy of the run's backbone weights (no hub)")
@@ -79,20 +78,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LOAD_ERRORS as exc:  # the inputs' fault (data.errors): one line, exit 2
         print(one_line(exc), file=sys.stderr)
         return 2
-    except SystemExit as exc:  # data.sources reports unusable data options this way
-        if isinstance(exc.code, str):
-            print(one_line(exc), file=sys.stderr)
-            return 2
-        raise
 
 
 def _run(args: argparse.Namespace) -> int:
     from index.build import add_from_encoder
     from index.manifest import read_manifest, verify_files
+    from index.vector_store import artifacts_dir
 
     if args.command == "info":
-        manifest = read_manifest(Path(args.index))
-        verify_files(Path(args.index), manifest)
+        manifest = read_manifest(artifacts_dir(args.index))
+        verify_files(artifacts_dir(args.index), manifest)
         print(f"studies: {manifest.count}", file=sys.stderr)  # stdout stays one JSON document for scripts
         print(json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
         return 0
@@ -102,28 +97,25 @@ def _run(args: argparse.Namespace) -> int:
         return pacs_cli.run(args, _load_encoder)
     from data.sources import load_source
     from index import scale_cli
-    from pipeline.steps import build_index, data_root_for
+    from pipeline.steps import data_root_for, index_run
 
     source = load_source(args)
     if args.command == "embed":
         return scale_cli.run_embed(args, source)
-    if scale_cli.wants_scaled_build(args):
-        return scale_cli.run_build(args, source, data_root_for(args, source.studies),
-                                   lambda run: _load_encoder(run, args.backbone_path))
     if args.command == "build":
-        manifest = build_index(args.run, args.out, source.studies, data_root=data_root_for(args, source.studies),
-                               batch_size=args.batch_size, encoder=_load_encoder(args.run, args.backbone_path),
-                               M=args.M, ef_construction=args.ef_construction, ef=args.ef)
+        encoder = _load_encoder(args.run, args.backbone_path)
+        shards = scale_cli.shards_for_build(args, source.studies, encoder)
+        manifest = index_run(args.run, args.out, source.studies, data_root=data_root_for(args, source.studies),
+                             batch_size=args.batch_size, encoder=encoder, shards=shards,
+                             M=args.M, ef_construction=args.ef_construction, ef=args.ef)
         skipped = f" ({len(source.skipped)} rows skipped, listed above)" if source.skipped else ""
         print(f"built {args.out}: {manifest.count} studies{skipped}, backbone {manifest.backbone_id}")
     else:
-        run_dir = args.run or read_manifest(Path(args.index)).run_dir
+        run_dir = args.run or read_manifest(artifacts_dir(args.index)).run_dir
         if not run_dir:
-            raise SystemExit("the index does not record its run folder; pass --run RUN_DIR")
+            raise InputError("the index does not record its run folder; pass --run RUN_DIR")
         encoder = _load_encoder(run_dir, args.backbone_path)
-        manifest, added = add_from_encoder(
-            args.index, encoder, source.studies, batch_size=args.batch_size
-        )
+        manifest, added = add_from_encoder(args.index, encoder, source.studies, batch_size=args.batch_size)
         print(f"added {added} studies to {args.index}: now {manifest.count}")
     return 0
 

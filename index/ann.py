@@ -199,6 +199,10 @@ class HnswIndex:
                 self._matrix.setflags(write=False)
         return self._matrix if ids is None else self._matrix[np.asarray(ids, dtype=np.int64)]
 
+    def items(self, ids: np.ndarray) -> np.ndarray:
+        """hnswlib's own per-item read (``get_items``): the slow path ``vectors`` is checked against."""
+        return np.asarray(self._index.get_items(np.asarray(ids, dtype=np.int64)), dtype=np.float32)
+
     def _extract_matrix(self) -> np.ndarray:
         """All vectors, read in bulk from hnswlib's own serialised state (its pickle
         support), ordered by label; checked against ``get_items`` on a sample, with

@@ -1,10 +1,17 @@
-"""Write an index folder from embeddings, grow one in place, and embed a dataset for it.
+"""The one index builder: frozen features -> the run's head -> a vector store + the index's folder.
 
-``build_index`` and ``add_studies`` take precomputed embeddings (so they are testable with
-any vectors); ``embed_into_head_space`` turns studies into embeddings with an encoder; the CLI in
-``index/__main__.py`` only wires these to a trained run and a dataset folder.
-Every write goes through ``manifest.staged_write``: the live folder is replaced whole or
-not at all.
+Every way to build goes through ``build_from_features`` (``train.py --index``, ``python -m index
+build`` with any ``--engine`` and any ``--out``, the app's first start via ``pipeline.steps.index_run``),
+and ``index add`` through ``add_studies``:
+
+    frozen features      the shared on-disk cache (``model.features``) or Ray's Parquet shards (``index.shards``)
+      -> head            ``encoder.project_*_features`` (nothing is embedded twice)
+      -> vectors         an hnswlib folder or ``milvus://`` (``index.vector_store``)
+      -> the folder      ``meta.sqlite``, ``familiarity.safetensors``, ``frozen_images.npy`` and
+                         ``manifest.json`` with their sha256 (for Milvus, a sidecar folder keyed by the URI)
+
+``build_index`` and ``add_studies`` take precomputed embeddings (so they are testable with any
+vectors). Every write goes through ``manifest.staged_write``: the folder is replaced whole or not at all.
 """
 from __future__ import annotations
 
@@ -12,19 +19,18 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
-from data.dataset import studies_fingerprint
+from data.dataset import studies_fingerprint, with_images
 from data.records import Study
-from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswIndex, normalise
+from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, normalise
+from index.encoder import Encoder, encoder_identity
 from index.manifest import (
     FAMILIARITY,
-    IMAGES,
     META,
-    REPORTS,
     Manifest,
     check_identity,
     now_iso,
@@ -35,30 +41,11 @@ from index.manifest import (
     write_manifest,
 )
 from index.store import MetadataStore, append_to_store, write_store
+from index.vector_store import append_vectors, artifacts_dir, store_kind, write_vectors
 
+__all__ = ["Encoder", "encoder_identity", "build_index", "add_studies", "build_from_features", "build_from_encoder",
+           "add_from_encoder", "new_studies", "with_images", "embed_into_head_space", "frozen_features"]
 log = logging.getLogger(__name__)
-
-
-class Encoder(Protocol):
-    """What the index needs from a model (``model.retrieval_model.RetrievalModel`` is one)."""
-
-    backbone_id: str
-    head_checksum: str
-    embed_dim: int
-
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
-
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
-
-    def abnormal_probability(self, image_emb: np.ndarray) -> np.ndarray: ...
-
-
-def encoder_identity(encoder: Encoder) -> dict[str, Any]:
-    return {
-        "backbone_id": str(encoder.backbone_id),
-        "head_checksum": str(encoder.head_checksum),
-        "embed_dim": int(encoder.embed_dim),
-    }
 
 
 def _check_embeddings(image_emb: np.ndarray, report_emb: np.ndarray, studies: Sequence[Study], dim: int) -> None:
@@ -68,13 +55,8 @@ def _check_embeddings(image_emb: np.ndarray, report_emb: np.ndarray, studies: Se
             raise ValueError(f"{name} embeddings have shape {emb.shape}; expected ({n}, {dim}) for {n} studies")
 
 
-def _write_graph(folder: Path, images: HnswIndex, reports: HnswIndex) -> None:
-    images.save(folder / IMAGES)
-    reports.save(folder / REPORTS)
-
-
 def build_index(
-    out_dir: Path | str,
+    out: Path | str,
     image_emb: np.ndarray,
     report_emb: np.ndarray,
     studies: Sequence[Study],
@@ -87,7 +69,8 @@ def build_index(
     frozen_image_feats: np.ndarray | None = None,
     familiarity: Any = None,
 ) -> Manifest:
-    """Build both graphs and the metadata store, and publish them atomically as ``out_dir``.
+    """Write the vectors (an hnswlib folder or ``milvus://``, as ``out`` says) and the index's folder,
+    published atomically.
 
     ``frozen_image_feats`` (the backbone's features before the head, row-aligned) are kept in
     the folder for the frozen-vs-fine-tuned view (``index.frozen``); ``familiarity`` (an
@@ -100,95 +83,78 @@ def build_index(
     """
     started = time.perf_counter()
     dim = int(identity.get("embed_dim") or np.asarray(image_emb).shape[1])
-    identity = {**identity, "embed_dim": dim}
     image_emb, report_emb = normalise(image_emb), normalise(report_emb)
     _check_embeddings(image_emb, report_emb, studies, dim)
-    images = HnswIndex.create(image_emb, M=M, ef_construction=ef_construction, ef=ef)
-    reports = HnswIndex.create(report_emb, M=M, ef_construction=ef_construction, ef=ef)
-    with staged_write(Path(out_dir)) as staging:
-        _write_graph(staging, images, reports)
+    stamp = now_iso()
+    manifest = Manifest(
+        backbone_id=str(identity["backbone_id"]), head_checksum=str(identity["head_checksum"]), embed_dim=dim,
+        count=len(studies), M=M, ef_construction=ef_construction, ef=ef, data_version=studies_fingerprint(studies),
+        built_at=stamp, updated_at=stamp, build_seconds=0.0, store=store_kind(out),
+        data_root=str(Path(data_root).absolute()) if data_root is not None else None,
+        run_dir=str(Path(run_dir).absolute()) if run_dir is not None else None,
+    )
+    with staged_write(artifacts_dir(out)) as staging:
+        write_vectors(out, staging, image_emb, report_emb, studies, manifest)
         write_store(staging / META, studies, data_root=data_root)
         if familiarity is not None:
             familiarity.save(staging / FAMILIARITY)
-        stamp = now_iso()
-        manifest = Manifest(
-            backbone_id=str(identity["backbone_id"]),
-            head_checksum=str(identity["head_checksum"]),
-            embed_dim=dim,
-            count=len(studies),
-            M=M,
-            ef_construction=ef_construction,
-            ef=ef,
-            data_version=studies_fingerprint(studies),
-            built_at=stamp,
-            updated_at=stamp,
-            build_seconds=round(time.perf_counter() - started, 3),
-            data_root=str(Path(data_root).absolute()) if data_root is not None else None,
-            run_dir=str(Path(run_dir).absolute()) if run_dir is not None else None,
-        )
         extra = ()
         if frozen_image_feats is not None:
             from index.frozen import write_frozen
 
             extra = (write_frozen(staging, frozen_image_feats, len(studies)),)
+        manifest.build_seconds = round(time.perf_counter() - started, 3)
         write_manifest(staging, manifest, extra)
-    log.info("built index %s: %d studies, dim %d", out_dir, len(studies), dim)
+    log.info("built index %s: %d studies, dim %d", out, len(studies), dim)
     return manifest
 
 
 def add_studies(
-    index_dir: Path | str,
+    index: Path | str,
     image_emb: np.ndarray,
     report_emb: np.ndarray,
     studies: Sequence[Study],
     identity: dict[str, Any] | None = None,
     frozen_image_feats: np.ndarray | None = None,
 ) -> Manifest:
-    """Append studies to an existing index without rebuilding it, then republish atomically.
+    """Append studies to an existing index (a folder or ``milvus://``) without rebuilding it.
 
-    The graphs are grown with ``resize_index`` and the new vectors inserted; new rows take
-    the next ids. ``identity`` (when given) must match the index's model. Study ids already
-    in the index raise ``ValueError`` (use ``new_studies`` to drop them first). Image paths
-    are stored relative to the index's own data root (so one root resolves every row);
-    paths outside it are kept as given (absolute, from ``load_dataset``).
+    The graphs are grown with ``resize_index`` (Milvus: rows inserted); new rows take the next ids.
+    ``identity`` (when given) must match the index's model. Study ids already in the index raise
+    ``ValueError`` (use ``new_studies`` to drop them first). Image paths are stored relative to the
+    index's own data root (so one root resolves every row); paths outside it are kept as given.
     ``frozen_image_feats`` of the new studies extend the folder's frozen vectors (``index.frozen``);
     without them the folder is republished without any (the side-by-side view then says so).
     """
     started = time.perf_counter()
-    index_dir = Path(index_dir)
-    recover_interrupted_swap(index_dir)
-    manifest = read_manifest(index_dir)
+    folder = artifacts_dir(index)
+    recover_interrupted_swap(folder)
+    manifest = read_manifest(folder)
     if identity is not None:
-        check_identity(manifest, identity, where=index_dir)
+        check_identity(manifest, identity, where=index)
     image_emb, report_emb = normalise(image_emb), normalise(report_emb)
     _check_embeddings(image_emb, report_emb, studies, manifest.embed_dim)
     if not studies:
         return manifest
-    with staged_write(index_dir) as staging:
-        manifest = read_manifest(index_dir)  # re-read under the writer lock
-        verify_files(index_dir, manifest)  # never extend a damaged index
-        new_count = manifest.count + len(studies)
-        shutil.copyfile(index_dir / META, staging / META)
+    with staged_write(folder) as staging:
+        manifest = read_manifest(folder)  # re-read under the writer lock
+        verify_files(folder, manifest)  # never extend a damaged index
+        old = Manifest.from_dict(manifest.to_dict())
+        shutil.copyfile(folder / META, staging / META)
         if FAMILIARITY in manifest.files:  # kept as fitted: the added studies widen the index a little
-            shutil.copyfile(index_dir / FAMILIARITY, staging / FAMILIARITY)
+            shutil.copyfile(folder / FAMILIARITY, staging / FAMILIARITY)
         append_to_store(staging / META, studies, data_root=manifest.data_root, start=manifest.count)
-        for name, emb in ((IMAGES, image_emb), (REPORTS, report_emb)):
-            graph = HnswIndex.load(index_dir / name, dim=manifest.embed_dim, ef=manifest.ef)
-            graph.add(emb)  # resize_index + add_items
-            if len(graph) != new_count:
-                raise RuntimeError(f"{name}: expected {new_count} items after adding, found {len(graph)}")
-            graph.save(staging / name)
         store = MetadataStore.load(staging / META)
         try:
-            data_version = studies_fingerprint(item.study for item in store.all())
+            manifest.data_version = studies_fingerprint(item.study for item in store.all())
         finally:
             store.close()
-        manifest.count = new_count
-        manifest.data_version = data_version
+        manifest.count = old.count + len(studies)
         manifest.updated_at = now_iso()
+        append_vectors(index, staging, old, image_emb, report_emb, studies, manifest)
         manifest.build_seconds = round(time.perf_counter() - started, 3)
-        write_manifest(staging, manifest, _extend_frozen(index_dir, staging, manifest, frozen_image_feats))
-    log.info("added %d studies to %s (now %d)", len(studies), index_dir, new_count)
+        write_manifest(staging, manifest, _extend_frozen(folder, staging, old, frozen_image_feats))
+    log.info("added %d studies to %s (now %d)", len(studies), index, manifest.count)
     return manifest
 
 
@@ -202,12 +168,12 @@ def _extend_frozen(index_dir: Path, staging: Path, manifest: Manifest, new_feats
     new_feats = np.asarray(new_feats, np.float32)
     if old.shape[1] != new_feats.shape[1]:
         return ()
-    return (write_frozen(staging, np.concatenate([old, new_feats]), manifest.count),)
+    return (write_frozen(staging, np.concatenate([old, new_feats]), len(old) + len(new_feats)),)
 
 
-def new_studies(index_dir: Path | str, studies: Sequence[Study]) -> list[Study]:
+def new_studies(index: Path | str, studies: Sequence[Study]) -> list[Study]:
     """The studies whose ids are not yet in the index (what ``index add`` embeds)."""
-    store = MetadataStore.load(Path(index_dir) / META)
+    store = MetadataStore.load(artifacts_dir(index) / META)
     try:
         known = store.study_ids()
     finally:
@@ -215,7 +181,7 @@ def new_studies(index_dir: Path | str, studies: Sequence[Study]) -> list[Study]:
     return [s for s in studies if s.study_id not in known]
 
 
-# --------------------------------------------------------------------------- embedding
+# --------------------------------------------------------------------------- features -> index
 def _open_image(path: str) -> Image.Image:
     """Decode like the app decodes uploads, so gallery and query images match."""
     from data.images import load_radiograph
@@ -223,113 +189,82 @@ def _open_image(path: str) -> Image.Image:
     return load_radiograph(path).image
 
 
-def with_images(studies: Sequence[Study]) -> tuple[list[Study], list[Study]]:
-    """Split studies into (those with a readable image file, those without)."""
-    usable, missing = [], []
-    for study in studies:
-        (usable if study.image_path and Path(study.image_path).is_file() else missing).append(study)
-    return usable, missing
+def frozen_features(encoder: Encoder, studies: Sequence[Study], shards: Path | str | None = None,
+                    batch_size: int = 64, progress: bool = True) -> tuple[list[Study], np.ndarray, np.ndarray]:
+    """(studies that have features, their frozen image features, their report features), row-aligned.
 
-
-def embed_into_head_space(
-    encoder: Encoder, studies: Sequence[Study], batch_size: int = 64, progress: bool = True,
-    frozen_out: list[np.ndarray] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Image and report embeddings of ``studies`` in batches (bounded memory), with tqdm bars.
-
-    ``frozen_out``: a list that receives the frozen image features of each batch too (same
-    backbone pass), when the encoder can give them (``embed_images_with_features``): the
-    familiarity model and the frozen-vs-fine-tuned view read them."""
-    from tqdm.auto import tqdm
-
-    dim = int(encoder.embed_dim)
-    image_parts: list[np.ndarray] = []
-    report_parts: list[np.ndarray] = []
-    starts = range(0, len(studies), batch_size)
-    both = frozen_out is not None and hasattr(encoder, "embed_images_with_features")
-    for start in tqdm(starts, desc="embedding images", unit="batch", disable=not progress):
-        images = [_open_image(s.image_path) for s in studies[start : start + batch_size]]
-        if both:
-            feats, emb = encoder.embed_images_with_features(images)
-            frozen_out.append(np.asarray(feats, np.float32))
-        else:
-            emb = encoder.embed_images(images)
-        image_parts.append(np.asarray(emb, np.float32))
-    for start in tqdm(starts, desc="embedding reports", unit="batch", disable=not progress):
-        batch = studies[start : start + batch_size]
-        report_parts.append(np.asarray(encoder.embed_texts([s.report_text for s in batch]), np.float32))
-    empty = np.zeros((0, dim), np.float32)
-    return (
-        np.concatenate(image_parts) if image_parts else empty,
-        np.concatenate(report_parts) if report_parts else empty,
-    )
-
-
-def fit_familiarity(encoder: Encoder, studies: Sequence[Study], image_feats: np.ndarray | None = None) -> Any:
-    """The familiarity model of an index of ``studies`` (None when the encoder exposes no frozen
-    backbone). ``image_feats``: their frozen image features when already computed."""
-    from index.familiarity import fit_for_studies
-
-    backbone = getattr(encoder, "backbone", None)
-    if backbone is None:
-        return None
-    if image_feats is None:
-        image_feats = np.concatenate([
-            np.asarray(backbone.encode_images([_open_image(s.image_path) for s in studies[i:i + 64]]), np.float32)
-            for i in range(0, len(studies), 64)])
-    familiarity = fit_for_studies(backbone, image_feats, [s.report_text for s in studies])
-    from index.trust_report import attach  # calibration report; refuses an index its own films fail
-
-    return attach(familiarity, backbone, studies, image_feats)
-
-
-def head_space_embeddings(
-    encoder: Encoder, studies: Sequence[Study], batch_size: int = 64, progress: bool = True,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(image, report) embeddings in the head's space, and the frozen image features (None when the
-    encoder exposes no frozen backbone).
-
-    A trained model (``model.retrieval_model.RetrievalModel``) reads its frozen features from the same
-    on-disk cache as train.py (``model.features.cached_frozen_features``), so a collection is embedded
-    once for training, the index CLI and the app's first start; other encoders embed batch by batch."""
-    if all(hasattr(encoder, a) for a in ("backbone", "project_image_features", "project_text_features")):
+    From the shared on-disk cache that train.py fills (``model.features.cached_frozen_features``), or
+    from the Parquet shards of the Ray ingest (``index.shards``) when ``shards`` names a folder: there
+    the studies whose image could not be decoded have no row and are left out."""
+    if shards is None:
         from model.features import cached_frozen_features
 
-        image_feats, text_feats = cached_frozen_features(encoder.backbone, studies, batch_size=batch_size,
-                                                         progress=progress)
-        return (np.asarray(encoder.project_image_features(image_feats), np.float32),
-                np.asarray(encoder.project_text_features(text_feats), np.float32), image_feats)
-    frozen: list[np.ndarray] = []
-    image_emb, report_emb = embed_into_head_space(encoder, studies, batch_size=batch_size, progress=progress,
-                                                  frozen_out=frozen)
-    return image_emb, report_emb, (np.concatenate(frozen) if frozen else None)
+        image, text = cached_frozen_features(encoder.backbone, studies, batch_size=batch_size, progress=progress)
+        return list(studies), image, text
+    from index.shards import features_for, read_shards
+
+    present = set(read_shards(shards).study_ids)
+    kept = [s for s in studies if s.study_id in present]
+    image, text = features_for(shards, encoder.backbone, kept)
+    return kept, image, text
+
+
+def fit_familiarity(encoder: Encoder, studies: Sequence[Study], image_feats: np.ndarray) -> Any:
+    """The familiarity model of an index of ``studies`` from their frozen image features (the
+    report sentences are the only texts it embeds: ``index.familiarity.fit_for_studies``)."""
+    from index.familiarity import fit_for_studies
+    from index.trust_report import attach  # calibration report; refuses an index its own films fail
+
+    familiarity = fit_for_studies(encoder.backbone, image_feats, [s.report_text for s in studies])
+    return attach(familiarity, encoder.backbone, studies, image_feats)
+
+
+def build_from_features(
+    out: Path | str,
+    encoder: Encoder,
+    studies: Sequence[Study],
+    image_feats: np.ndarray,
+    text_feats: np.ndarray,
+    data_root: Path | str | None = None,
+    run_dir: Path | str | None = None,
+    familiarity: bool = True,
+    **hnsw: int,
+) -> Manifest:
+    """THE builder: frozen features of ``studies`` -> the head's vectors, the familiarity model and the
+    frozen vectors -> ``out`` (a folder or ``milvus://``). ``familiarity=False`` leaves the model out
+    (tests with synthetic images only)."""
+    return build_index(
+        out, encoder.project_image_features(image_feats), encoder.project_text_features(text_feats), studies,
+        encoder_identity(encoder), data_root=data_root, run_dir=run_dir, frozen_image_feats=image_feats,
+        familiarity=fit_familiarity(encoder, studies, image_feats) if familiarity else None, **hnsw)
 
 
 def build_from_encoder(
-    out_dir: Path | str,
+    out: Path | str,
     encoder: Encoder,
     studies: Sequence[Study],
     data_root: Path | str | None = None,
     batch_size: int = 64,
     run_dir: Path | str | None = None,
     progress: bool = True,
+    shards: Path | str | None = None,
+    familiarity: bool = True,
     **hnsw: int,
 ) -> Manifest:
-    """Embed ``studies`` that have an image and build an index of them."""
+    """Index the ``studies`` that have an image: features from the cache (or ``shards``), then
+    ``build_from_features``."""
     usable, missing = with_images(studies)
     if missing:
         log.warning("skipping %d studies without a readable image (e.g. %s)", len(missing), missing[0].study_id)
+    usable, image_feats, text_feats = frozen_features(encoder, usable, shards, batch_size, progress)
     if not usable:
         raise ValueError("no study has a readable image; nothing to index")
-    image_emb, report_emb, frozen_feats = head_space_embeddings(encoder, usable, batch_size=batch_size, progress=progress)
-    return build_index(
-        out_dir, image_emb, report_emb, usable, encoder_identity(encoder), data_root=data_root, run_dir=run_dir,
-        frozen_image_feats=frozen_feats, familiarity=fit_familiarity(encoder, usable, frozen_feats), **hnsw
-    )
+    return build_from_features(out, encoder, usable, image_feats, text_feats, data_root=data_root, run_dir=run_dir,
+                               familiarity=familiarity, **hnsw)
 
 
 def add_from_encoder(
-    index_dir: Path | str,
+    index: Path | str,
     encoder: Encoder,
     studies: Sequence[Study],
     batch_size: int = 64,
@@ -337,12 +272,28 @@ def add_from_encoder(
 ) -> tuple[Manifest, int]:
     """Embed the studies not yet indexed (frozen features through the shared cache) and add them;
     returns (manifest, number added)."""
-    manifest = read_manifest(Path(index_dir))
-    check_identity(manifest, encoder_identity(encoder), where=index_dir)  # fail before embedding
-    fresh, _ = with_images(new_studies(index_dir, studies))
+    manifest = read_manifest(artifacts_dir(index))
+    check_identity(manifest, encoder_identity(encoder), where=index)  # fail before embedding
+    fresh, _ = with_images(new_studies(index, studies))
     if not fresh:
         return manifest, 0
-    image_emb, report_emb, frozen_feats = head_space_embeddings(encoder, fresh, batch_size=batch_size, progress=progress)
-    manifest = add_studies(index_dir, image_emb, report_emb, fresh, identity=encoder_identity(encoder),
-                           frozen_image_feats=frozen_feats)
+    fresh, image_feats, text_feats = frozen_features(encoder, fresh, None, batch_size, progress)
+    manifest = add_studies(index, encoder.project_image_features(image_feats),
+                           encoder.project_text_features(text_feats), fresh, identity=encoder_identity(encoder),
+                           frozen_image_feats=image_feats)
     return manifest, len(fresh)
+
+
+def embed_into_head_space(encoder: Encoder, studies: Sequence[Study], batch_size: int = 64,
+                          progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Image and report embeddings of ``studies`` straight from their files, batch by batch, without
+    the cache: the reference the cached and the Ray paths are checked against."""
+    from tqdm.auto import tqdm
+
+    images, reports = [], []
+    for start in tqdm(range(0, len(studies), batch_size), desc="embedding", unit="batch", disable=not progress):
+        batch = studies[start:start + batch_size]
+        images.append(np.asarray(encoder.embed_images([_open_image(s.image_path) for s in batch]), np.float32))
+        reports.append(np.asarray(encoder.embed_texts([s.report_text for s in batch]), np.float32))
+    empty = np.zeros((0, int(encoder.embed_dim)), np.float32)
+    return (np.concatenate(images) if images else empty, np.concatenate(reports) if reports else empty)

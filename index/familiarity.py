@@ -427,6 +427,6 @@ def fit_for_studies(backbone: Any, image_feats: np.ndarray, reports: Sequence[st
     """Fit from the indexed studies' frozen image features and their report texts."""
     sentences = report_sentences(reports)
     text_feats = None
-    if sentences and hasattr(backbone, "encode_texts"):
+    if sentences:
         text_feats = np.asarray(backbone.encode_texts(sentences), np.float32)
-    return FamiliarityModel.fit(image_feats, text_feats, seed=seed, backbone_id=str(getattr(backbone, "backbone_id", "")))
+    return FamiliarityModel.fit(image_feats, text_feats, seed=seed, backbone_id=str(backbone.backbone_id))

@@ -32,6 +32,8 @@ IMAGES = "images.hnsw"
 REPORTS = "reports.hnsw"
 META = "meta.sqlite"
 DATA_FILES = (IMAGES, REPORTS, META)
+# A Milvus index keeps its vectors in Milvus; its folder (``index.vector_store.artifacts_dir``) holds the rest.
+HNSWLIB, MILVUS = "hnswlib", "milvus"
 FAMILIARITY = "familiarity.safetensors"  # optional (index.familiarity); checksummed when present
 OPTIONAL_FILES = (FAMILIARITY,)
 
@@ -57,6 +59,12 @@ class Manifest:
     space: str = "ip"
     data_root: str | None = None  # where relative image paths were rooted at build time
     run_dir: str | None = None  # the trained run the vectors came from (used by `index add`)
+    store: str = HNSWLIB  # where the vectors live: this folder's graphs, or Milvus (index.vector_store)
+
+    @property
+    def data_files(self) -> tuple[str, ...]:
+        """The files this kind of index folder cannot be without."""
+        return DATA_FILES if self.store == HNSWLIB else (META,)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -107,7 +115,7 @@ def write_manifest(folder: Path, manifest: Manifest, extra_files: tuple[str, ...
     write ``manifest.json`` (always the last file written)."""
     folder = Path(folder)
     manifest.files = {}
-    for name in dict.fromkeys((*DATA_FILES, *(n for n in OPTIONAL_FILES if (folder / n).is_file()), *extra_files)):
+    for name in dict.fromkeys((*manifest.data_files, *(n for n in OPTIONAL_FILES if (folder / n).is_file()), *extra_files)):
         fsync_path(folder / name)
         manifest.files[name] = file_digest(folder / name)
     atomic_write_json(folder / MANIFEST, manifest.to_dict())
@@ -145,7 +153,7 @@ def verify_files(index_dir: Path, manifest: Manifest, checksums: bool = True) ->
     altered in place. Raises ``IndexCorruptError`` naming the file.
     """
     index_dir = Path(index_dir)
-    for name in (*DATA_FILES, *sorted(set(manifest.files) - set(DATA_FILES))):
+    for name in (*manifest.data_files, *sorted(set(manifest.files) - set(manifest.data_files))):
         path = index_dir / name
         expected = manifest.files.get(name)
         if expected is None:

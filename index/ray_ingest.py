@@ -179,7 +179,7 @@ def ingest(
     ray.data.DataContext.get_current().enable_progress_bars = progress
     slices = shard_slices(len(studies), shard_size)
     rows = [{"shard": i, "studies": json.dumps([_study_row(s) for s in studies[slice(*slices[i])]])} for i in todo]
-    transform = backbone._transform  # the backbone's own preprocessing, shipped without its weights
+    transform = backbone.transform  # the backbone's own preprocessing, shipped without its weights
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     ds = ds.map_batches(preprocess_shard, batch_size=1, num_cpus=0.5, fn_kwargs={"transform": transform})
     ds = ds.map_batches(
@@ -225,22 +225,6 @@ def shutdown() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
-
-
-
-def build_from_shards(out: str | Path, model, studies: Sequence[Study], shards_dir: Path | str,
-                      data_root: Path | str | None = None, run_dir: Path | str | None = None):
-    """Project the shards' frozen features with the run's head and build the index (hnswlib
-    folder or ``milvus://``) of the studies that have features (bad images left out)."""
-    from index.build import encoder_identity
-    from index.shards import read_shards
-    from index.vector_store import build_store
-
-    shards = read_shards(shards_dir)
-    by_id = {s.study_id: s for s in studies}
-    kept = [by_id[sid] for sid in shards.study_ids]
-    return build_store(out, model.project_image_features(shards.image), model.project_text_features(shards.text),
-                       kept, encoder_identity(model), data_root=data_root, run_dir=run_dir)
 
 
 def default_shards_dir(model, studies: Sequence[Study]) -> Path:

@@ -5,15 +5,15 @@
     python -m index build --run RUN --out INDEX_DIR|milvus://PATH.db#NAME|milvus://HOST:PORT#NAME
                           --engine ray [--shards DIR] [...]        # shards (missing ones only) -> index
 
-Kept apart from ``index/__main__.py`` so the single-machine CLI stays as it was.
+The index itself is written by the one builder (``index.build`` via ``pipeline.steps.index_run``)
+whatever the engine and the output; this module only adds the Ray options and runs the ingest.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Callable
 
-from index.milvus_store import SCHEME
+from data.errors import InputError
 
 
 def _ray_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,11 +42,7 @@ def add_embed_command(sub) -> None:
     add_data_arguments(embed)
 
 
-def wants_scaled_build(args: argparse.Namespace) -> bool:
-    return args.command == "build" and (args.engine == "ray" or str(args.out).startswith(SCHEME))
-
-
-def _ingest(args: argparse.Namespace, studies, backbone, shards: Path, backbone_path: str | None = None) -> None:
+def _ingest(args: argparse.Namespace, studies, backbone, shards: Path, backbone_path: str | None) -> None:
     from index import ray_ingest
 
     report = ray_ingest.ingest(
@@ -62,28 +58,20 @@ def _ingest(args: argparse.Namespace, studies, backbone, shards: Path, backbone_
 def run_embed(args: argparse.Namespace, source) -> int:
     from model.factory import create_backbone
 
-    backbone = create_backbone(args.backbone, path=args.backbone_path)
     if not args.shards:
-        raise SystemExit("pass --shards DIR (then train.py --features DIR and index build --shards DIR)")
+        raise InputError("pass --shards DIR (then train.py --features DIR and index build --shards DIR)")
+    backbone = create_backbone(args.backbone, path=args.backbone_path)
     _ingest(args, source.studies, backbone, Path(args.shards), args.backbone_path)
     return 0
 
 
-def run_build(args: argparse.Namespace, source, data_root: Path | None, load_encoder: Callable[[str], Any]) -> int:
-    """``--engine ray``: shards, then the index from them; ``--engine local``: embed here. Either
-    writes an hnswlib folder or a Milvus index, as ``--out`` says."""
+def shards_for_build(args: argparse.Namespace, studies, encoder) -> Path | None:
+    """``--engine ray``: the shard folder, its missing shards embedded on Ray (workers build the run's
+    backbone from ``--backbone-path`` too); ``--engine local``: None (the shared feature cache)."""
+    if args.engine != "ray":
+        return None
     from index import ray_ingest
-    from index.build import embed_into_head_space, encoder_identity, with_images
-    from index.vector_store import build_store
 
-    encoder = load_encoder(args.run)
-    if args.engine == "ray":
-        shards = Path(args.shards) if args.shards else ray_ingest.default_shards_dir(encoder, source.studies)
-        _ingest(args, source.studies, encoder.backbone, shards)
-        manifest = ray_ingest.build_from_shards(args.out, encoder, source.studies, shards, data_root, args.run)
-    else:
-        usable, _ = with_images(source.studies)
-        image_emb, report_emb = embed_into_head_space(encoder, usable, batch_size=args.batch_size)
-        manifest = build_store(args.out, image_emb, report_emb, usable, encoder_identity(encoder), data_root, args.run)
-    print(f"built {args.out}: {manifest.count} studies, backbone {manifest.backbone_id}")
-    return 0
+    shards = Path(args.shards) if args.shards else ray_ingest.default_shards_dir(encoder, studies)
+    _ingest(args, studies, encoder.backbone, shards, args.backbone_path)
+    return shards

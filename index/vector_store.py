@@ -1,34 +1,53 @@
 """One vector-store interface, two backends: hnswlib (default, embedded) and Milvus (``milvus://``).
 
-``--index PATH`` is an hnswlib index folder (``index.build`` / ``index.engine``);
-``--index milvus://...`` is a Milvus Lite file or a Milvus server (``index.milvus_store``).
-Both are built from the same embeddings, answer the same filtered top-k query and refuse
-another model's vectors with ``IndexMismatchError``. ``open_engine`` gives the app a
-``SearchEngine`` over either, so the pages never know which one answers.
+A store holds the image and report vectors of an index, row ``i`` of each being row ``i`` of the
+metadata store, and does two things only: a filtered top-k search, and giving its vectors back
+(for exact search, the embedding map and heat-maps). Everything above that (familiarity verdicts,
+the relevance floor, composed queries, the frozen side-by-side, hits with their studies) is
+``index.engine.SearchEngine``'s, once for both backends.
+
+Where an index lives (``artifacts_dir``): every index has one folder holding ``manifest.json``
+(identity, counts, sha256 of every file), ``meta.sqlite``, ``familiarity.safetensors`` and
+``frozen_images.npy``, written and verified the same way for both stores (``index.build``,
+``index.manifest``). For hnswlib it is the ``--index`` folder itself and also holds the two graphs.
+For Milvus the vectors are in the collections and the folder is a sidecar keyed by the URI:
+
+* ``milvus://PATH.db#NAME`` (Milvus Lite) -> ``PATH.db.artifacts/NAME/`` next to the database file;
+* ``milvus://HOST:PORT#NAME`` (a server) -> ``<cache>/milvus/HOST_PORT/NAME/`` (``data.paths.cache_root``);
+  copy that folder along when the app runs on another machine than the build.
+
+The collections' description repeats the model identity, the row count and the data version; a
+sidecar that disagrees with its collections (a build or ``index add`` interrupted between the two)
+is refused with ``IndexCorruptError`` ("rebuild it").
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
+from data.paths import cache_root
 from data.records import Study
-from index.ann import Neighbours
-from index.engine import Filters, SearchEngine, SearchResult
-from index.milvus_store import SCHEME, MilvusVectorStore
-from index.manifest import Manifest
+from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, EXACT_THRESHOLD, HnswIndex, Neighbours
+from index.filters import Filters
+from index.manifest import HNSWLIB, IMAGES, MILVUS, REPORTS, Manifest
+from index.milvus_store import SCHEME, TARGETS, MilvusAddress, MilvusVectorStore
 
 
 class VectorStore(Protocol):
-    """What a backend offers: its model identity, its size and a filtered top-k search."""
-
-    manifest: Manifest
+    """Row-aligned image and report vectors: filtered top-k, and the vectors themselves."""
 
     def __len__(self) -> int: ...
 
-    def search(self, target: str, queries: np.ndarray, k: int, label: int | None = None, view: str | None = None,
-               finding: str | None = None, side: str | None = None) -> Neighbours: ...
+    def search(self, target: str, queries: np.ndarray, k: int, filters: Filters,
+               allowed: np.ndarray | None) -> Neighbours:
+        """Top-k per query among the rows passing ``filters``; ``allowed`` is the same restriction
+        as row ids (from the metadata store; ``None`` without filters). A store uses either."""
+
+    def vectors(self, target: str) -> np.ndarray:
+        """Every stored (normalised) vector of ``target`` in row order."""
 
     def close(self) -> None: ...
 
@@ -37,84 +56,87 @@ def is_milvus(spec: str | Path) -> bool:
     return str(spec).startswith(SCHEME)
 
 
-class HnswVectorStore:
-    """The hnswlib index folder behind the same interface (filters resolved by its SQLite store)."""
+def store_kind(spec: str | Path) -> str:
+    return MILVUS if is_milvus(spec) else HNSWLIB
 
-    def __init__(self, engine: SearchEngine):
-        self.engine = engine
-        self.manifest = engine.manifest
+
+def artifacts_dir(spec: str | Path) -> Path:
+    """The index's folder (see the module docstring): the folder itself, or a Milvus index's sidecar."""
+    if not is_milvus(spec):
+        return Path(spec)
+    address = MilvusAddress.parse(str(spec))
+    if address.lite:
+        return Path(address.uri + ".artifacts") / address.collection
+    server = re.sub(r"[^A-Za-z0-9.-]+", "_", address.uri.split("://", 1)[-1]).strip("_")
+    return cache_root() / "milvus" / server / address.collection
+
+
+class HnswVectorStore:
+    """Two hnswlib graphs in the index folder; filters arrive as row ids (from ``meta.sqlite``)."""
+
+    def __init__(self, graphs: Mapping[str, HnswIndex], exact_threshold: int = EXACT_THRESHOLD):
+        self.graphs = dict(graphs)
+        for graph in self.graphs.values():
+            graph.exact_threshold = exact_threshold
 
     @classmethod
-    def open(cls, path: Path | str, identity: dict[str, Any] | None = None) -> "HnswVectorStore":
-        from index.manifest import check_identity, read_manifest
+    def load(cls, folder: Path, manifest: Manifest, exact_threshold: int = EXACT_THRESHOLD) -> "HnswVectorStore":
+        """The graphs of a folder whose files were verified against ``manifest`` already."""
+        return cls({t: HnswIndex.load(Path(folder) / name, dim=manifest.embed_dim, ef=manifest.ef)
+                    for t, name in zip(TARGETS, (IMAGES, REPORTS))}, exact_threshold)
 
-        if identity is not None:
-            check_identity(read_manifest(Path(path)), identity, where=path)
-        return cls(SearchEngine.load(path, None))
+    @staticmethod
+    def write(staging: Path, image_emb: np.ndarray, report_emb: np.ndarray, M: int = DEFAULT_M,
+              ef_construction: int = DEFAULT_EF_CONSTRUCTION, ef: int = DEFAULT_EF) -> None:
+        for name, emb in ((IMAGES, image_emb), (REPORTS, report_emb)):
+            HnswIndex.create(emb, M=M, ef_construction=ef_construction, ef=ef).save(Path(staging) / name)
+
+    @staticmethod
+    def append(index_dir: Path, staging: Path, manifest: Manifest, image_emb: np.ndarray,
+               report_emb: np.ndarray) -> None:
+        """Grow each graph in place (``resize_index`` + ``add_items``) into ``staging``."""
+        new_count = manifest.count + len(image_emb)
+        for name, emb in ((IMAGES, image_emb), (REPORTS, report_emb)):
+            graph = HnswIndex.load(Path(index_dir) / name, dim=manifest.embed_dim, ef=manifest.ef)
+            graph.add(emb)
+            if len(graph) != new_count:
+                raise RuntimeError(f"{name}: expected {new_count} items after adding, found {len(graph)}")
+            graph.save(Path(staging) / name)
 
     def __len__(self) -> int:
-        return self.engine.count
+        return len(self.graphs["images"])
 
-    def search(self, target: str, queries: np.ndarray, k: int, label: int | None = None, view: str | None = None,
-               finding: str | None = None, side: str | None = None) -> Neighbours:
-        filters = Filters(label, view, finding, side)
-        allowed = self.engine.store.matching_ids(label, view, finding, side) if filters.active else None
-        return self.engine._graphs[target].search(np.atleast_2d(queries), int(k), allowed)
+    def search(self, target: str, queries: np.ndarray, k: int, filters: Filters,
+               allowed: np.ndarray | None) -> Neighbours:
+        return self.graphs[target].search(np.atleast_2d(queries), int(k), allowed)
+
+    def vectors(self, target: str) -> np.ndarray:
+        return self.graphs[target].vectors()
 
     def close(self) -> None:
-        self.engine.store.close()
+        """Nothing to release: the graphs are in memory."""
 
 
-def open_store(spec: str | Path, identity: dict[str, Any] | None = None) -> VectorStore:
-    """The backend ``spec`` names, identity-checked when ``identity`` is given."""
+def open_vectors(spec: str | Path, manifest: Manifest, exact_threshold: int = EXACT_THRESHOLD) -> VectorStore:
+    """The vectors of a verified index: the folder's graphs, or its Milvus collections."""
     if is_milvus(spec):
-        return MilvusVectorStore.open(str(spec), identity)
-    return HnswVectorStore.open(spec, identity)
+        return MilvusVectorStore.open(str(spec), manifest)
+    return HnswVectorStore.load(Path(spec), manifest, exact_threshold)
 
 
-def build_store(spec: str | Path, image_emb: np.ndarray, report_emb: np.ndarray, studies: Sequence[Study],
-                identity: dict[str, Any], data_root: Path | str | None = None,
-                run_dir: Path | str | None = None) -> Manifest:
-    """Build either backend from embeddings; returns its manifest."""
+def write_vectors(spec: str | Path, staging: Path, image_emb: np.ndarray, report_emb: np.ndarray,
+                  studies: Sequence[Study], manifest: Manifest) -> None:
+    """A build's vectors, to the folder being staged or to (re)created Milvus collections."""
     if is_milvus(spec):
-        store = MilvusVectorStore.build(str(spec), image_emb, report_emb, studies, identity, data_root, run_dir)
-        store.close()
-        return store.manifest
-    from index.build import build_index
-
-    return build_index(spec, image_emb, report_emb, studies, identity, data_root=data_root, run_dir=run_dir)
+        MilvusVectorStore.write(str(spec), image_emb, report_emb, studies, manifest)
+    else:
+        HnswVectorStore.write(staging, image_emb, report_emb, manifest.M, manifest.ef_construction, manifest.ef)
 
 
-class MilvusSearchEngine(SearchEngine):
-    """``SearchEngine`` whose top-k comes from Milvus with the filters pushed down; hits take
-    their metadata from the in-memory store rebuilt from the collection."""
-
-    def __init__(self, milvus: MilvusVectorStore, encoder, data_root: Path | str | None = None):
-        super().__init__({}, milvus.metadata_store(), milvus.manifest, encoder, data_root)
-        self.milvus = milvus
-
-    def _search(self, vec: np.ndarray, k: int, filters: Any, target: str, exact: bool, query_type: str) -> SearchResult:
-        if int(k) < 1:
-            raise ValueError(f"k must be at least 1, not {k}")
-        query = np.asarray(vec, dtype=np.float32).reshape(1, -1)
-        if query.shape[1] != self.manifest.embed_dim:
-            raise ValueError(f"query vector has shape {query.shape}; expected ({self.manifest.embed_dim},)")
-        parsed = Filters.parse(filters)
-        found = self.milvus.search(target, query, int(k), parsed.label, parsed.view, parsed.finding, parsed.side)
-        keep = found.ids[0] >= 0
-        n_candidates = (len(self.store.matching_ids(parsed.label, parsed.view, parsed.finding, parsed.side))
-                        if parsed.active else self.count)
-        hits = self.hits_at(found.ids[0][keep], found.scores[0][keep])
-        return SearchResult(hits, target, query_type, parsed, n_candidates, exact=False)
-
-
-def open_engine(spec: str | Path, encoder, data_root: Path | str | None = None) -> SearchEngine:
-    """What ``app.py --index`` opens: an hnswlib folder or a ``milvus://`` address."""
-    if not is_milvus(spec):
-        return SearchEngine.load(spec, encoder, data_root=data_root)
-    from index.build import encoder_identity
-
-    milvus = MilvusVectorStore.open(str(spec), encoder_identity(encoder) if encoder is not None else None)
-    root = data_root or (milvus.manifest.data_root if milvus.manifest.data_root and
-                         Path(milvus.manifest.data_root).is_dir() else None)
-    return MilvusSearchEngine(milvus, encoder, root)
+def append_vectors(spec: str | Path, staging: Path, manifest: Manifest, image_emb: np.ndarray,
+                   report_emb: np.ndarray, studies: Sequence[Study], updated: Manifest) -> None:
+    """``index add``'s new rows (ids ``manifest.count``...), appended in place."""
+    if is_milvus(spec):
+        MilvusVectorStore.append(str(spec), image_emb, report_emb, studies, manifest.count, updated)
+    else:
+        HnswVectorStore.append(Path(spec), staging, manifest, image_emb, report_emb)

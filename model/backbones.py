@@ -100,6 +100,39 @@ class Backbone(abc.ABC):
         """Any PIL image (L, RGB, I;16, RGBA, P...) -> (3,H,W) float32 normalised tensor."""
         return self._transform(image)
 
+    @property
+    def transform(self) -> Any:
+        """The preprocessing itself (picklable, without the weights): what Ray's decode tasks run."""
+        return self._transform
+
+    @property
+    def image_runner(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The compiled image tower (``model.towers.attach_runtime``), or None on torch."""
+        return self._image_runner
+
+    @image_runner.setter
+    def image_runner(self, runner: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        self._image_runner = runner
+
+    @property
+    def text_runner(self) -> Callable[[list[str]], torch.Tensor] | None:
+        """The compiled text tower, or None on torch."""
+        return self._text_runner
+
+    @text_runner.setter
+    def text_runner(self, runner: Callable[[list[str]], torch.Tensor] | None) -> None:
+        self._text_runner = runner
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The torch image tower's raw features (no runner, no normalisation): what runtimes are checked against."""
+        with torch.inference_mode():
+            return self._image_features(pixels.to(self.device, torch.float32))
+
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        """The torch text tower's raw features (no runner, no normalisation)."""
+        with torch.inference_mode():
+            return self._text_features(list(texts))
+
     def encode_image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N,3,H,W) preprocessed pixels -> (N,image_dim) float32, L2-normalised, on CPU."""
         if pixels.ndim != 4 or pixels.shape[1] != 3:
@@ -354,7 +387,7 @@ def _encode_text_without_padding(model: torch.nn.Module, tokens: torch.Tensor) -
     pad_id = text_trim_pad_id(model)
     if pad_id is None:
         return None
-    return encode_trimmed_text(model, tokens[:, :_unpadded_length(tokens, pad_id)])
+    return encode_trimmed_text(model, tokens[:, :unpadded_length(tokens, pad_id)])
 
 
 def text_trim_pad_id(model: torch.nn.Module) -> int | None:
@@ -400,7 +433,7 @@ def encode_trimmed_text(model: torch.nn.Module, text: torch.Tensor) -> torch.Ten
     return x
 
 
-def _unpadded_length(tokens: torch.Tensor, pad_id: int) -> int:
+def unpadded_length(tokens: torch.Tensor, pad_id: int) -> int:
     """Index after the last non-pad token of any row (at least 1)."""
     used = (tokens != pad_id).any(dim=0).nonzero()
     return int(used.max()) + 1 if len(used) else 1

@@ -87,6 +87,16 @@ def _recover_pending_head(run_dir: Path, expected_sha256: str) -> bytes | None:
     return payload
 
 
+def run_option(config: dict[str, Any], name: str, default: Any = None) -> Any:
+    """An option the run was trained with. A run's ``config.json`` keeps each option once, under
+    ``args`` (``pipeline.steps.run_config``); runs written before kept some at the top level (and the
+    optimiser's under ``optim``) too, and still load through here."""
+    for where in (config.get("args") or {}, config.get("optim") or {}, config):
+        if name in where:
+            return where[name]
+    return default
+
+
 def read_checkpoint_config(run_dir: Path | str) -> dict[str, Any]:
     """The run's ``config.json`` (checked for the keys a loader needs)."""
     run_dir = Path(run_dir)

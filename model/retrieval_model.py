@@ -89,6 +89,11 @@ class RetrievalModel:
             return self._embed_one_text(str(texts[0]))[None].copy()
         return self._embed_texts_uncached(texts)
 
+    def clear_text_cache(self) -> None:
+        """Forget the cached text embeddings (benches time the uncached path)."""
+        self._embed_one_text.cache_clear()
+        self._text_pair.cache_clear()
+
     def embed_images_with_features(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         """(frozen backbone features, head embeddings) of images in one backbone pass: the
         familiarity check (``index.familiarity``) reads the first, the search the second."""

@@ -33,9 +33,9 @@ from model.backbones import (
     BackboneUnavailableError,
     OfflineBackbone,
     OpenClipBackbone,
-    _unpadded_length,
     encode_trimmed_text,
     text_trim_pad_id,
+    unpadded_length,
 )
 from model.runtime import TowerSpec, compile_tower
 from model.runtime_option import resolve_runtime
@@ -123,19 +123,19 @@ def text_spec(backbone: Backbone) -> TowerSpec:
                                     context_length=backbone.context_length)
         pad_id = text_trim_pad_id(backbone.model)
         if pad_id is not None:
-            tokens = tokens[:, :_unpadded_length(tokens, pad_id)]
+            tokens = tokens[:, :unpadded_length(tokens, pad_id)]
             return _Call(model, encode_trimmed_text), (tokens,)
         return _Call(model, lambda m, t: m.encode_text(t)), (tokens,)
     return TowerSpec("text", ("tokens",), TOKEN_AXES, build_open_clip)
 
 
-def _open_clip_text_runner(backbone: OpenClipBackbone, tower):
+def open_clip_text_runner(backbone: OpenClipBackbone, tower):
     pad_id = text_trim_pad_id(backbone.model)
 
     def run(texts: list[str]) -> torch.Tensor:
         tokens = backbone.tokenizer(texts, context_length=backbone.context_length)
         if pad_id is not None:
-            tokens = tokens[:, :_unpadded_length(tokens, pad_id)]
+            tokens = tokens[:, :unpadded_length(tokens, pad_id)]
         return tower(tokens)
     return run
 
@@ -146,7 +146,7 @@ def _tokenize(backbone: OfflineBackbone, texts: list[str]) -> dict[str, torch.Te
     return (getattr(model, "preprocess", None) or model.tokenize)(texts)
 
 
-def _offline_text_runner(backbone: OfflineBackbone, tower):
+def offline_text_runner(backbone: OfflineBackbone, tower):
     def run(texts: list[str]) -> torch.Tensor:
         feats = _tokenize(backbone, texts)
         return tower(feats["input_ids"], feats["attention_mask"])
@@ -158,7 +158,7 @@ def attach_runtime(backbone: Backbone, runtime: str) -> Backbone:
     make them its runners; ``torch`` detaches them. Returns ``backbone``."""
     runtime = resolve_runtime(runtime)
     ort_int8 = backbone.name.endswith(ORT_INT8_SUFFIX)
-    backbone._image_runner = backbone._text_runner = None
+    backbone.image_runner = backbone.text_runner = None
     backbone.runtime = "torch"
     if runtime == "torch" and not ort_int8:
         return backbone
@@ -174,10 +174,10 @@ def attach_runtime(backbone: Backbone, runtime: str) -> Backbone:
         image = compile_tower(runtime, base_id, image_spec(backbone))
     text = compile_tower(runtime, base_id, text_spec(backbone))
     if image is not None:
-        backbone._image_runner = image
+        backbone.image_runner = image
     if text is not None:
-        backbone._text_runner = (_offline_text_runner if isinstance(backbone, OfflineBackbone)
-                                 else _open_clip_text_runner)(backbone, text)
+        backbone.text_runner = (offline_text_runner if isinstance(backbone, OfflineBackbone)
+                                 else open_clip_text_runner)(backbone, text)
     if image is not None or text is not None:
         backbone.runtime = runtime if text is not None or not ort_int8 else "torch"
     return backbone

@@ -45,11 +45,11 @@ def ensure_demo(run_dir: Path | None = None, index_dir: Path | None = None,
         log.info("[1/2] training the projector head on the offline demo (first start only) -> %s", run_dir)
         train_run(parse_training_args(["--out", str(run_dir), "--index", str(index_dir), *(train_args or [])]))
     elif not (index_dir / "manifest.json").is_file() or outdated_demo_index(index_dir):
-        from pipeline.steps import build_index, run_collection
+        from pipeline.steps import index_run, run_collection
 
         log.info("[2/2] indexing the run's studies -> %s", index_dir)
         studies, data_root = run_collection(run_dir)
-        build_index(run_dir, index_dir, studies, data_root=data_root)
+        index_run(run_dir, index_dir, studies, data_root=data_root)
     return run_dir, index_dir
 
 

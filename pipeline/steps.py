@@ -7,7 +7,7 @@ the frozen features through one on-disk cache (``model.features.cached_frozen_fe
 collection is embedded once, whichever of the three comes first.
 
 The work of each step lives where its job is: loaders in ``data``, the training loop in
-``model.training``, the metrics in ``model.evaluate_run``, the index writer in ``index.build``,
+``model.training``, the metrics in ``model.evaluate_run``, the one index builder in ``index.build``,
 the t-SNE/UMAP export in ``model.embedding_map``. This module only wires them together.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from data.paths import cache_root
 from data.records import Study
 from data.sources import DataSource, load_source
 from data.split import load_or_create_split, split_hash, split_level
-from model.checkpoint import save_checkpoint
+from model.checkpoint import run_option, save_checkpoint
 from model.embedding_map import build_embedding_maps
 from model.evaluate import format_phrase_table, format_table
 from model.evaluate_run import calibrate_head, evaluate_models, project
@@ -103,8 +103,7 @@ def run_collection(run_dir: Path | str) -> tuple[list[Study], Path]:
     if not str(config.get("data", "")).startswith("demo"):
         raise ValueError(f"run {run_dir} was trained on {config.get('data')!r}; build its index with "
                          "`python -m index build --run RUN --out DIR` and that run's data options")
-    recorded = config.get("args", {})
-    seed, limit = int(recorded.get("demo_seed") or 0), recorded.get("demo_limit")
+    seed, limit = int(run_option(config, "demo_seed") or 0), run_option(config, "demo_limit")
     return load_demo_dataset(seed=seed, limit=limit), demo_dir(seed)
 
 
@@ -151,15 +150,14 @@ def hybrid_phrase_rows(trained: TrainedHead, Xi: torch.Tensor, phrase_feats: np.
 def run_config(args: argparse.Namespace, backbone: Any, trained: TrainedHead, data: Collection,
                calibration: dict[str, Any]) -> dict[str, Any]:
     """config.json: what rebuilds the model (backbone identity, head shape via the checkpoint) and
-    every option of the run except paths (``pipeline.options.PATH_ARGS``)."""
+    every option of the run except paths (``pipeline.options.PATH_ARGS``), once, under ``args``: read
+    them with ``model.checkpoint.run_option`` (which also reads runs written before)."""
     return {
         "backbone_name": backbone.name, "backbone_id": backbone.backbone_id, "preprocess_id": backbone.preprocess_id,
         "image_dim": backbone.image_dim, "text_dim": backbone.text_dim, "shared_space": backbone.shared_space,
-        "loss": args.loss, "loss_weights": trained.loss_weights, "supcon_temperature": args.supcon_temperature,
-        "supcon_labels": args.supcon_labels, "val_metric": args.val_metric,
-        "args": {k: v for k, v in vars(args).items() if k not in PATH_ARGS},
-        "optim": {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "patience")},
-        "best_epoch": trained.best_epoch, "seed": args.seed, "data": data.source.name, "calibration": calibration,
+        "loss_weights": trained.loss_weights,  # derived from args.loss and the w_* options
+        "args": {k: v for k, v in vars(args).items() if k not in PATH_ARGS},  # every option, once (run_option)
+        "best_epoch": trained.best_epoch, "data": data.source.name, "calibration": calibration,
         "data_version": studies_fingerprint(data.studies), "split_hash": split_hash(data.split),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
     }
@@ -177,20 +175,21 @@ def write_run(out: Path, trained: TrainedHead, config: dict[str, Any], report: d
 
 
 # --------------------------------------------------------------------------------------- 5. index
-def build_index(run_dir: Path | str, index_dir: Path | str, studies: Sequence[Study],
-                data_root: Path | str | None = None, batch_size: int = 64, progress: bool = True,
-                encoder: Any = None, **hnsw: int):
-    """Step 5: index ``studies`` with the run's model (frozen features from the shared cache, then
-    the head), with their familiarity model and frozen vectors; published atomically. Returns the manifest.
+def index_run(run_dir: Path | str, index: Path | str, studies: Sequence[Study],
+              data_root: Path | str | None = None, batch_size: int = 64, progress: bool = True,
+              encoder: Any = None, shards: Path | str | None = None, **hnsw: int):
+    """Step 5: index ``studies`` with the run's model through the one builder (``index.build``): frozen
+    features from the shared cache (or the Ray ingest's ``shards``), then the head, with their familiarity
+    model and frozen vectors, to an hnswlib folder or ``milvus://``; published atomically. Returns the manifest.
 
     ``encoder``: the run's model when the caller has it loaded already (default: loaded from ``run_dir``)."""
     from index.build import build_from_encoder
     from model.retrieval_model import RetrievalModel
 
-    log.info("building the search index -> %s", index_dir)
+    log.info("building the search index -> %s", index)
     model = encoder if encoder is not None else RetrievalModel.from_run(run_dir)
-    return build_from_encoder(index_dir, model, studies, data_root=data_root, batch_size=batch_size,
-                              run_dir=run_dir, progress=progress, **hnsw)
+    return build_from_encoder(index, model, studies, data_root=data_root, batch_size=batch_size,
+                              run_dir=run_dir, progress=progress, shards=shards, **hnsw)
 
 
 # ---------------------------------------------------------------------------------------- 6. maps
@@ -213,9 +212,8 @@ def maps_for_run(run_dir: Path | str) -> Path:
     studies, _ = run_collection(run_dir)
     model = RetrievalModel.from_run(run_dir)
     image_feats, _ = cached_frozen_features(model.backbone, studies, progress=False)  # cached by train.py
-    config = json.loads((run_dir / "config.json").read_text())
     return write_maps(run_dir, image_feats, model.project_image_features(image_feats), studies,
-                      int(config.get("seed", 0)))
+                      int(run_option(model.config, "seed", 0)))
 
 
 # ---------------------------------------------------------------------------------- all the steps
@@ -256,8 +254,8 @@ def train_run(args: argparse.Namespace) -> Path:
     if args.index:  # the saved run, verified by its checksum, on the backbone already loaded (and its --backbone-path)
         from model.retrieval_model import RetrievalModel
 
-        build_index(out, args.index, data.studies, data_root=data_root_for(args, data.studies), progress=not args.quiet,
-                    encoder=RetrievalModel.from_run(out, backbone=backbone))
+        index_run(out, args.index, data.studies, data_root=data_root_for(args, data.studies), progress=not args.quiet,
+                  encoder=RetrievalModel.from_run(out, backbone=backbone), shards=args.features)
     if not args.no_maps:
         write_maps(out, image_feats, project(trained.head, Xi, "image"), data.studies, args.seed)
     log.info("\n%s\n\nrun folder: %s  (%.0fs in all)", format_table(report), out, time.time() - t_start)

@@ -212,7 +212,7 @@ def _save_weights(model: torch.nn.Module, folder: Path, weights_name: str) -> No
         torch.save(state, folder / weights_name)
 
 
-def _write_tiny_clip_folder(folder: Path, seed: int, weights_name: str) -> torch.nn.Module:
+def write_tiny_clip_folder(folder: Path, seed: int, weights_name: str) -> torch.nn.Module:
     """A few-layer open_clip CLIP (builtin transformer + CLIP BPE tokenizer) in the hub layout."""
     import open_clip
 
@@ -229,7 +229,7 @@ def test_local_folder_tiny_clip_matches_saved_model(tmp_path, weights_name):
     import open_clip
 
     folder = tmp_path / "tiny"
-    reference = _write_tiny_clip_folder(folder, seed=1, weights_name=weights_name)
+    reference = write_tiny_clip_folder(folder, seed=1, weights_name=weights_name)
     backbone = create_backbone("biomedclip", path=str(folder))
 
     assert backbone.shared_space and (backbone.image_dim, backbone.text_dim) == (32, 32)
@@ -255,9 +255,9 @@ def test_local_folder_tiny_clip_matches_saved_model(tmp_path, weights_name):
 
 
 def test_backbone_id_follows_the_weights_not_the_folder(tmp_path):
-    _write_tiny_clip_folder(tmp_path / "a", seed=1, weights_name="open_clip_model.safetensors")
+    write_tiny_clip_folder(tmp_path / "a", seed=1, weights_name="open_clip_model.safetensors")
     shutil.copytree(tmp_path / "a", tmp_path / "copy")
-    _write_tiny_clip_folder(tmp_path / "b", seed=2, weights_name="open_clip_model.safetensors")
+    write_tiny_clip_folder(tmp_path / "b", seed=2, weights_name="open_clip_model.safetensors")
     ids = [create_backbone("biomedclip", path=str(tmp_path / d)).backbone_id for d in ("a", "copy", "b")]
     assert ids[0] == ids[1] != ids[2]
 

@@ -80,11 +80,11 @@ def ensure_small_demo() -> tuple[Path, Path, Path]:
         build_demo_dataset(out_dir=data, limit=SMALL_N, progress=False, workers=1)
         stale = (run / "config.json").is_file() and (data / "dataset.json").stat().st_mtime > (run / "config.json").stat().st_mtime
         if stale or not _loads(run, index):
-            from pipeline.steps import build_index
+            from pipeline.steps import index_run
 
             train.main(["--data", str(data), "--epochs", "3", "--no-maps", "--bootstrap", "0", "--quiet",
                         "--out", str(run)])
-            build_index(run, index, load_dataset(data), progress=False)
+            index_run(run, index, load_dataset(data), progress=False)
     return data, run, index
 
 

@@ -245,3 +245,13 @@ def test_save_killed_after_its_commit_point_is_completed_by_the_next_load(tmp_pa
     for name, tensor in second.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name]), name
     assert not (tmp_path / (HEAD_FILE + PENDING_SUFFIX)).exists()
+
+
+def test_run_options_are_read_from_args_and_from_runs_written_before():
+    from model.checkpoint import run_option
+
+    now = {"args": {"loss": "clip", "seed": 3, "epochs": 5}, "data": "demo"}
+    before = {"loss": "clip+supcon", "seed": 1, "optim": {"epochs": 40}, "args": {"demo_seed": 0}}
+    assert [run_option(now, k) for k in ("loss", "seed", "epochs", "data")] == ["clip", 3, 5, "demo"]
+    assert [run_option(before, k) for k in ("loss", "seed", "epochs", "demo_seed")] == ["clip+supcon", 1, 40, 0]
+    assert run_option(before, "missing", "x") == "x"

@@ -129,7 +129,7 @@ def test_composed_search_bad_inputs_give_messages(extras, small_demo, tmp_path):
 def test_side_by_side_uses_the_frozen_vectors(extras, small_demo, tmp_path):
     from index.frozen import FROZEN_IMAGES
 
-    assert FROZEN_IMAGES in extras.engine.manifest.files and extras.frozen is not None
+    assert FROZEN_IMAGES in extras.engine.manifest.files and extras.engine.frozen is not None
     out = extras.search_composed(_upload(small_demo, tmp_path), "", "with", 1.0, 5, True)
     frozen = out[4]["frozen"]
     assert frozen["available"] and len(frozen["frozen_ids"]) == 5 and len(out[5]) == 5
@@ -156,7 +156,7 @@ def test_heatmap_on_demand(extras, small_demo, tmp_path):
     out = extras.search_composed(_upload(small_demo, tmp_path), "left pleural effusion", "with", 1.0, 4)
     image, caption = extras.heatmap(out[7], 2)
     assert image is not None and image.size == (320, 320) and "Hit #2" in caption
-    maps = extras._heat[out[7]["upload"]]
+    maps = extras.cached_occlusion(out[7]["upload"])
     heat = maps.heat(extras.engine.vectors("images")[out[7]["rows"][1]])
     assert heat.shape == (maps.grid, maps.grid) and heat.min() >= 0 and heat.max() == pytest.approx(1.0)
     assert extras.heatmap(out[7], 99)[0] is None

@@ -120,7 +120,8 @@ def test_train_index_bundle_commands(tiny, tmp_path):
     run("train.py", *common, "--loss", "clip", "--w-side", "1", "--out", str(tmp_path / "run-clip"),
         "--index", str(tmp_path / "index-clip"), env_extra=cache)
     config = json.loads((tmp_path / "run-clip" / "config.json").read_text())
-    assert config["loss"] == "clip" and config["loss_weights"]["w_side"] == 1.0
+    assert config["args"]["loss"] == "clip" and config["loss_weights"]["w_side"] == 1.0
+    assert "loss" not in config and "optim" not in config  # each option once, under args
     assert sorted((tmp_path / "cache" / "features").iterdir()) == features
     assert (features[0] / "side_swapped_text.npz").is_file()
     clip_index = json.loads(run("-m", "index", "info", "--index", str(tmp_path / "index-clip")).stdout)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from bench.search import clustered_gallery, recall_at_k
@@ -36,26 +37,66 @@ FINDINGS = ["Cardiomegaly", "Pleural Effusion/left/small", "Opacity/lung/base/ri
 VIEWS = ["PA", "LATERAL", "AP"]
 
 
-class FakeEncoder:
-    """Deterministic stand-in for RetrievalModel: an image is its 8x4 thumbnail, a text its
-    hashed bag of words; both normalised. Abnormal probability is a sigmoid of one axis."""
+class FakeBackbone:
+    """Deterministic stand-in for a frozen backbone: an image is its 8x4 thumbnail, a text its
+    hashed bag of words; both normalised (the whole ``index.encoder.FrozenBackbone`` protocol)."""
 
-    def __init__(self, backbone_id: str = "fake-backbone", head_checksum: str = "head-1", embed_dim: int = DIM):
-        self.backbone_id, self.head_checksum, self.embed_dim = backbone_id, head_checksum, embed_dim
+    name = "fake"
+    preprocess_id = "fake-thumbnail-8x4"
+    context_length = 77
 
-    def embed_images(self, images):
-        rows = [np.asarray(img.convert("L").resize((8, 4)), np.float32).ravel() - 127.5 for img in images]
-        x = np.stack(rows)
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
+    def __init__(self, backbone_id: str, dim: int):
+        self.backbone_id, self.image_dim, self.text_dim = backbone_id, 32, dim
 
-    def embed_texts(self, texts):
-        x = np.zeros((len(texts), self.embed_dim), np.float32)
+    def preprocess(self, image):
+        thumb = np.asarray(image.convert("L").resize((8, 4)), np.float32) - 127.5
+        return torch.from_numpy(thumb)[None].expand(3, 4, 8).clone()
+
+    def encode_image_batch(self, pixels):
+        return torch.nn.functional.normalize(pixels[:, 0].reshape(len(pixels), -1), dim=-1)
+
+    def encode_images(self, images):
+        if not len(images):
+            return torch.zeros(0, self.image_dim)
+        return self.encode_image_batch(torch.stack([self.preprocess(im) for im in images]))
+
+    def encode_texts(self, texts):
+        x = np.zeros((len(texts), self.text_dim), np.float32)
         for i, text in enumerate(texts):
             for word in text.lower().split():
                 h = int(hashlib.md5(word.encode()).hexdigest(), 16)
-                x[i, h % self.embed_dim] += 1.0 if (h >> 8) % 2 else -1.0
+                x[i, h % self.text_dim] += 1.0 if (h >> 8) % 2 else -1.0
         x[np.all(x == 0, axis=1), 0] = 1.0
+        return torch.nn.functional.normalize(torch.from_numpy(x), dim=-1)
+
+
+class FakeEncoder:
+    """Deterministic stand-in for RetrievalModel (the whole ``index.encoder.Encoder`` protocol): the
+    head is the identity on the fake backbone's features. Abnormal probability is a sigmoid of one axis."""
+
+    def __init__(self, backbone_id: str = "fake-backbone", head_checksum: str = "head-1", embed_dim: int = DIM):
+        self.backbone_id, self.head_checksum, self.embed_dim = backbone_id, head_checksum, embed_dim
+        self.backbone = FakeBackbone(backbone_id, embed_dim)
+
+    def project_image_features(self, feats):
+        x = np.asarray(feats, np.float32)
         return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    project_text_features = project_image_features
+
+    def embed_images(self, images):
+        return self.project_image_features(self.backbone.encode_images(images).numpy())
+
+    def embed_texts(self, texts):
+        return self.project_text_features(self.backbone.encode_texts(texts).numpy())
+
+    def embed_images_with_features(self, images):
+        emb = self.embed_images(images)
+        return emb.copy(), emb
+
+    def embed_text_with_features(self, text):
+        emb = self.embed_texts([text])
+        return emb.copy(), emb
 
     def abnormal_probability(self, image_emb):
         return 1.0 / (1.0 + np.exp(-4.0 * np.asarray(image_emb)[:, 0]))
@@ -194,7 +235,7 @@ def test_bulk_vector_extraction_matches_hnswlib_get_items():
     x, _ = vectors(700, seed=8)
     graph = HnswIndex.create(x[:500])
     graph.add(x[500:])  # after a resize too
-    reference = np.asarray(graph._index.get_items(np.arange(700)), np.float32)
+    reference = graph.items(np.arange(700))
     np.testing.assert_array_equal(graph.vectors(), reference)
     np.testing.assert_allclose(graph.vectors([3, 650]), x[[3, 650]] / np.linalg.norm(x[[3, 650]], axis=1, keepdims=True), atol=1e-6)
 
@@ -275,7 +316,8 @@ def test_search_by_image_and_text_with_encoder(tmp_path, encoder):
     rng = np.random.default_rng(0)
     for s in studies:
         Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8), "L").save(s.image_path)
-    build_module.build_from_encoder(tmp_path / "idx", encoder, studies, data_root=data_root, batch_size=16, progress=False)
+    build_module.build_from_encoder(tmp_path / "idx", encoder, studies, data_root=data_root, batch_size=16, progress=False,
+                                    familiarity=False)  # noise images: the pixel check would refuse them
     engine = SearchEngine.load(tmp_path / "idx", encoder)
     query = Image.open(studies[17].image_path)
     result = engine.search_by_image(query, k=5)
@@ -314,7 +356,9 @@ def test_cli_build_and_add(tmp_path, encoder, monkeypatch):
     assert cli.main(["add", "--index", str(out), "--data", str(data)]) == 0  # nothing new: no-op
     assert read_manifest(out).count == 30
     engine = SearchEngine.load(out, encoder)
-    assert engine.search_by_image(Image.open(studies[25].image_path), k=1).hits[0].study_id == "S25"
+    assert {"familiarity.safetensors", "frozen_images.npy"} <= set(read_manifest(out).files)  # the one builder's artifacts
+    query = encoder.embed_images([Image.open(studies[25].image_path)])[0]  # noise images: no familiarity verdict
+    assert engine.search_by_image_vector(query, k=1).hits[0].study_id == "S25"
 
 
 # --------------------------------------------------------------------------- integrity

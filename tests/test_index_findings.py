@@ -163,7 +163,7 @@ def test_demo_first_start_rebuilds_a_stale_index(tmp_path, monkeypatch):
     built = []
     recorded = _studies(1)
     monkeypatch.setattr(steps, "run_collection", lambda r: (recorded, tmp_path / "data"))
-    monkeypatch.setattr(steps, "build_index", lambda r, i, studies, data_root: built.append((r, i, studies)))
+    monkeypatch.setattr(steps, "index_run", lambda r, i, studies, data_root: built.append((r, i, studies)))
     demo.ensure_demo(run, idx)
     assert built == [(run, idx, recorded)]  # the index step of the pipeline, on the run's own studies
     (idx / META).unlink()

@@ -5,6 +5,9 @@ change that breaks a rule fails here with the offending module named.
 Layers, lowest first: data -> model -> index -> pipeline -> webapp. A module may import its own
 layer and those below. Entry points (app.py, train.py, bench/, every ``__main__.py``) sit on top:
 they may import any layer, and nothing imports them.
+
+Contracts: no module (tests and benches included) reads, writes or imports a ``_private`` name that
+another module of the project defines; it uses that module's public properties and functions.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {"data": 0, "model": 1, "index": 2, "pipeline": 3, "webapp": 4}
 ENTRY_SCRIPTS = {"app", "train"}
-MAX_LINES = 600
+MAX_LINES = 500
+PROJECT = (*LAYERS, "bench", "tests", "app", "train")
 
 
 def source_files() -> list[Path]:
@@ -135,7 +139,34 @@ def test_train_py_the_index_cli_and_the_first_start_share_one_pipeline(graph):
             assert not targets & {"model.training", "index.build", "model.features"}, module
 
 
-def test_no_module_over_600_lines():
+def callers_of(names: set[str]) -> dict[str, set[str]]:
+    """Function name -> the modules (non-test) that call it, by name or as an attribute."""
+    found: dict[str, set[str]] = {n: set() for n in names}
+    for path in source_files():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+                if name in found:
+                    found[name].add(module_name(path))
+    return found
+
+
+def test_every_way_to_build_an_index_goes_through_the_one_builder():
+    """train.py --index, python -m index build (any engine, any --out) and the app's first start call the
+    pipeline's index step, which calls the one builder; index add appends through the same module.
+    Only benches write synthetic vectors with ``build_index`` directly."""
+    calls = callers_of({"index_run", "build_from_encoder", "build_from_features", "build_index", "add_from_encoder",
+                        "add_studies", "write_vectors", "append_vectors"})
+    assert {m for m in calls["index_run"] if not m.startswith("bench.")} == {"pipeline.steps", "pipeline.demo",
+                                                                            "index.__main__"}
+    assert calls["build_from_encoder"] == {"pipeline.steps"} and calls["add_from_encoder"] == {"index.__main__"}
+    assert {m for m in calls["build_index"] if not m.startswith("bench.")} == {"index.build"}
+    assert calls["build_from_features"] == calls["add_studies"] == calls["write_vectors"] == {"index.build"}
+    assert calls["append_vectors"] == {"index.build"}
+
+
+def test_no_module_over_500_lines():
     sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in source_files()}
     assert {p: n for p, n in sizes.items() if n > MAX_LINES} == {}
     assert sizes["train.py"] > 0
@@ -162,3 +193,67 @@ def test_the_duplicate_checker_finds_a_copied_block(tmp_path):
     for name in ("one", "two"):
         (tmp_path / "pkg" / f"{name}.py").write_text(f"def {name}(a, b):\n    total = 0\n{body}\n    return total\n")
     assert "R0801" in repeated_blocks(["pkg"], tmp_path).stdout
+
+
+# ------------------------------------------------------------------------- private names stay home
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__") and name != "_"
+
+
+def _own_private_names(tree: ast.AST) -> set[str]:
+    """Private names a module defines: functions, classes, variables, imports as, and ``self._x``/``cls._x``."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and _on_self(node):
+            names.add(node.attr)
+        elif isinstance(node, ast.alias):
+            names.add((node.asname or node.name).split(".")[0])
+    return {n for n in names if _private(n)}
+
+
+def _on_self(node: ast.Attribute) -> bool:
+    return isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+
+
+def private_accesses(files: dict[str, str]) -> list[str]:
+    """``module: what`` for each use of another project module's private name: ``from x import _y``
+    of a project module, or ``obj._y`` (read or write, not on self/cls) where ``_y`` is defined in
+    another module of the project and not in this one. Third-party privates are not the project's."""
+    trees = {name: ast.parse(text, name) for name, text in files.items()}
+    own = {name: _own_private_names(tree) for name, tree in trees.items()}
+    everywhere = set().union(*own.values()) if own else set()
+    bad = []
+    for name, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                    and node.module.split(".")[0] in PROJECT:
+                bad += [f"{name}: imports {node.module}.{a.name}" for a in node.names if _private(a.name)]
+            elif isinstance(node, ast.Attribute) and _private(node.attr) and not _on_self(node) \
+                    and node.attr not in own[name] and node.attr in everywhere:
+                bad.append(f"{name}:{node.lineno}: uses .{node.attr} of another module")
+    return sorted(bad)
+
+
+def test_no_module_uses_another_modules_private_names():
+    files = [*source_files(), *sorted((ROOT / "tests").glob("*.py"))]
+    assert private_accesses({str(p.relative_to(ROOT)): p.read_text() for p in files}) == []
+
+
+def test_the_private_name_check_catches_reads_writes_and_imports():
+    files = {
+        "lib.py": "class Box:\n    def __init__(self):\n        self._items = []\n\ndef _helper():\n    return 1\n",
+        "user.py": "from lib import Box, _helper\nbox = Box()\nbox._items.append(1)\nbox._items = []\n",
+        "fine.py": "import os\nclass Own:\n    def __init__(self):\n        self._x = 1\n    def same(self, other):\n"
+                   "        return other._x\nos._exit\n",
+    }
+    global PROJECT
+    saved, PROJECT = PROJECT, ("lib",)
+    try:
+        assert private_accesses(files) == ["user.py: imports lib._helper", "user.py:3: uses ._items of another module",
+                                           "user.py:4: uses ._items of another module"]
+    finally:
+        PROJECT = saved

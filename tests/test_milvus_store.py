@@ -1,8 +1,9 @@
 """Milvus backend (index.milvus_store via index.vector_store) on a Milvus Lite file.
 
-Recall@10 against exact search, filters pushed down to Milvus (every hit passes them and
-the filtered top-10 matches exact filtered search), another model's vectors refused, and
-the app's engine over ``milvus://`` answering like the hnswlib folder on the small demo.
+Recall@10 of IVF against exact search, filters pushed down to Milvus (every hit passes them and
+the filtered top-10 matches exact filtered search), another model's vectors refused, a folder that
+disagrees with its collections refused, and ``index add`` through the one builder. The app's
+features on Milvus against the hnswlib folder: ``tests/test_parity.py``.
 """
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ pytest.importorskip("milvus_lite")
 from data.records import Study  # noqa: E402
 from index.ann import exact_top_k, normalise  # noqa: E402
 from index.manifest import IndexMismatchError  # noqa: E402
-from index.vector_store import build_store, open_engine, open_store  # noqa: E402
+from index.build import add_studies, build_index  # noqa: E402
+from index.engine import SearchEngine  # noqa: E402
+from index.filters import Filters  # noqa: E402
+from index.manifest import IndexCorruptError, read_manifest  # noqa: E402
+from index.milvus_store import MilvusVectorStore  # noqa: E402
+from index.vector_store import artifacts_dir  # noqa: E402
 
 N, DIM, K = 20_000, 64, 10
 IDENTITY = {"backbone_id": "test-backbone", "head_checksum": "abc123", "embed_dim": DIM}
@@ -40,16 +46,23 @@ def _collection(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, list[Study
 def milvus(tmp_path_factory):
     x, studies = _collection(N, DIM)
     spec = f"milvus://{tmp_path_factory.mktemp('milvus')}/test.db#synthetic"
-    build_store(spec, x, x[::-1].copy(), studies, IDENTITY)
-    store = open_store(spec, IDENTITY)
+    build_index(spec, x, x[::-1].copy(), studies, IDENTITY)
+    store = MilvusVectorStore.open(spec, read_manifest(artifacts_dir(spec)))
     yield spec, store, x, studies
     store.close()
+
+
+class Identity:
+    """What ``SearchEngine.load`` reads of an encoder to check the index's model."""
+
+    def __init__(self, **identity):
+        self.__dict__.update(identity)
 
 
 def test_recall_at_10_against_exact(milvus):
     _, store, x, _ = milvus
     queries = normalise(x[:200] + 0.05 * np.random.default_rng(1).standard_normal((200, DIM)))
-    found = store.search("images", queries, K)
+    found = store.search("images", queries, K, Filters(), None)
     truth = exact_top_k(x, queries, K).ids
     recall = np.mean([len(set(f) & set(t)) / K for f, t in zip(found.ids, truth)])
     assert recall >= 0.98, recall
@@ -60,7 +73,7 @@ def test_filters_are_pushed_down_and_hold(milvus):
     _, store, x, studies = milvus
     queries = x[1000:1050]
     for label, view, finding in ((1, None, None), (None, "lateral", None), (0, "PA", "effusion")):
-        found = store.search("images", queries, K, label=label, view=view, finding=finding)
+        found = store.search("images", queries, K, Filters(label, view, finding), None)
         allowed = np.array([i for i, s in enumerate(studies)
                             if (label is None or s.label == label) and (view is None or s.view == view.upper())
                             and (finding is None or finding in s.finding_names)])
@@ -75,33 +88,28 @@ def test_another_models_vectors_are_refused(milvus):
     for other in ({**IDENTITY, "head_checksum": "another-head"}, {**IDENTITY, "backbone_id": "clip"},
                   {**IDENTITY, "embed_dim": 128}):
         with pytest.raises(IndexMismatchError):
-            open_store(spec, other)
+            SearchEngine.load(spec, Identity(**other))
 
 
-def test_app_engine_on_milvus_matches_the_hnswlib_folder(small_demo, model, tmp_path):
-    from index.build import encoder_identity
-    from index.engine import SearchEngine
-    from index.store import MetadataStore
+def test_sidecar_folder_holds_the_artifacts_and_must_agree_with_the_collections(tmp_path):
+    import shutil
 
-    _, _, index_dir = small_demo
-    folder = SearchEngine.load(index_dir, model)
-    studies = [m.study for m in folder.store.all()]
-    spec = f"milvus://{tmp_path}/demo.db#demo"
-    build_store(spec, folder.vectors("images"), folder.vectors("reports"), studies, encoder_identity(model),
-                data_root=folder.data_root)
-    engine = open_engine(spec, model)
-    try:
-        for text in ("cardiomegaly", "no acute cardiopulmonary abnormality", "left pleural effusion"):
-            for filters in (None, {"label": "abnormal"}, {"finding": "pleural effusion", "side": "left"},
-                            {"finding": "pleural effusion", "side": "bilateral"}):
-                mine, theirs = engine.search_by_text(text, 10, filters), folder.search_by_text(text, 10, filters)
-                assert mine.study_ids == theirs.study_ids
-                assert np.allclose([h.score for h in mine], [h.score for h in theirs], atol=1e-4)
-                assert mine.hits[0].image_path == theirs.hits[0].image_path
-        assert isinstance(engine.store, MetadataStore) and engine.views() == folder.views()
-    finally:
-        engine.milvus.close()
-    other = type(model).__new__(type(model))
-    other.__dict__.update(model.__dict__, head_checksum="not-this-head")
-    with pytest.raises(IndexMismatchError):
-        open_engine(spec, other)
+    x, studies = _collection(60, DIM, seed=2)
+    spec = f"milvus://{tmp_path}/small.db#tiny"
+    build_index(spec, x[:50], x[:50], studies[:50], IDENTITY)
+    folder = artifacts_dir(spec)
+    assert folder == tmp_path / "small.db.artifacts" / "tiny" and (folder / "manifest.json").is_file()
+    from data.paths import cache_root
+
+    assert artifacts_dir("milvus://localhost:19530#x") == cache_root() / "milvus" / "localhost_19530" / "x"  # a server
+    shutil.copytree(folder, tmp_path / "before-add")
+    manifest = add_studies(spec, x[50:], x[50:], studies[50:], identity=IDENTITY)  # index add, same builder
+    engine = SearchEngine.load(spec, None, exact_threshold=0)  # Milvus answers, not the engine's exact search
+    assert manifest.count == engine.count == 60 and manifest.store == "milvus"
+    hits = engine.search_by_image_vector(x[55], k=1, exact=False)
+    assert hits.study_ids == ["s55"] and engine.vectors("images").shape == (60, DIM)
+    engine.close()
+    shutil.rmtree(folder)
+    shutil.copytree(tmp_path / "before-add", folder)  # the folder of before the add, the collections of after
+    with pytest.raises(IndexCorruptError, match="interrupted"):
+        SearchEngine.load(spec, None)

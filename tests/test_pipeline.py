@@ -22,6 +22,7 @@ def demo_run(tmp_path_factory, demo_built):
 def test_a_demo_run_names_its_studies_by_its_recorded_options(demo_run):
     config = json.loads((demo_run / "config.json").read_text())
     assert config["data"] == "demo40" and config["args"]["demo_limit"] == 40 and config["args"]["demo_seed"] == 0
+    assert not set(config) & set(config["args"]) and "optim" not in config  # each option once
     studies, root = run_collection(demo_run)
     assert len(studies) == 40 and all(s.image_path.startswith(str(root)) for s in studies)
     split = json.loads((demo_run / "split.json").read_text())

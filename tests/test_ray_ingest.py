@@ -120,3 +120,28 @@ def test_shards_serve_as_the_training_feature_cache(collection, shards, ray_loca
     assert _cosines(image, image_ref).min() >= 0.9999 and _cosines(text, text_ref).min() >= 0.9999
     with pytest.raises(ShardMismatchError, match="no features"):
         features_for(shards, model.backbone, studies)  # the broken study has none
+
+
+def test_ray_built_index_answers_like_the_cached_build(small_demo, collection, shards, ray_local, model, tmp_path):
+    """The one builder from Ray's shards: the same artifacts as from the feature cache, the same answers."""
+    from index.engine import SearchEngine
+    from index.manifest import read_manifest
+    from pipeline.steps import index_run
+
+    data, studies = collection
+    ray_ingest.ingest(studies, shards, model.backbone, ray_ingest.backbone_factory_for("offline"), workers=2,
+                      shard_size=SHARD, progress=False)
+    good = [s for s in studies if s.study_id != "broken-study"]
+    index_run(small_demo[1], tmp_path / "ray", studies, data_root=data, encoder=model, progress=False, shards=shards)
+    index_run(small_demo[1], tmp_path / "cache", good, data_root=data, encoder=model, progress=False)
+    ray, cached = read_manifest(tmp_path / "ray"), read_manifest(tmp_path / "cache")
+    assert set(ray.files) == set(cached.files) and ray.count == cached.count == len(good)
+    for threshold in (2000, 0):  # the engine's exact search, then the graph's
+        engines = [SearchEngine.load(tmp_path / name, model, exact_threshold=threshold) for name in ("ray", "cache")]
+        for phrase in ("cardiomegaly", "small left pleural effusion"):
+            for filters in (None, {"label": "abnormal"}, {"finding": "pleural effusion"}):
+                a, b = (e.search_by_text(phrase, 10, filters) for e in engines)
+                recall = len(set(a.study_ids) & set(b.study_ids)) / max(len(b.study_ids), 1)
+                assert recall >= 0.98 and a.familiarity.verdict == b.familiarity.verdict, (phrase, filters)
+        for engine in engines:
+            engine.close()

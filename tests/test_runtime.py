@@ -18,7 +18,7 @@ from model.factory import create_backbone
 import model.runtime_option as runtime_option
 from model.runtime import export_dir
 from model.runtime_option import add_runtime_argument, apply_runtime_argument, resolve_runtime
-from tests.test_backbones import _write_tiny_clip_folder, write_tiny_biomedclip_folder
+from tests.test_backbones import write_tiny_clip_folder, write_tiny_biomedclip_folder
 
 RUNTIMES = ["openvino", "onnxruntime"]
 MIN_COSINE = 0.9999  # float32 in a runtime: the issue's bar for "the same features"
@@ -40,7 +40,7 @@ def _assert_same_features(name: str, runtime: str, path: str | None = None) -> N
     length, so padded rows), single items, and an over-long text (truncated)."""
     reference = create_backbone(name, path=path, runtime="torch")
     compiled = create_backbone(name, path=path, runtime=runtime)
-    assert compiled.runtime == runtime and compiled._image_runner is not None and compiled._text_runner is not None
+    assert compiled.runtime == runtime and compiled.image_runner is not None and compiled.text_runner is not None
     assert compiled.backbone_id == reference.backbone_id  # float32: same identity, caches stay valid
     images = _images()
     assert _min_cosine(reference.encode_images(images), compiled.encode_images(images)) >= MIN_COSINE
@@ -59,7 +59,7 @@ def test_offline_towers_give_torch_features(runtime):
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_clip_layout_towers_give_torch_features(runtime, tmp_path):
     """open_clip's own ViT and causal text transformer (CLIP's layout), text trimmed to its tokens."""
-    _write_tiny_clip_folder(tmp_path / "tiny", seed=1, weights_name="open_clip_model.safetensors")
+    write_tiny_clip_folder(tmp_path / "tiny", seed=1, weights_name="open_clip_model.safetensors")
     _assert_same_features("clip", runtime, path=str(tmp_path / "tiny"))
 
 
@@ -85,7 +85,7 @@ def test_vit_b16_towers_give_torch_features():
 
 def test_export_is_cached_by_backbone_identity_and_reused(tmp_path, monkeypatch):
     for name, seed in (("a", 1), ("b", 2)):
-        _write_tiny_clip_folder(tmp_path / name, seed=seed, weights_name="open_clip_model.safetensors")
+        write_tiny_clip_folder(tmp_path / name, seed=seed, weights_name="open_clip_model.safetensors")
     shutil.copytree(tmp_path / "a", tmp_path / "copy")
     backbones = {d: create_backbone("clip", path=str(tmp_path / d), runtime="onnxruntime") for d in ("a", "copy", "b")}
     folders = {d: export_dir(b.backbone_id, "image") for d, b in backbones.items()}
@@ -112,11 +112,11 @@ def test_export_is_cached_by_backbone_identity_and_reused(tmp_path, monkeypatch)
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_missing_runtime_falls_back_to_torch_with_a_log_line(runtime, tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, runtime, None)  # "import openvino" now raises ImportError
-    _write_tiny_clip_folder(tmp_path / "tiny", seed=1, weights_name="open_clip_model.safetensors")
+    write_tiny_clip_folder(tmp_path / "tiny", seed=1, weights_name="open_clip_model.safetensors")
     reference = create_backbone("clip", path=str(tmp_path / "tiny"), runtime="torch")
     with caplog.at_level(logging.WARNING, logger="model.runtime"):
         backbone = create_backbone("clip", path=str(tmp_path / "tiny"), runtime=runtime)
-    assert backbone.runtime == "torch" and backbone._image_runner is None and backbone._text_runner is None
+    assert backbone.runtime == "torch" and backbone.image_runner is None and backbone.text_runner is None
     assert any(f"runtime {runtime} unavailable" in r.getMessage() and "using torch" in r.getMessage()
                for r in caplog.records)
     assert torch.equal(reference.encode_texts(TEXTS), backbone.encode_texts(TEXTS))
@@ -127,7 +127,7 @@ def test_failed_export_falls_back_to_torch(tmp_path, monkeypatch, caplog):
         raise RuntimeError("unsupported operator")
 
     monkeypatch.setattr(runtime_mod, "export_onnx", broken_export)
-    _write_tiny_clip_folder(tmp_path / "tiny", seed=7, weights_name="open_clip_model.safetensors")  # not cached yet
+    write_tiny_clip_folder(tmp_path / "tiny", seed=7, weights_name="open_clip_model.safetensors")  # not cached yet
     with caplog.at_level(logging.WARNING, logger="model.runtime"):
         backbone = create_backbone("clip", path=str(tmp_path / "tiny"), runtime="openvino")
     assert backbone.runtime == "torch"
@@ -173,7 +173,7 @@ def test_bulk_ingest_runs_in_the_runtime_with_torch_features(tmp_path):
     reference = create_backbone("offline", runtime="torch")
     compiled = create_backbone("offline", runtime="openvino")
     calls = {"image": 0, "text": 0}
-    image_runner, text_runner = compiled._image_runner, compiled._text_runner
+    image_runner, text_runner = compiled.image_runner, compiled.text_runner
 
     def count(kind, runner):
         def run(x):
@@ -181,7 +181,7 @@ def test_bulk_ingest_runs_in_the_runtime_with_torch_features(tmp_path):
             return runner(x)
         return run
 
-    compiled._image_runner, compiled._text_runner = count("image", image_runner), count("text", text_runner)
+    compiled.image_runner, compiled.text_runner = count("image", image_runner), count("text", text_runner)
     expected = cached_frozen_features(reference, studies, cache_dir=tmp_path / "torch", batch_size=4, progress=False)
     got = cached_frozen_features(compiled, studies, cache_dir=tmp_path / "openvino", batch_size=4, progress=False)
     assert calls["image"] == 2 and calls["text"] >= 1  # 6 images in batches of 4; the reports

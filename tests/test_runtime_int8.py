@@ -17,7 +17,7 @@ from model.head import RetrievalHead
 from model.retrieval_model import RetrievalModel
 from model.runtime import compile_tower
 from model.towers import image_spec, text_spec
-from tests.test_backbones import _write_tiny_clip_folder
+from tests.test_backbones import write_tiny_clip_folder
 
 TEXTS = ["small left pleural effusion", "no acute cardiopulmonary abnormality", "cardiomegaly"]
 
@@ -28,7 +28,7 @@ def _images() -> list[Image.Image]:
 
 @pytest.fixture()
 def tiny_clip(tmp_path) -> str:
-    _write_tiny_clip_folder(tmp_path / "tiny", seed=1, weights_name="open_clip_model.safetensors")
+    write_tiny_clip_folder(tmp_path / "tiny", seed=1, weights_name="open_clip_model.safetensors")
     return str(tmp_path / "tiny")
 
 
@@ -36,8 +36,8 @@ def test_ortint8_is_opt_in_with_its_own_identity(tiny_clip):
     fp32 = create_backbone("clip", path=tiny_clip, runtime="torch")
     int8 = create_backbone("clip+ortint8", path=tiny_clip, runtime="torch")
     assert int8.name == "clip+ortint8" and int8.backbone_id == fp32.backbone_id + "+ortint8"
-    assert int8._image_runner.runtime == "onnxruntime" and int8._image_runner.path.name == "model.int8.onnx"
-    assert int8._text_runner is None  # the text tower stays float32, on the runtime asked for (torch here)
+    assert int8.image_runner.runtime == "onnxruntime" and int8.image_runner.path.name == "model.int8.onnx"
+    assert int8.text_runner is None  # the text tower stays float32, on the runtime asked for (torch here)
     images = _images()
     cosine = (fp32.encode_images(images) * int8.encode_images(images)).sum(dim=1)
     assert float(cosine.min()) > 0.99 and float(cosine.min()) < 1.0  # quantised: close, not equal
@@ -70,14 +70,14 @@ def test_ortint8_fidelity_on_real_minilm_and_iu_reports():
     torch's int8 on (mean cosine 0.974, 77% of the 10 nearest kept). ONNX Runtime's int8
     measured 0.991 mean / 0.985 min, 86% kept."""
     from data.iu_xray import load_iu_reports
-    from model.towers import _offline_text_runner
+    from model.towers import offline_text_runner
 
     texts = [s.report_text for s in load_iu_reports()[:200] if s.report_text.strip()][:120]
     backbone = create_backbone("offline", runtime="torch")
     reference = backbone.encode_texts(texts).numpy()
     tower = compile_tower("onnxruntime", backbone.backbone_id, text_spec(backbone), int8=True)
     assert tower is not None and tower.path.name == "model.int8.onnx"
-    backbone._text_runner = _offline_text_runner(backbone, tower)
+    backbone.text_runner = offline_text_runner(backbone, tower)
     quantized = backbone.encode_texts(texts).numpy()
     cosine = (reference * quantized).sum(axis=1)
     assert cosine.mean() > 0.985 and cosine.min() > 0.97, (cosine.mean(), cosine.min())
@@ -94,6 +94,6 @@ def test_ortint8_on_real_efficientnet_quantizes_nothing_of_the_conv_net():
     reference = backbone.encode_images(images)
     tower = compile_tower("onnxruntime", backbone.backbone_id, image_spec(backbone), int8=True)
     assert tower is not None
-    backbone._image_runner = tower
+    backbone.image_runner = tower
     cosine = (reference * backbone.encode_images(images)).sum(dim=1)
     assert float(cosine.min()) > 0.9999

@@ -94,7 +94,7 @@ def _app_temp_dirs(parent: Path, pid: int) -> list[Path]:
 def _dead_process_stamp() -> tuple[int, int]:
     """(pid, start time) of a process that has exited: what a killed app leaves in its folder name."""
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    start = serving._process_start(child.pid) or 0
+    start = serving.process_start(child.pid) or 0
     child.kill()
     child.wait()
     return child.pid, start
@@ -282,6 +282,8 @@ def test_with_an_auth_file_unauthenticated_requests_are_refused(tmp_path):
 
 # ----------------------------------------------------------------------------- units
 def test_auth_file_lines_and_errors(tmp_path):
+    from data.errors import InputError
+
     good = tmp_path / "users"
     good.write_text("alice:pa:ss\n  # comment\n\nbob : x\n")
     assert serving.read_auth_file(good) == [("alice", "pa:ss"), ("bob", " x")]
@@ -289,10 +291,10 @@ def test_auth_file_lines_and_errors(tmp_path):
                        ("ok:1\nbad:\n", "line 2")]:
         bad = tmp_path / "bad"
         bad.write_text(text)
-        with pytest.raises(SystemExit, match=says) as exc:
+        with pytest.raises(InputError, match=says) as exc:
             serving.read_auth_file(bad)
         assert "pw" not in str(exc.value) and "ok:1" not in str(exc.value)  # no password echoed
-    with pytest.raises(SystemExit, match="cannot read"):
+    with pytest.raises(InputError, match="cannot read"):
         serving.read_auth_file(tmp_path / "missing")
 
 
@@ -312,7 +314,9 @@ def test_a_warning_line_when_reachable_beyond_this_machine(capsys):
     assert options["max_file_size"] == serving.DEFAULT_MAX_UPLOAD_MB * 1024 * 1024
     serving.launch_options(app.parse_args([]))
     assert capsys.readouterr().err == ""
-    with pytest.raises(SystemExit, match="positive"):
+    from data.errors import InputError
+
+    with pytest.raises(InputError, match="positive"):
         serving.launch_options(app.parse_args(["--max-upload-mb", "0"]))
 
 
@@ -320,8 +324,8 @@ def test_stale_sweep_keeps_live_and_foreign_folders(tmp_path):
     dead_pid, dead_start = _dead_process_stamp()
     me = os.getpid()
     dead = tmp_path / f"{serving.TEMP_PREFIX}{dead_pid}-{dead_start}-abc"
-    reused = tmp_path / f"{serving.TEMP_PREFIX}{me}-{(serving._process_start(me) or 0) + 1}-abc"  # pid reused since
-    alive = tmp_path / f"{serving.TEMP_PREFIX}{me}-{serving._process_start(me)}-abc"
+    reused = tmp_path / f"{serving.TEMP_PREFIX}{me}-{(serving.process_start(me) or 0) + 1}-abc"  # pid reused since
+    alive = tmp_path / f"{serving.TEMP_PREFIX}{me}-{serving.process_start(me)}-abc"
     foreign = tmp_path / f"{serving.TEMP_PREFIX}oldstyle"
     for folder in (dead, reused, alive, foreign):
         (folder / "sub").mkdir(parents=True)

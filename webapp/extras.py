@@ -16,7 +16,6 @@ import numpy as np
 
 from data.findings_text import parse_phrase
 from data.images import ImageLoadError
-from index.frozen import FrozenGallery
 from model.attribution import OcclusionMaps, occlusion_maps, overlay
 from model.threads import query_threads
 from webapp.composed import DEFAULT_WEIGHT, MAX_WEIGHT, MODES, NEUTRAL_PHRASE, compose, compose_findings
@@ -36,8 +35,6 @@ class ExtrasService:
         self.service = service
         self.engine = service.engine
         self.model = service.engine.encoder
-        index_dir = service.engine.index_dir
-        self.frozen = FrozenGallery.load(index_dir, service.engine.manifest) if index_dir is not None else None
         self._heat: OrderedDict[str, OcclusionMaps] = OrderedDict()
         self._heat_lock = threading.Lock()
 
@@ -97,11 +94,10 @@ class ExtrasService:
         return out
 
     def _frozen_side(self, frozen_query: np.ndarray, tuned_hits, k: int) -> dict[str, Any]:
-        if self.frozen is None:
+        frozen_hits = self.engine.search_frozen(frozen_query, k)
+        if frozen_hits is None:
             return {"frozen": {"available": False, "reason": "this index was built without frozen vectors; "
                                "rebuild it (python -m pipeline or a fresh bundle) to compare"}}
-        rows, scores = self.frozen.search(frozen_query, k)
-        frozen_hits = self.engine.hits_at(rows, scores)
         tuned_ids = [h.study_id for h in tuned_hits]
         frozen_ids = [h.study_id for h in frozen_hits]
         shared = [s for s in tuned_ids if s in set(frozen_ids)]
@@ -135,6 +131,11 @@ class ExtrasService:
                    f"{'feature map' if maps.method == 'features' else 'image'}, "
                    f"{seconds:.2f} s).")
         return overlay(image, heat), caption
+
+    def cached_occlusion(self, key: str) -> OcclusionMaps | None:
+        """The occlusion maps kept for an upload (``key``: its path), if its heat-map was drawn."""
+        with self._heat_lock:
+            return self._heat.get(key)
 
     def _occlusion(self, key: str, image) -> OcclusionMaps:
         with self._heat_lock:

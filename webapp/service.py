@@ -60,7 +60,7 @@ class SearchService:
         self.keep_uploads = keep_uploads
         self.vocabulary = list(engine.findings())
         self.views = engine.views()
-        self.context_length = int(getattr(engine.encoder.backbone, "context_length", 0) or 0)
+        self.context_length = int(engine.encoder.backbone.context_length or 0)
         # Uploads are deleted once read; the decoded (de-identified) pixels of the last few
         # stay in memory, keyed by the upload's path, so changing a filter re-searches them.
         self._recent: OrderedDict[str, LoadedImage] = OrderedDict()

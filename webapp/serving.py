@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from data.errors import InputError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 100  # generous for one DICOM radiograph (a CR/DX film is 5-50 MB)
@@ -40,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def max_upload_bytes(megabytes: float) -> int:
     if not megabytes > 0:
-        raise SystemExit("error: --max-upload-mb must be a positive number")
+        raise InputError("--max-upload-mb must be a positive number")
     return int(megabytes * 1024 * 1024)
 
 
@@ -72,7 +74,7 @@ def read_auth_file(path: str | os.PathLike) -> list[tuple[str, str]]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise SystemExit(f"error: cannot read --auth-file {path}: {exc.__class__.__name__}") from None
+        raise InputError(f"cannot read --auth-file {path}: {exc.__class__.__name__}") from None
     pairs = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
@@ -80,10 +82,10 @@ def read_auth_file(path: str | os.PathLike) -> list[tuple[str, str]]:
             continue
         user, sep, password = line.partition(":")
         if not sep or not user.strip() or not password:
-            raise SystemExit(f"error: --auth-file {path} line {number}: expected 'user:password'")
+            raise InputError(f"--auth-file {path} line {number}: expected 'user:password'")
         pairs.append((user.strip(), password))
     if not pairs:
-        raise SystemExit(f"error: --auth-file {path} holds no 'user:password' line")
+        raise InputError(f"--auth-file {path} holds no 'user:password' line")
     return pairs
 
 
@@ -109,7 +111,7 @@ def exposure_warning(host: str, share: bool, authenticated: bool) -> str | None:
 
 
 # ----------------------------------------------------------------------------- temp folder
-def _process_start(pid: int) -> int | None:
+def process_start(pid: int) -> int | None:
     """Start time of a process in clock ticks since boot (Linux), to tell a reused pid apart."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -120,7 +122,7 @@ def _process_start(pid: int) -> int | None:
 
 def _alive(pid: int, start: int) -> bool:
     """Is the process that made a folder still running? Same pid and same start time (pids are reused)."""
-    now = _process_start(pid)
+    now = process_start(pid)
     if now is not None and start:
         return now == start
     try:
@@ -165,7 +167,7 @@ def make_temp_dir() -> Path:
     if stale:
         log.info("removed %d stale temp folder(s) of earlier runs under %s", len(stale), parent)
     pid = os.getpid()
-    folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{pid}-{_process_start(pid) or 0}-", dir=parent))
+    folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{pid}-{process_start(pid) or 0}-", dir=parent))
     os.environ["GRADIO_TEMP_DIR"] = str(folder)
     os.environ["GRADIO_EXAMPLES_CACHE"] = str(folder / "examples")  # gradio serves it too; default: ./.gradio
     atexit.register(shutil.rmtree, folder, ignore_errors=True)

@@ -6,18 +6,18 @@ from typing import Sequence
 import numpy as np
 
 
-def _ramp(v):
+def ramp(v):
     """Linear soft edge: 0 below -1, 1 above 1."""
     return np.minimum(np.maximum(0.5 + 0.5 * v, 0.0), 1.0)
 
 
-def _smooth(v):
+def smooth(v):
     """Smoothstep on [0, 1]."""
     v = np.minimum(np.maximum(v, 0.0), 1.0)
     return v * v * (3.0 - 2.0 * v)
 
 
-def _catmull_rom(points: Sequence[tuple[float, float]], per_segment: int = 24) -> np.ndarray:
+def catmull_rom(points: Sequence[tuple[float, float]], per_segment: int = 24) -> np.ndarray:
     """A smooth curve through control points (for catheters, leads, clavicles)."""
     p = np.asarray(points, dtype=np.float64)
     if len(p) < 3:
@@ -35,7 +35,7 @@ def _catmull_rom(points: Sequence[tuple[float, float]], per_segment: int = 24) -
     return np.vstack(out)
 
 
-def _resample(pts: np.ndarray, spacing: float, with_param: bool = False):
+def resample(pts: np.ndarray, spacing: float, with_param: bool = False):
     """Points along a polyline at (at most) ``spacing`` apart."""
     pts = np.asarray(pts, dtype=np.float64)
     cum = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(pts, axis=0).T))])
@@ -45,7 +45,7 @@ def _resample(pts: np.ndarray, spacing: float, with_param: bool = False):
     return (px, py, t, cum) if with_param else (px, py)
 
 
-def _upsample(f: np.ndarray, n: int) -> np.ndarray:
+def upsample(f: np.ndarray, n: int) -> np.ndarray:
     """Bilinear resize of a square array to n x n by index gathering (no BLAS, exact order)."""
     m = f.shape[0]
     pos = np.clip((np.arange(n) + 0.5) * (m / n) - 0.5, 0.0, m - 1.0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -102,7 +103,7 @@ def write_golden(path: Path = GOLDEN_FILE, version: int = PHANTOM_VERSION) -> di
     return data
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Check or rewrite the phantom renderer's golden hashes.")
     parser.add_argument("--write", action="store_true", help="store the current hashes (after bumping PHANTOM_VERSION)")
     args = parser.parse_args(argv)
@@ -110,14 +111,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             data = write_golden()
         except ValueError as exc:
-            raise SystemExit(str(exc)) from None
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(f"wrote {GOLDEN_FILE} ({len(data['hashes'])} hashes), renderer id {renderer_id()}")
-        return
+        return 0
     stored = load_golden()["hashes"]
     changed = sorted(k for k, v in golden_hashes().items() if stored.get(k) != v)
     print(f"renderer id {renderer_id()}: " + (f"{len(changed)} renders differ: {changed}" if changed else "all golden renders match"))
-    raise SystemExit(1 if changed else 0)
+    return 1 if changed else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

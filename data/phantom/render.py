@@ -11,7 +11,7 @@ from PIL import Image
 from data.phantom.anatomy import sample_anatomy
 from data.phantom.constants import DEFAULT_SIZE
 from data.phantom.rng import stream_rng
-from data.phantom.rules import _ANATOMY_RULES, _DRAW_RULES
+from data.phantom.rules import ANATOMY_RULES, DRAW_RULES
 from data.phantom.scene import Scene
 from data.phantom.tags import parse_tag
 from data.records import Study
@@ -32,13 +32,13 @@ def render_phantom(tags: Sequence[str], seed: int = 0, study_id: str = "", size:
         keyed.append((tag, seen[tag.text]))
         seen[tag.text] += 1
     for tag, k in keyed:
-        rule = _ANATOMY_RULES.get(tag.name)
+        rule = ANATOMY_RULES.get(tag.name)
         if rule is not None:
             rule(anat, tag, stream_rng(seed, study_id, "tag-anatomy", tag.text, k))
     scene = Scene(anat, size, stream_rng(seed, study_id, "noise"), stream_rng(seed, study_id, "vessels"))
     scene.draw_anatomy()
     for tag, k in keyed:
-        rule = _DRAW_RULES.get(tag.name)
+        rule = DRAW_RULES.get(tag.name)
         if rule is not None:
             rule(scene, tag, stream_rng(seed, study_id, "tag-draw", tag.text, k))
     return scene.finish()

@@ -64,7 +64,7 @@ def parse_tag(text: str) -> Tag:
     return Tag(text=text, name=parts[0], quals=frozenset(parts[1:]))
 
 
-def _pick_sides(tag: Tag, rng: np.random.Generator, default: str = "random") -> tuple[str, ...]:
+def pick_sides(tag: Tag, rng: np.random.Generator, default: str = "random") -> tuple[str, ...]:
     """Sides named by the tag, else ``default``: "random" (one side), "both", "right" or "left"."""
     sides = tag.sides
     if sides:

@@ -6,20 +6,20 @@ import math
 import numpy as np
 
 from data.phantom.constants import SIDES, SIGN, SOFT
-from data.phantom.rules.registry import _draw_rule
-from data.phantom.rules.shapes import _compressed_vertebra, _streaks, _vertebra_levels
+from data.phantom.rules.registry import draw_rule
+from data.phantom.rules.shapes import draw_compressed_vertebra, draw_streaks, draw_vertebra_levels
 from data.phantom.scene import Scene
-from data.phantom.tags import Tag, _pick_sides
+from data.phantom.tags import Tag, pick_sides
 
 
-@_draw_rule("thoracic vertebrae", "spine", "lumbar vertebrae", "cervical vertebrae", "osteophyte", "spondylosis", "arthritis", "hyperostosis, diffuse idiopathic skeletal", "sclerosis")
+@draw_rule("thoracic vertebrae", "spine", "lumbar vertebrae", "cervical vertebrae", "osteophyte", "spondylosis", "arthritis", "hyperostosis, diffuse idiopathic skeletal", "sclerosis")
 def _rule_spine_degeneration(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
     """Marginal osteophytes (bright spurs at vertebral corners) and endplate sclerosis."""
     if tag.name in ("arthritis", "sclerosis") and tag.has("humerus", "shoulder", "clavicle"):
         _shoulder(scene, tag, rng)
         return
     if tag.name in ("thoracic vertebrae", "lumbar vertebrae") and tag.has("fracture", "deformity", "wedge"):
-        _compressed_vertebra(scene, tag, rng)
+        draw_compressed_vertebra(scene, tag, rng)
         return
     if tag.has("lumbar vertebrae") or tag.name == "lumbar vertebrae":
         y0, y1 = 0.72, 0.98
@@ -27,7 +27,7 @@ def _rule_spine_degeneration(scene: Scene, tag: Tag, rng: np.random.Generator) -
         y0, y1 = 0.0, scene.a.y_top + 0.02
     else:
         y0, y1 = scene.a.y_top + 0.15, 0.74
-    levels = _vertebra_levels(scene, y0, y1)
+    levels = draw_vertebra_levels(scene, y0, y1)
     n = min(len(levels), int(round({0.45: 4, 0.75: 5, 1.0: 7, 1.25: 8, 1.6: 10}.get(tag.severity, 6))))
     if n <= 0:
         return
@@ -64,17 +64,17 @@ def _rib_fracture(scene: Scene, side: str, rng: np.random.Generator, healed: boo
         scene.bones[sl] += 0.25 * val
 
 
-@_draw_rule("fractures, bone", "deformity", "ribs", "bone and bones", "dislocations", "shoulder", "humerus", "clavicle")
+@draw_rule("fractures, bone", "deformity", "ribs", "bone and bones", "dislocations", "shoulder", "humerus", "clavicle")
 def _rule_bones(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
     name = tag.name
     if name in ("shoulder", "dislocations", "humerus") or tag.has("humerus", "shoulder"):
         _shoulder(scene, tag, rng)
         return
     if tag.has("thoracic vertebrae", "lumbar vertebrae", "spine") or (name == "deformity" and not tag.has("ribs", "clavicle", "thorax", "lung", "breast", "sternum", "trachea", "mediastinum", "hilum")):
-        _compressed_vertebra(scene, tag, rng)
+        draw_compressed_vertebra(scene, tag, rng)
         return
     if tag.has("clavicle") or name == "clavicle":
-        side = _pick_sides(tag, rng)[0]
+        side = pick_sides(tag, rng)[0]
         curve = scene.clavicle[side]
         j = int(rng.integers(20, 40))
         x, y = curve[j]
@@ -83,17 +83,17 @@ def _rule_bones(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
         scene.bones[sl] += 0.2 * val
         return
     if name == "deformity" and tag.has("lung", "hilum", "mediastinum", "trachea"):
-        side = _pick_sides(tag, rng)[0]
-        _streaks(scene, side, "hilum", rng, 3, 0.6)
+        side = pick_sides(tag, rng)[0]
+        draw_streaks(scene, side, "hilum", rng, 3, 0.6)
         return
     if name == "deformity" and tag.has("breast"):
-        side = _pick_sides(tag, rng)[0]
+        side = pick_sides(tag, rng)[0]
         g = scene.lungs[side]
         x, y = g.point(0.8, 0.6)
         sl, val = scene.ellipse(x, y, 0.08, 0.05, profile="sphere")
         scene.density[sl] += 0.15 * val
         return
-    sides = _pick_sides(tag, rng, "both" if tag.has("bilateral") else "random")
+    sides = pick_sides(tag, rng, "both" if tag.has("bilateral") else "random")
     healed = tag.has("healed", "chronic") or name == "deformity"
     n = int(rng.integers(2, 4)) if tag.has("multiple") else 1
     for side in sides:
@@ -102,7 +102,7 @@ def _rule_bones(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
 
 
 def _shoulder(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
-    for side in _pick_sides(tag, rng, "both" if tag.has("degenerative") else "random"):
+    for side in pick_sides(tag, rng, "both" if tag.has("degenerative") else "random"):
         hx, hy = scene.humeral_head[side]
         if tag.name == "dislocations":
             sl, val = scene.ellipse(hx - SIGN[side] * 0.03, hy + 0.06, 0.06, 0.065, profile="sphere")

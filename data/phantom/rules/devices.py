@@ -6,11 +6,11 @@ import math
 import numpy as np
 
 from data.phantom.constants import FINE, LEFT, LINE, MIDLINE, RIGHT, SIDES, SIGN, SOFT
-from data.phantom.curves import _catmull_rom
-from data.phantom.rules.registry import _draw_rule
-from data.phantom.rules.shapes import _clips
+from data.phantom.curves import catmull_rom
+from data.phantom.rules.registry import draw_rule
+from data.phantom.rules.shapes import draw_clips
 from data.phantom.scene import Scene
-from data.phantom.tags import Tag, _pick_sides
+from data.phantom.tags import Tag, pick_sides
 
 
 def _venous_route(scene: Scene, side: str) -> tuple[list[tuple[float, float]], tuple[float, float]]:
@@ -45,13 +45,13 @@ def _catheter_path(scene: Scene, side: str, rng: np.random.Generator) -> list[tu
     return start + route + [ra]
 
 
-@_draw_rule("catheters, indwelling")
+@draw_rule("catheters, indwelling")
 def _rule_catheter(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
     if tag.has("abdomen"):
         _tube_ng(scene, rng)
         return
-    for side in _pick_sides(tag, rng, "right"):
-        pts = _catmull_rom(_catheter_path(scene, side, rng), 16)
+    for side in pick_sides(tag, rng, "right"):
+        pts = catmull_rom(_catheter_path(scene, side, rng), 16)
         scene.stroke(pts, 0.75, LINE, target="density")
         if rng.uniform() < 0.3:  # dual-lumen / second line alongside
             scene.stroke(pts + np.array([0.006, 0.0]), 0.5, FINE, target="density")
@@ -76,10 +76,10 @@ def _pacemaker(scene: Scene, side: str, rng: np.random.Generator) -> None:
         start + route + [ra, (cx - rr * 0.2, cy - ry * 0.05), (cx + rl * 0.5, cy + 0.01)],
     ]
     for k, lead in enumerate(leads[: 1 + int(rng.uniform() < 0.75)]):
-        scene.stroke(_catmull_rom(lead, 16) + np.array([0.004 * k, 0.0]), 0.7, LINE, target="density")
+        scene.stroke(catmull_rom(lead, 16) + np.array([0.004 * k, 0.0]), 0.7, LINE, target="density")
 
 
-@_draw_rule("implanted medical device", "medical device", "pacemaker, artificial", "defibrillators, implantable")
+@draw_rule("implanted medical device", "medical device", "pacemaker, artificial", "defibrillators, implantable")
 def _rule_device(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
     cx, cy, rr, rl, ry = scene.heart_geometry()
     if tag.has("aortic valve", "mitral valve", "heart atria"):
@@ -92,7 +92,7 @@ def _rule_device(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
         scene.density[sl] += 1.2 * val
         return
     if tag.has("humerus", "shoulder"):
-        side = _pick_sides(tag, rng, "right")[0]
+        side = pick_sides(tag, rng, "right")[0]
         hx, hy = scene.humeral_head[side]
         sl, val = scene.ellipse(hx, hy, 0.05, 0.05, profile="sphere")
         scene.density[sl] += 1.0 * val
@@ -103,15 +103,15 @@ def _rule_device(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
         return
     if tag.has("pulmonary artery"):  # pulmonary artery (Swan-Ganz) catheter: RA -> RV -> PA
         cx, cy, rr, rl, ry = scene.heart_geometry()
-        route = _catheter_path(scene, _pick_sides(tag, rng, "right")[0], rng)
+        route = _catheter_path(scene, pick_sides(tag, rng, "right")[0], rng)
         hx, hy = scene.hilum(LEFT if rng.uniform() < 0.5 else RIGHT)
         pts = route + [(cx + rl * 0.2, cy - ry * 0.05), (cx + rl * 0.25, cy - ry * 0.6), (hx, hy)]
-        scene.stroke(_catmull_rom(pts, 16), 0.75, LINE, target="density")
+        scene.stroke(catmull_rom(pts, 16), 0.75, LINE, target="density")
         return
     if tag.name == "medical device" and not tag.sides:
         _ecg_leads(scene, rng)
         return
-    _pacemaker(scene, _pick_sides(tag, rng, "left")[0], rng)
+    _pacemaker(scene, pick_sides(tag, rng, "left")[0], rng)
 
 
 def _ecg_leads(scene: Scene, rng: np.random.Generator) -> None:
@@ -127,7 +127,7 @@ def _ecg_leads(scene: Scene, rng: np.random.Generator) -> None:
         sl, val = scene.ellipse(x, y, 0.005, 0.005, profile="flat")
         scene.density[sl] += 0.9 * val
         wire = [(x, y), (x + rng.uniform(-0.08, 0.08), y + 0.08), (x + rng.uniform(-0.1, 0.1), 1.05)]
-        scene.stroke(_catmull_rom(wire, 12), 0.35, FINE, target="density")
+        scene.stroke(catmull_rom(wire, 12), 0.35, FINE, target="density")
 
 
 def _sternotomy_wires(scene: Scene, rng: np.random.Generator) -> None:
@@ -142,7 +142,7 @@ def _sternotomy_wires(scene: Scene, rng: np.random.Generator) -> None:
         scene.stroke(np.array([(x0 + 0.012, y), (x0 + 0.02, y - 0.012)]), 0.8, FINE, target="density")
 
 
-@_draw_rule("surgical instruments", "sutures", "stents", "foreign bodies", "contrast media", "tube, inserted", "spinal fusion", "breast implants")
+@draw_rule("surgical instruments", "sutures", "stents", "foreign bodies", "contrast media", "tube, inserted", "spinal fusion", "breast implants")
 def _rule_hardware(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
     a = scene.a
     name = tag.name
@@ -153,7 +153,7 @@ def _rule_hardware(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
         if tag.has("trachea", "trachea, carina", "large"):
             _tube_et(scene, rng)
         elif tag.has("thorax", "left", "right") and not tag.has("abdomen"):
-            _chest_tube(scene, _pick_sides(tag, rng)[0], rng)
+            _chest_tube(scene, pick_sides(tag, rng)[0], rng)
         else:
             _tube_ng(scene, rng)
         return
@@ -177,7 +177,7 @@ def _rule_hardware(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
         elif tag.has("aorta", "abdomen"):
             x, y, phi, L = MIDLINE + 0.03, a.y_cp[LEFT] + 0.08, math.pi / 2, 0.08
         else:
-            s = SIGN[_pick_sides(tag, rng)[0]]
+            s = SIGN[pick_sides(tag, rng)[0]]
             x, y, phi, L = MIDLINE + s * 0.18, a.y_top + a.clav_dy + 0.01, 0.1, 0.05
         for off in (-0.004, 0.004):
             dx, dy = -math.sin(phi) * off, math.cos(phi) * off
@@ -185,7 +185,7 @@ def _rule_hardware(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
             scene.stroke(p, 0.9, FINE, target="density")
         return
     if name == "foreign bodies":
-        side = _pick_sides(tag, rng)[0]
+        side = pick_sides(tag, rng)[0]
         x, y = scene.zone_point(side, tag.zone, rng, jitter=2.0)
         if tag.has("breast"):
             y = a.y_cp[side] - 0.08
@@ -198,14 +198,14 @@ def _rule_hardware(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
         _sternotomy_wires(scene, rng)
         return
     if tag.has("abdomen"):
-        side = _pick_sides(tag, rng, "right")[0]
+        side = pick_sides(tag, rng, "right")[0]
         g = scene.lungs[side]
-        _clips(scene, g.x_medial + 0.35 * (g.x_wall - g.x_medial), g.y_cp + 0.07, rng, int(rng.integers(3, 6)))
+        draw_clips(scene, g.x_medial + 0.35 * (g.x_wall - g.x_medial), g.y_cp + 0.07, rng, int(rng.integers(3, 6)))
         return
     if tag.has("neck", "cervical vertebrae"):
-        _clips(scene, MIDLINE + rng.uniform(-0.05, 0.05), 0.04, rng, 4)
+        draw_clips(scene, MIDLINE + rng.uniform(-0.05, 0.05), 0.04, rng, 4)
         return
-    side = _pick_sides(tag, rng)[0]
+    side = pick_sides(tag, rng)[0]
     zone = tag.zone or ("upper" if name == "sutures" else "hilum")
     x, y = scene.zone_point(side, zone, rng)
     if name == "sutures":  # staple line
@@ -214,7 +214,7 @@ def _rule_hardware(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
             px, py = x + k * 0.012 * math.cos(phi), y + k * 0.012 * math.sin(phi)
             scene.stroke(np.array([(px, py - 0.006), (px, py + 0.006)]), 1.0, FINE, target="density")
     else:
-        _clips(scene, x, y, rng, int(rng.integers(3, 6)), 0.035)
+        draw_clips(scene, x, y, rng, int(rng.integers(3, 6)), 0.035)
 
 
 def _tube_et(scene: Scene, rng: np.random.Generator) -> None:
@@ -232,14 +232,14 @@ def _tube_ng(scene: Scene, rng: np.random.Generator) -> None:
     bx = g.x_medial + 0.45 * (g.x_wall - g.x_medial)
     by = float(g.dome(bx)) + 0.06
     pts = [(sx + 0.005, -0.02), (sx + 0.01, a.y_top + 0.2), (sx + 0.02, a.y_cp[LEFT] - 0.05), (bx - 0.03, by), (bx + 0.02, by + 0.02)]
-    scene.stroke(_catmull_rom(pts, 16), 0.6, LINE, target="density")
+    scene.stroke(catmull_rom(pts, 16), 0.6, LINE, target="density")
 
 
 def _chest_tube(scene: Scene, side: str, rng: np.random.Generator) -> None:
     g = scene.lungs[side]
     s = g.s
     pts = [(g.x_wall + s * 0.1, g.y_cp - 0.1), (g.x_wall - s * 0.01, g.y_cp - 0.15), (g.x_apex + s * 0.02, g.y_top + 0.07)]
-    curve = _catmull_rom(pts, 20)
+    curve = catmull_rom(pts, 20)
     for off in (-0.006, 0.006):
         scene.stroke(curve + np.array([off, 0.0]), 0.45, FINE, target="density")
 

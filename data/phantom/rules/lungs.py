@@ -9,53 +9,53 @@ import numpy as np
 
 from data.phantom.anatomy import LungGeom
 from data.phantom.constants import FINE, LINE, SIDES, SIGN, SOFT
-from data.phantom.curves import _catmull_rom, _ramp, _smooth
-from data.phantom.rules.registry import _draw_rule
+from data.phantom.curves import catmull_rom, ramp, smooth
+from data.phantom.rules.registry import draw_rule
 from data.phantom.rules.shapes import (
-    _bone_lesion, _cavity, _effusion, _granulomas, _mediastinal_mass, _patch, _reticular, _streaks,
+    draw_bone_lesion, draw_cavity, draw_effusion, draw_granulomas, draw_mediastinal_mass, draw_patch, draw_reticular, draw_streaks,
 )
 from data.phantom.scene import Scene
-from data.phantom.tags import Tag, _pick_sides
+from data.phantom.tags import Tag, pick_sides
 
 
-@_draw_rule("pleural effusion", "hemothorax")
+@draw_rule("pleural effusion", "hemothorax")
 def _rule_effusion(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
     sev = tag.severity
     frac = {0.45: 0.17, 0.75: 0.2, 1.0: 0.25, 1.25: 0.33, 1.6: 0.5}.get(sev, 0.25)
-    for side in _pick_sides(tag, rng, "both"):
-        _effusion(scene, side, frac + rng.uniform(-0.02, 0.02), rng)
+    for side in pick_sides(tag, rng, "both"):
+        draw_effusion(scene, side, frac + rng.uniform(-0.02, 0.02), rng)
 
 
-@_draw_rule("costophrenic angle", "pleura", "sulcus")
+@draw_rule("costophrenic angle", "pleura", "sulcus")
 def _rule_blunting(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
     if tag.has("blunted", "obscured") or tag.name == "costophrenic angle":
-        for side in _pick_sides(tag, rng, "both"):
-            _effusion(scene, side, 0.15 if tag.has("mild") else 0.17, rng)
+        for side in pick_sides(tag, rng, "both"):
+            draw_effusion(scene, side, 0.15 if tag.has("mild") else 0.17, rng)
     else:
         _pleural_thickening(scene, tag, rng)
 
 
-@_draw_rule("opacity", "density", "airspace disease", "infiltrate", "pneumonia", "consolidation", "bronchopneumonia", "pulmonary alveoli", "bronchitis", "bronchiolitis")
+@draw_rule("opacity", "density", "airspace disease", "infiltrate", "pneumonia", "consolidation", "bronchopneumonia", "pulmonary alveoli", "bronchitis", "bronchiolitis")
 def _rule_opacity(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
     if tag.has("mediastinum", "paratracheal") and not tag.has("lung"):
-        _mediastinal_mass(scene, tag, rng)
+        draw_mediastinal_mass(scene, tag, rng)
         return
     if tag.has("ribs", "clavicle", "sternum") and not tag.has("lung"):
-        _bone_lesion(scene, tag, rng)
+        draw_bone_lesion(scene, tag, rng)
         return
     dense = tag.name in ("pneumonia", "consolidation")
     strength = {0.45: 0.55, 0.75: 0.68}.get(tag.severity, 0.88 if dense else 0.8)
-    sides = _pick_sides(tag, rng, "both" if tag.has("diffuse", "interstitial") else "random")
+    sides = pick_sides(tag, rng, "both" if tag.has("diffuse", "interstitial") else "random")
     zone = tag.zone
     multi = tag.has("multiple", "scattered", "multilobar")
     for side in sides:
         if tag.has("interstitial", "reticular", "diffuse"):
-            _reticular(scene, [side], zone, 0.45 * strength)
+            draw_reticular(scene, [side], zone, 0.45 * strength)
             if tag.has("diffuse"):
-                _patch(scene, side, zone, rng, 0.35 * strength, 0.1)
+                draw_patch(scene, side, zone, rng, 0.35 * strength, 0.1)
         elif tag.has("streaky"):
-            _streaks(scene, side, zone, rng, int(rng.integers(3, 5)), 0.7 * strength)
-            _patch(scene, side, zone, rng, 0.35 * strength, 0.06)
+            draw_streaks(scene, side, zone, rng, int(rng.integers(3, 5)), 0.7 * strength)
+            draw_patch(scene, side, zone, rng, 0.35 * strength, 0.06)
         elif tag.has("round") or (tag.name == "density" and not tag.has("patchy")):
             for _ in range(int(rng.integers(2, 4)) if multi else 1):
                 x, y = scene.zone_point(side, zone, rng)
@@ -67,9 +67,9 @@ def _rule_opacity(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
             radius = (0.085 if zone is not None else 0.095) * (1.25 if tag.severity > 1.1 else 1.0)
             radius *= 0.7 if tag.has("focal", "small") else 1.0
             for _ in range(2 if multi else 1):
-                _patch(scene, side, zone, rng, strength, radius)
+                draw_patch(scene, side, zone, rng, strength, radius)
                 if zone is None or tag.has("multilobar"):
-                    _patch(scene, side, "lower" if zone is None else "upper", rng, strength * 0.8, radius * 0.8)
+                    draw_patch(scene, side, "lower" if zone is None else "upper", rng, strength * 0.8, radius * 0.8)
             if dense:
                 _air_bronchograms(scene, side, zone, rng)
 
@@ -84,12 +84,12 @@ def _air_bronchograms(scene: Scene, side: str, zone: str | None, rng: np.random.
         scene.stroke(pts, 0.1, LINE, target="lucent")
 
 
-@_draw_rule("pulmonary atelectasis")
+@draw_rule("pulmonary atelectasis")
 def _rule_atelectasis(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
     """Plate-like (band) atelectasis in the named zone, basal by default, with a little haze."""
     zone = tag.zone or "lower"
     strength = 0.7 if tag.severity < 1.0 else 0.85
-    for side in _pick_sides(tag, rng, "random"):
+    for side in pick_sides(tag, rng, "random"):
         g = scene.lungs[side]
         for _ in range(2 if tag.has("multiple", "scattered") else 1):
             x, y = scene.zone_point(side, zone, rng, jitter=0.6)
@@ -102,64 +102,64 @@ def _rule_atelectasis(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
                 t = np.linspace(-0.5, 0.5, 7)[:, None] * length * frac_len
                 wav = rng.normal(0.0, 0.003, (7, 1))
                 pts = np.hstack([x + g.s * 0.01 * k + t * ux - wav * uy, y + dy + t * uy + wav * ux])
-                scene.stroke(_catmull_rom(pts, 6), amp * np.array([0.3, 0.8, 1, 1, 1, 0.8, 0.3]), SOFT, target="fill")
-            _patch(scene, side, None, rng, 0.3, 0.05, at=(x, y + 0.01))
+                scene.stroke(catmull_rom(pts, 6), amp * np.array([0.3, 0.8, 1, 1, 1, 0.8, 0.3]), SOFT, target="fill")
+            draw_patch(scene, side, None, rng, 0.3, 0.05, at=(x, y + 0.01))
         if tag.has("patchy", "focal") or zone in ("middle", "retrocardiac") or tag.has("lower lobe"):
-            _patch(scene, side, zone, rng, 0.55, 0.06)
+            draw_patch(scene, side, zone, rng, 0.55, 0.06)
 
 
-@_draw_rule("cicatrix", "pulmonary fibrosis", "fibrosis", "lung diseases, interstitial", "tuberculosis")
+@draw_rule("cicatrix", "pulmonary fibrosis", "fibrosis", "lung diseases, interstitial", "tuberculosis")
 def _rule_scarring(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
     if tag.name in ("pulmonary fibrosis", "fibrosis", "lung diseases, interstitial"):
-        sides = _pick_sides(tag, rng, "both")
-        _reticular(scene, sides, tag.zone or "lower", 0.55)
+        sides = pick_sides(tag, rng, "both")
+        draw_reticular(scene, sides, tag.zone or "lower", 0.55)
         for side in sides:
-            _streaks(scene, side, tag.zone or "lower", rng, 3, 0.5)
+            draw_streaks(scene, side, tag.zone or "lower", rng, 3, 0.5)
         return
     zone = tag.zone or ("upper" if tag.name == "tuberculosis" else None)
-    for side in _pick_sides(tag, rng, "right" if tag.name == "tuberculosis" else "random"):
+    for side in pick_sides(tag, rng, "right" if tag.name == "tuberculosis" else "random"):
         if zone == "apex" or tag.has("pleura"):
             _apical_cap(scene, side, 0.022)
-        _streaks(scene, side, zone, rng, int(rng.integers(4, 6)), 0.75, length=0.11)
-        _patch(scene, side, zone, rng, 0.4, 0.055)
+        draw_streaks(scene, side, zone, rng, int(rng.integers(4, 6)), 0.75, length=0.11)
+        draw_patch(scene, side, zone, rng, 0.4, 0.055)
         if tag.name == "tuberculosis":
-            _cavity(scene, side, zone, rng, 0.03)
-            _granulomas(scene, [side], zone, rng, 3)
+            draw_cavity(scene, side, zone, rng, 0.03)
+            draw_granulomas(scene, [side], zone, rng, 3)
 
 
 def _apical_cap(scene: Scene, side: str, thick: float) -> None:
     g = scene.lungs[side]
     sdf = scene.sdf[side]
-    cap = (sdf > -0.004) * _smooth((thick - sdf) / (0.5 * thick)) * _smooth((g.y_top + 0.13 * g.height - scene.Y) / 0.03)
+    cap = (sdf > -0.004) * smooth((thick - sdf) / (0.5 * thick)) * smooth((g.y_top + 0.13 * g.height - scene.Y) / 0.03)
     scene.add_fill(slice(None), 0.95 * cap)
 
 
 def _pleural_thickening(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
-    for side in _pick_sides(tag, rng, "both"):
+    for side in pick_sides(tag, rng, "both"):
         g = scene.lungs[side]
         if tag.has("apex") or not tag.has("base", "lower lobe"):
             _apical_cap(scene, side, 0.03)
         if not tag.has("apex"):
             sdf = scene.sdf[side]
             lateral = (scene.X - g.xmed(scene.Y)) * g.s > 0.6 * abs(g.x_wall - g.x_medial)
-            rim = (sdf > -0.004) * _smooth((0.014 - sdf) / 0.007) * lateral * _smooth((scene.Y - g.y_top - 0.15) / 0.05)
+            rim = (sdf > -0.004) * smooth((0.014 - sdf) / 0.007) * lateral * smooth((scene.Y - g.y_top - 0.15) / 0.05)
             scene.add_fill(slice(None), 0.9 * rim)
 
 
-@_draw_rule("thickening")
+@draw_rule("thickening")
 def _rule_thickening(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
     if tag.has("bronchi", "interstitial", "bronchovascular"):
-        _reticular(scene, _pick_sides(tag, rng, "both"), tag.zone, 0.35)
+        draw_reticular(scene, pick_sides(tag, rng, "both"), tag.zone, 0.35)
     else:
         _pleural_thickening(scene, tag, rng)
 
 
-@_draw_rule("markings")
+@draw_rule("markings")
 def _rule_markings(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
-    sides = _pick_sides(tag, rng, "both")
+    sides = pick_sides(tag, rng, "both")
     strength = 0.45 * min(tag.severity, 1.3)
     if tag.has("interstitial", "reticular", "irregular"):
-        _reticular(scene, sides, tag.zone, strength)
+        draw_reticular(scene, sides, tag.zone, strength)
     else:  # bronchovascular crowding: thicker streaks radiating from the hila
         for side in sides:
             hx, hy = scene.hilum(side)
@@ -168,11 +168,11 @@ def _rule_markings(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
                 L = rng.uniform(0.1, 0.18)
                 s = SIGN[side]
                 pts = [(hx, hy), (hx + s * math.cos(phi) * L * 0.5, hy + math.sin(phi) * L * 0.5 + rng.uniform(-0.01, 0.01)), (hx + s * math.cos(phi) * L, hy + math.sin(phi) * L)]
-                scene.stroke(_catmull_rom(pts, 8), [0.35, 0.25, 0.05], SOFT, target="fill")
-        _reticular(scene, sides, tag.zone, 0.15)
+                scene.stroke(catmull_rom(pts, 8), [0.35, 0.25, 0.05], SOFT, target="fill")
+        draw_reticular(scene, sides, tag.zone, 0.15)
 
 
-@_draw_rule("pulmonary edema", "heart failure")
+@draw_rule("pulmonary edema", "heart failure")
 def _rule_edema(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
     """Bilateral perihilar (bat-wing) haze; Kerley B lines when interstitial."""
     strength = 0.6 * min(tag.severity, 1.3) if tag.name == "pulmonary edema" else 0.45
@@ -185,17 +185,17 @@ def _rule_edema(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
         tex = np.clip(0.7 + 0.3 * scene.cloud[sl], 0, 1.2)
         scene.add_fill(sl, strength * env * tex)
         if tag.has("interstitial") or tag.name == "heart failure":
-            _reticular(scene, [side], "lower", 0.3 * strength)
+            draw_reticular(scene, [side], "lower", 0.3 * strength)
             for k in range(7):
                 y = g.y_cp - 0.03 - k * 0.016 + rng.uniform(-0.004, 0.004)
                 x0 = float(g.xlat(y))
                 scene.stroke(np.array([(x0 - g.s * 0.002, y), (x0 - g.s * 0.03, y + rng.uniform(-0.003, 0.003))]), 0.7, FINE, target="fill")
     if tag.name == "heart failure":
         for side in SIDES:
-            _effusion(scene, side, 0.13, rng)
+            draw_effusion(scene, side, 0.13, rng)
 
 
-@_draw_rule("pulmonary congestion")
+@draw_rule("pulmonary congestion")
 def _rule_congestion_draw(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
     for side in SIDES:
         hx, hy = scene.hilum(side)
@@ -216,21 +216,21 @@ def _pneumothorax(scene: Scene, side: str, size: float, fluid: bool) -> None:
     gc = _collapsed(g, size)
     sdf_c = scene.lung_sdf(gc)
     m_full = scene.lung_m[side]
-    m_c = _ramp(sdf_c / scene.e)
+    m_c = ramp(sdf_c / scene.e)
     region = m_full * (1.0 - m_c)
     scene.lucent += 0.16 * region
     scene.vessel_mask *= 1.0 - region
-    near_wall = _smooth(scene.sdf[side] / (3.0 * scene.e))
+    near_wall = smooth(scene.sdf[side] / (3.0 * scene.e))
     line = np.exp(-((sdf_c / (1.1 / scene.N)) ** 2)) * near_wall
     scene.density += 0.16 * line
     scene.add_fill(slice(None), 0.05 * m_c * m_full)  # the collapsed lung is slightly denser
     if fluid:
         level = g.y_cp - 0.25 * g.height
-        scene.add_fill(slice(None), m_full * _ramp((scene.Y - level) / scene.e))
+        scene.add_fill(slice(None), m_full * ramp((scene.Y - level) / scene.e))
 
 
-@_draw_rule("pneumothorax", "hydropneumothorax", "hemopneumothorax")
+@draw_rule("pneumothorax", "hydropneumothorax", "hemopneumothorax")
 def _rule_pneumothorax(scene: Scene, tag: Tag, rng: np.random.Generator) -> None:
     size = {0.45: 0.03, 0.75: 0.035, 1.0: 0.05, 1.25: 0.065, 1.6: 0.1}.get(tag.severity, 0.05)
-    for side in _pick_sides(tag, rng, "random"):
+    for side in pick_sides(tag, rng, "random"):
         _pneumothorax(scene, side, size + rng.uniform(-0.005, 0.005), tag.name != "pneumothorax")

@@ -14,23 +14,23 @@ from data.phantom.tags import Tag
 
 AnatomyRule = Callable[[Anatomy, Tag, np.random.Generator], None]
 DrawRule = Callable[[Scene, Tag, np.random.Generator], None]
-_ANATOMY_RULES: dict[str, AnatomyRule] = {}
-_DRAW_RULES: dict[str, DrawRule] = {}
+ANATOMY_RULES: dict[str, AnatomyRule] = {}
+DRAW_RULES: dict[str, DrawRule] = {}
 
 
-def _anatomy_rule(*names: str):
+def anatomy_rule(*names: str):
     def deco(fn: AnatomyRule) -> AnatomyRule:
         for n in names:
-            _ANATOMY_RULES[n] = fn
+            ANATOMY_RULES[n] = fn
         return fn
 
     return deco
 
 
-def _draw_rule(*names: str):
+def draw_rule(*names: str):
     def deco(fn: DrawRule) -> DrawRule:
         for n in names:
-            _DRAW_RULES[n] = fn
+            DRAW_RULES[n] = fn
         return fn
 
     return deco
@@ -38,4 +38,4 @@ def _draw_rule(*names: str):
 
 def known_findings() -> set[str]:
     """Lower-case tag headings the renderer draws (the rest are ignored)."""
-    return set(_ANATOMY_RULES) | set(_DRAW_RULES)
+    return set(ANATOMY_RULES) | set(DRAW_RULES)
