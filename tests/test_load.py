@@ -17,9 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.app_server import running_app
 from tests.test_bad_inputs import ensure_small_demo
-from tests.test_privacy import seed_example_films
 from webapp.presenters import OK
 
 pytestmark = pytest.mark.load
@@ -64,14 +62,8 @@ def test_the_hang_guard_returns_while_a_query_hangs():
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    _, run, index = ensure_small_demo()
-    tmp = tmp_path_factory.mktemp("load-app")
-    seed_example_films(tmp / "cache")  # so start-up never tries to fetch the example films
-    env = {"CXR_CACHE": str(tmp / "cache"), "GRADIO_TEMP_DIR": str(tmp / "gradio")}
-    with running_app(["--run", str(run), "--index", str(index), "--concurrency", "2"], env=env, timeout=300) as (url, _, s):
-        print(f"\napp up in {s:.1f}s")
-        yield url
+def app_url(small_app_url):
+    return small_app_url  # the session's app on the 40-study demo, --concurrency 2 (conftest)
 
 
 def test_fifty_concurrent_mixed_queries_all_succeed(app_url, tmp_path):
