@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report import Table, cell, dig, rows_table
+from bench.report_core import Table, cell, dig, rows_table
 
 Docs = list[dict[str, Any]]
 
