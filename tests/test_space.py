@@ -17,7 +17,8 @@ from bench import space
 
 FIRST_START_BUDGET_S = 1500  # a timeout, not a measurement: the figures come from `python -m bench.space`
 
-pytestmark = [pytest.mark.slow, pytest.mark.space]
+# pip install (about a minute on a quiet host, ~19 min at load average 15) + the first start
+pytestmark = [pytest.mark.slow, pytest.mark.space, pytest.mark.timeout(3600)]
 
 
 def _port() -> int:
