@@ -76,9 +76,11 @@ def bench_targets_table(docs: Docs) -> str:
 
 def space_table(docs: Docs) -> str:
     s = docs[0]["space"]
-    reused = "; ".join(s.get("reused") or []) or "nothing (a real first start: phantoms, embedding, training, index)"
+    install = cell(s.get("install_s"), 0, " s") if s.get("install_s") else "not timed in this run (a venv reused)"
+    reused = "; ".join(f"{r.split(':')[0]} (`.cache/{r.rstrip('/').rsplit('/', 1)[-1]}`)" for r in s.get("reused") or [])
+    reused = reused or "nothing (a real first start: phantoms, embedding, training, index)"
     return rows_table(["Space as pushed (`SPACE_ID=test python app.py`, no Makefile)", "measured"], [
-        ["pip install -r requirements.txt into a fresh venv", cell(s.get("install_s"), 0, " s")],
+        ["pip install -r requirements.txt into a fresh venv", install],
         ["first page served (the progress page)", cell(s.get("first_page_s"), 1, " s")],
         ["search ready (`/search_text` in the page's config)", cell(s.get("search_ready_s"), 0, " s")],
         ["listening on", ", ".join(s.get("bound_to_when_ready") or s.get("bound_to") or []) or "—"],
@@ -126,5 +128,5 @@ TABLES: list[Table] = [
     Table("bench-targets", ("bench/results/bench.json",), bench_targets_table,
           "python -m bench > bench/results/bench.json"),
     Table("space", ("bench/results/space.json",), space_table,
-          "python -m bench.space --reuse phantoms > bench/results/space.json", page="docs/serving.md"),
+          "python -m bench.space --reuse features --venv DIR > bench/results/space.json", page="docs/serving.md"),
 ]
