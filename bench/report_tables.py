@@ -111,9 +111,21 @@ def headline(docs: Docs) -> str:
                        "ceiling"], rows)
 
 
+HEADLINE_SPEED_KEYS = ("recall_at_10", "speedup", "p50", "train", "first_page", "ingest", "familiarity")
+
+
+def headline_speed(docs: Docs) -> str:
+    """The bench's targets most readers ask about first (a subset of docs/performance.md's table)."""
+    summary = docs[0].get("summary") or {}
+    picked = {k: v for k, v in summary.items() if any(word in k for word in HEADLINE_SPEED_KEYS)}
+    return bench_targets_table([{**docs[0], "summary": dict(sorted(picked.items())[:10])}]).split("\n\nOne ")[0]
+
+
 TABLES: list[Table] = [
     Table("headline", ("bench/results/ablation.json",), headline, "python -m bench.ablation", page="README.md",
           timing=False),
+    Table("headline-speed", ("bench/results/bench.json",), headline_speed, "python -m bench > bench/results/bench.json",
+          page="README.md"),
     Table("ablation", ("bench/results/ablation.json",), ablation_table, "python -m bench.ablation",
           page="docs/evaluation.md", timing=False),
     Table("side-swap", ("bench/results/side_swap/ablation.json",), side_swap_table,
