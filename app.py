@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from data.errors import LOAD_ERRORS, REPORTED, InputError, one_line
-from webapp import serving
+from webapp import hosting, serving
 from model.runtime_option import add_runtime_argument, apply_runtime_argument
 
 log = logging.getLogger("app")
@@ -58,8 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="serve a bundle (python -m index.bundle pack): a folder or a Hugging Face dataset id "
                         "(default: $CXR_BUNDLE, e.g. set as a Space variable)")
     p.add_argument("--backbone-path", metavar="DIR", help="local copy of the run's backbone weights (no hub)")
-    p.add_argument("--host", default=os.environ.get("CXR_HOST", "127.0.0.1"), help="address to listen on")
-    p.add_argument("--port", type=int, default=int(os.environ.get("CXR_PORT", os.environ.get("GRADIO_SERVER_PORT", 7860))))
+    p.add_argument("--host", help="address to listen on (default: $CXR_HOST, else 0.0.0.0 on a Space, else 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: $CXR_PORT, else $GRADIO_SERVER_PORT, else 7860)")
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
     p.add_argument("--concurrency", type=int, default=2, help="queries processed at once (2 CPU cores: 2)")
     p.add_argument("--text-mode", choices=("dense", "hybrid"), default=None,
@@ -73,7 +73,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     pacs.add_argument("--dicomweb", metavar="URL", help="DICOMweb root the image tab fetches StudyInstanceUIDs from")
     pacs.add_argument("--dicomweb-auth-file", metavar="JSON", help='its credentials: {"username", "password"} or {"token"}')
     add_runtime_argument(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:  # a Space ($SPACE_ID) listens on 0.0.0.0:$GRADIO_SERVER_PORT; elsewhere loopback (webapp.hosting)
+        args.host = args.host or hosting.default_host()
+        args.port = args.port or hosting.default_port()
+    except ValueError as exc:
+        raise SystemExit(f"app.py: {exc}") from None
+    problem = hosting.run_index_problem(args.run, args.index, args.bundle)
+    if problem:
+        raise SystemExit(f"app.py: {problem}")
+    return args
 
 
 def load_service(args: argparse.Namespace, train_args: list[str] | None = None):
@@ -290,6 +299,9 @@ def main(argv: list[str] | None = None) -> None:
         options = serving.launch_options(args)
     except REPORTED as exc:  # a bad --auth-file or --max-upload-mb: one line
         raise SystemExit(one_line(exc)) from None
+    problem = hosting.port_problem(args.host, args.port)
+    if problem:
+        raise SystemExit(f"app.py: {problem}")
     temp_dir = serving.make_temp_dir()  # removed at exit; stale ones of earlier runs swept now
     log.info("temp folder %s", temp_dir)
     t0 = time.time()

@@ -15,7 +15,7 @@ Parts (each figure says what it measured):
 * ``hnswlib`` / ``milvus``: 100k x 256 clustered vectors (the head's width): build time,
   query p50/p95 one at a time, recall@10 against exact search, bytes per vector. 1M is
   projected from 100k (not run: a 1M build does not fit the time budget on 2 cores).
-* ``plan``: 10M and 100M studies from the measured per-item costs (see README "Scaling").
+* ``plan``: 10M and 100M studies from the measured per-item costs (see docs/scaling.md).
 """
 from __future__ import annotations
 

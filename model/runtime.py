@@ -17,7 +17,7 @@ Anything that goes wrong (runtime not installed, export or compile error) logs o
 leaves that tower on torch.
 
 ``auto`` picks OpenVINO, else ONNX Runtime, else torch: the order measured on the 2-core host
-(ViT-B/16 image forward, alternating blocks; see the README's Performance section).
+(ViT-B/16 image forward, alternating blocks; see docs/performance.md).
 """
 from __future__ import annotations
 

@@ -46,19 +46,52 @@ def demo_studies(demo_built):
     return load_demo_dataset()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def small_demo():
-    """A 40-study demo (data, run, index) for fast service/durability/privacy tests."""
+    """A 40-study demo (data, run, index) for fast service/durability/privacy tests (built once per session)."""
     from tests.test_bad_inputs import ensure_small_demo
 
     return ensure_small_demo()
 
 
-@pytest.fixture(scope="module")
-def model(small_demo):
-    """The small demo's RetrievalModel, on one torch thread like a serving worker."""
+@pytest.fixture(scope="session")
+def small_demo_model(small_demo):
+    """The small demo's RetrievalModel, loaded once per session (frozen towers + head; tests only query it)."""
     from model.retrieval_model import RetrievalModel
+
+    return RetrievalModel.from_run(small_demo[1])
+
+
+@pytest.fixture(scope="module")
+def model(small_demo_model):
+    """The small demo's RetrievalModel, on one torch thread like a serving worker (for this module's tests)."""
     from model.threads import torch_threads
 
     with torch_threads(1):
-        yield RetrievalModel.from_run(small_demo[1])
+        yield small_demo_model
+
+
+@pytest.fixture(scope="session")
+def demo_app_url(demo_built):
+    """One app on the full offline demo for every test that only queries it (e2e API and the browser path)."""
+    from tests.app_server import running_app
+
+    with running_app() as (url, _proc, seconds):
+        print(f"\napp warm start to first page: {seconds:.1f}s")
+        yield url
+
+
+@pytest.fixture(scope="session")
+def small_app_url(small_demo, tmp_path_factory):
+    """One app on the 40-study demo (--concurrency 2, its own cache and temp folder) for the tests that only
+    query it: the load burst and the compose/heat-map browser path."""
+    from tests.app_server import running_app
+    from tests.test_privacy import seed_example_films
+
+    _, run, index = small_demo
+    tmp = tmp_path_factory.mktemp("small-app")
+    seed_example_films(tmp / "cache")  # so start-up never tries to fetch the example films
+    env = {"CXR_CACHE": str(tmp / "cache"), "GRADIO_TEMP_DIR": str(tmp / "gradio")}
+    with running_app(["--run", str(run), "--index", str(index), "--concurrency", "2"], env=env, timeout=300) as (url, _, s):
+        print(f"\nsmall-demo app up in {s:.1f}s")
+        yield url

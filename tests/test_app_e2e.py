@@ -5,17 +5,14 @@ from __future__ import annotations
 import pytest
 from gradio_client import Client, handle_file
 
-from tests.app_server import running_app
 from webapp.presenters import OK, WARNING
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def app_url(demo_built):
-    with running_app() as (url, _proc, seconds):
-        print(f"\napp warm start to first page: {seconds:.1f}s")
-        yield url
+def app_url(demo_app_url):
+    return demo_app_url  # one app for the session (conftest): these tests only query it
 
 
 @pytest.fixture(scope="module")

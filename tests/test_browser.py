@@ -15,11 +15,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 
 @pytest.fixture(scope="module")
-def app_url(demo_built):
-    from tests.app_server import running_app
-
-    with running_app() as (url, _proc, _seconds):
-        yield url
+def app_url(demo_app_url):
+    return demo_app_url  # the session's app on the full demo (conftest), shared with tests/test_app_e2e.py
 
 
 @pytest.fixture(scope="module")

@@ -21,22 +21,16 @@ def served(request):
     """(url, a phantom to upload): the 40-study demo by default, the full demo on request."""
     from tests.app_server import running_app
 
-    if os.environ.get("CXR_COMPOSE_DEMO") == "full":
-        request.getfixturevalue("demo_built")
-        args, images = [], None
-    else:
-        data, run, index = request.getfixturevalue("small_demo")
-        args, images = ["--run", str(run), "--index", str(index)], data / "images"
-    with running_app(args) as (url, _proc, _seconds):
-        if images is None:
-            from index.engine import SearchEngine
+    if os.environ.get("CXR_COMPOSE_DEMO") != "full":  # the session's 40-study app (conftest), shared with test_load
+        data = request.getfixturevalue("small_demo")[0]
+        yield request.getfixturevalue("small_app_url"), sorted((data / "images").glob("*.png"))[0]
+        return
+    from index.engine import SearchEngine
 
-            engine = SearchEngine.load(request.getfixturevalue("demo_built")[1], None)
-            normal = engine.store.get([int(engine.store.matching_ids(label=0)[3])])[0]
-            image = Path(engine.resolve_path(normal.image_path))
-        else:
-            image = sorted(images.glob("*.png"))[0]
-        yield url, image
+    engine = SearchEngine.load(request.getfixturevalue("demo_built")[1], None)
+    normal = engine.store.get([int(engine.store.matching_ids(label=0)[3])])[0]
+    with running_app([]) as (url, _proc, _seconds):
+        yield url, Path(engine.resolve_path(normal.image_path))
 
 
 def test_composed_query_heatmap_and_side_by_side(page, served, tmp_path):

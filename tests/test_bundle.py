@@ -106,7 +106,11 @@ def test_app_serves_a_bundle_folder_and_refuses_a_hub_id_offline(bundle, tmp_pat
         assert records["frozen"]["overlap"] == len(set(records["frozen"]["frozen_ids"]) & set(records["frozen"]["finetuned_ids"]))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, str(ROOT / "app.py"), "--bundle", "someone/cxr-bundle"], cwd=ROOT,
+    from tests.app_server import free_port
+
+    # a free port: app.py checks its port first (7860 may be taken on a shared machine), then the bundle
+    proc = subprocess.run([sys.executable, str(ROOT / "app.py"), "--bundle", "someone/cxr-bundle",
+                           "--port", str(free_port())], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "HF_HUB_OFFLINE" in proc.stderr and "huggingface-cli download" in proc.stderr

@@ -1,16 +1,21 @@
-"""Every command the README documents runs, at tiny size, as a user would type it.
+"""Every command the README and docs/ document runs, at tiny size, as a user would type it.
 
-``test_every_documented_command_is_covered`` reads the README's commands and fails when one has
+``test_every_documented_command_is_covered`` reads the documented commands and fails when one has
 neither a smoke run here nor a named test that runs it (so a new documented command cannot go
 untested). The smoke runs use a 24-study phantom manifest and small sizes: they check exit codes,
-files written and printed figures, not timings.
+files written and printed figures, not timings. Each command family starts once as a subprocess
+(proving its entry point); further commands of the same family run in-process (``in_process``:
+the module run as ``__main__`` with its argv, as the shell would, without another cold start).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -19,23 +24,24 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
+README = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
 
 # Documented commands run by other tests (a subprocess or the same entry point at small size).
 COVERED_ELSEWHERE = {
-    "make run": "tests/test_app_e2e.py and tests/test_startup.py (app.py on the offline default)",
+    "make run": "tests/test_newcomer_errors.py runs `make setup` (its first half); tests/test_app_e2e.py runs app.py",
     "make test": ".ci/run (this suite)",
     "python app.py": "tests/test_app_e2e.py, tests/test_serving_security.py, tests/test_bundle.py (tests/app_server.py)",
-    "python -m index embed": "tests/test_ray_ingest.py (shards; Ray start-up takes minutes on 2 loaded cores)",
-    "python -m bench.startup": "tests/test_startup.py (first page before the demo is built)",
+    "python -m index embed": "tests/test_ray_ingest.py::test_index_embed_command_embeds_only_the_missing_shard",
     "python -m data.pediatric": "make setup (every fresh machine) and the pediatric_films fixture",
     "python -m pip": "make setup installs the same files",
-    "python -m bench.search": "tests/test_bench_search.py (with and without --suite, tiny sizes)",
-    "python -m bench.runtime_compare": "tests/test_runtime.py (each runtime's features against torch, per tower)",
+    "python -m bench.report": "tests/test_report.py (python -m bench.report --check, in-process)",
+    "python -m bench.space": "tests/test_space.py (bench.space.run: a fresh venv, SPACE_ID=test python app.py)",
+    "python -m bench.runtime_compare": "tests/test_runtime.py::test_runtime_compare_profile_command (--profile)",
 }
 # Parts of `python -m bench`, each a `python -m bench.<part>` subprocess: `bench --quick` runs them all.
 BENCH_PARTS = {"python -m bench.embed", "python -m bench.query", "python -m bench.familiarity",
-               "python -m bench.train_head", "python -m bench.pacs_ingest"}
+               "python -m bench.train_head", "python -m bench.startup", "python -m bench.search",
+               "python -m bench.pacs_ingest", "python -m bench.hybrid"}
 
 
 def documented_commands(text: str = README) -> set[str]:
@@ -56,6 +62,22 @@ def run(*args: str, env_extra: dict | None = None, timeout: int = 900, expect: i
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == expect, f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return proc
+
+
+def in_process(module: str, *args: str, expect: int = 0) -> str:
+    """``python -m MODULE ARGS`` in this process (the module run as ``__main__``); returns its stdout."""
+    out, argv = io.StringIO(), sys.argv
+    sys.argv = [module, *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_module(module, run_name="__main__", alter_sys=False)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+    assert code == expect, f"python -m {module} {' '.join(args)} exited {code}\n{out.getvalue()[-2000:]}"
+    return out.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -91,17 +113,16 @@ def test_every_documented_command_is_covered():
     documented = documented_commands()
     assert {"python train.py", "python -m index build", "make test"} <= documented  # the parser reads the README
     missing = sorted(documented - smoke_tested - set(COVERED_ELSEWHERE))
-    assert not missing, f"README documents commands no test runs: {missing}"
+    assert not missing, f"README/docs document commands no test runs: {missing}"
 
 
 def test_data_commands(tiny, tmp_path):
     sheet = tmp_path / "sheet.png"
-    run("-m", "data.sample_sheet", "--out", str(sheet))
+    in_process("data.sample_sheet", "--out", str(sheet))  # the data family's entry point: `tiny` runs data.demo
     from PIL import Image
 
     assert Image.open(sheet).size[0] > 256
-    out = run("-m", "data.phantom.golden")
-    assert "mismatch" not in out.stdout.lower() or "0 mismatch" in out.stdout.lower()
+    assert "all golden renders match" in in_process("data.phantom.golden")
     assert (tiny["demo"] / "studies.jsonl").is_file()
 
 
@@ -124,7 +145,7 @@ def test_train_index_bundle_commands(tiny, tmp_path):
     assert "loss" not in config and "optim" not in config  # each option once, under args
     assert sorted((tmp_path / "cache" / "features").iterdir()) == features
     assert (features[0] / "side_swapped_text.npz").is_file()
-    clip_index = json.loads(run("-m", "index", "info", "--index", str(tmp_path / "index-clip")).stdout)
+    clip_index = json.loads(in_process("index", "info", "--index", str(tmp_path / "index-clip")))
     assert clip_index["count"] == 24 and "frozen_images.npy" in clip_index["files"]
     # Weights that are not here: one clear line, exit 2, no traceback.
     bad = run("train.py", "--backbone", "biomedclip", "--backbone-path", str(tmp_path / "no-such-dir"),
@@ -135,13 +156,16 @@ def test_train_index_bundle_commands(tiny, tmp_path):
         env_extra=cache)
     assert sorted((tmp_path / "cache" / "features").iterdir()) == features  # one feature cache, no second embedding
     run("-m", "index", "add", "--index", str(index_dir), "--manifest", str(tiny["more"]))
-    info = json.loads(run("-m", "index", "info", "--index", str(index_dir)).stdout)
+    info = json.loads(in_process("index", "info", "--index", str(index_dir)))
     assert info["count"] == 30 and "frozen_images.npy" in info["files"]  # the added rows keep their frozen vectors
     assert np.load(index_dir / "frozen_images.npy", allow_pickle=False).shape[0] == 30
 
     bundle = tmp_path / "bundle"
     run("-m", "index.bundle", "pack", "--run", str(run_dir), "--index", str(index_dir), "--out", str(bundle))
-    run("-m", "index.bundle", "verify", str(bundle))
+    in_process("index.bundle", "verify", str(bundle))
+    victim = bundle / sorted(dict(json.loads((bundle / "bundle.json").read_text())["files"]))[0]
+    victim.write_bytes(victim.read_bytes() + b" ")
+    in_process("index.bundle", "verify", str(bundle), expect=2)  # a damaged bundle is refused
 
 
 def test_pipeline_command_is_a_no_op_once_built(demo_built):
@@ -161,8 +185,9 @@ def test_bench_commands_at_tiny_size(demo_built):
     assert {p.split(".")[-1] for p in BENCH_PARTS} <= set(report)
     composed = json.loads(run("-m", "bench.composed", "--n", "50").stdout)["composed"]
     assert all(g["n_queries"] > 0 for g in composed["groups"].values())
-    heat = json.loads(run("-m", "bench.heatmap", "--n", "2").stdout)
-    assert heat
+    heat = json.loads(run("-m", "bench.heatmap", "--n", "2").stdout)["heatmap"]
+    assert heat["method"] == "features" and heat["n_queries"] == 2  # the offline tower: feature-map occlusion
+    assert heat["first_hit_ms"]["n"] == 2 and heat["extra_hit_ms"]["n"] == 2 and heat["first_hit_s"]["target"] == "< 1.5s"
     scale = json.loads(run("-m", "bench.scale", "--quick", "--only", "search", timeout=900).stdout)
     assert "hnswlib" in json.dumps(scale)
 
@@ -172,7 +197,10 @@ def test_training_bench_commands_at_tiny_size(demo_built, tmp_path):
     run("-m", "bench.ablation", "--seeds", "0", "--variants", "paper", "findings", "side", "--epochs", "1",
                "--workers", "1", "--out", str(tmp_path / "ablation"), timeout=1500)
     assert (tmp_path / "ablation" / "ablation.md").is_file() and "Δ" in (tmp_path / "ablation" / "ablation.md").read_text()
-    assert json.loads((tmp_path / "ablation" / "ablation.json").read_text())
+    grid = json.loads((tmp_path / "ablation" / "ablation.json").read_text())
+    assert set(grid["variants"]) == {"paper: clip+supcon+bce", "clip+supcon[findings]+bce", "clip+supcon[findings]+bce+side"}
+    assert len(grid["runs"]) == 3 and grid["winner_on_validation"] in grid["variants"]
+    assert {"load_average"} <= set(grid["machine"])  # bench.report quotes the load a result was taken at
     timed = json.loads(run("-m", "bench.train_cli", "--reuse-features",
                            "--train-args", "--epochs 1 --no-maps --bootstrap 0", timeout=1500).stdout)
     assert timed["train_py_wall_s"] > 0 and timed["best_epoch"] == 1

@@ -206,8 +206,13 @@ def test_checkpoint_save_killed_after_its_commit_point_loads_the_new_head(small_
 def test_checkpoint_save_killed_between_weights_and_config_keeps_a_loadable_run(small_demo, tmp_path):
     from model.checkpoint import load_checkpoint
 
-    run, _, _ = _kill_checkpoint_save(small_demo, tmp_path, "config.json")
-    load_checkpoint(run)  # either the previous or the new head, but loadable
+    # Killed with the new weights complete (head.safetensors.pending) and the new config.json in its temp
+    # file, before the config's rename (the commit point): the run is the previous one, whole.
+    run, head_before, config_before = _kill_checkpoint_save(small_demo, tmp_path, "config.json")
+    head_after, config_after = load_checkpoint(run)
+    assert config_after == config_before
+    for name, tensor in head_before.state_dict().items():
+        assert torch.equal(tensor, head_after.state_dict()[name]), name
 
 
 # ----------------------------------------------------------------------------- embedding cache

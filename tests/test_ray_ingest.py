@@ -145,3 +145,25 @@ def test_ray_built_index_answers_like_the_cached_build(small_demo, collection, s
                 assert recall >= 0.98 and a.familiarity.verdict == b.familiarity.verdict, (phrase, filters)
         for engine in engines:
             engine.close()
+
+
+def test_index_embed_command_embeds_only_the_missing_shard(collection, shards, ray_local, model, tmp_path):
+    """``python -m index embed`` as documented (docs/scaling.md), run as a user types it: on a copy of the
+    finished shards with the last one deleted, the command embeds that shard alone, equal to the original."""
+    import shutil
+
+    data, studies = collection
+    ray_ingest.ingest(studies, shards, model.backbone, ray_ingest.backbone_factory_for("offline"), workers=2,
+                      shard_size=SHARD, progress=False)
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    n_shards = -(-len(studies) // SHARD)
+    shard_path(copy, n_shards - 1).unlink()
+    done = subprocess.run([sys.executable, "-m", "index", "embed", "--backbone", "offline", "--shards", str(copy),
+                           "--data", str(data), "--workers", "1", "--shard-size", str(SHARD)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"embedded 1, already there {n_shards - 1}" in done.stdout, done.stdout
+    original, again = read_shards(shards), read_shards(copy)
+    assert again.study_ids == original.study_ids
+    assert _cosines(again.image, original.image).min() >= 0.9999 and _cosines(again.text, original.text).min() >= 0.9999

@@ -187,3 +187,23 @@ def test_bulk_ingest_runs_in_the_runtime_with_torch_features(tmp_path):
     assert calls["image"] == 2 and calls["text"] >= 1  # 6 images in batches of 4; the reports
     for a, b in zip(expected, got):
         assert a.shape == b.shape and float((a * b).sum(axis=1).min()) >= MIN_COSINE
+
+
+def test_runtime_compare_profile_command():
+    """``python -m bench.runtime_compare --profile`` as documented (docs/performance.md): OpenVINO's per-node
+    counters for ViT-B/16 (the export test_vit_b16_towers_give_torch_features cached), matrix products first."""
+    import json
+    import subprocess
+
+    from pathlib import Path
+
+    if not runtime_option.runtime_installed("openvino"):
+        pytest.skip("OpenVINO is not installed")
+    done = subprocess.run([sys.executable, "-m", "bench.runtime_compare", "--profile"], capture_output=True, text=True,
+                          timeout=900, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    profile = json.loads(done.stdout)["openvino_profile"]
+    shares = {op: v["share"] for op, v in profile["by_op_type_ms"].items()}
+    top = max(shares, key=shares.get)
+    assert top.startswith("FullyConnected") and shares[top] >= 0.5, shares  # GEMM-bound, as the floor assumes
+    assert profile["forward_wall_ms_median"] > 0 and profile["threads"] == 2

@@ -105,9 +105,9 @@ def exposure_warning(host: str, share: bool, authenticated: bool) -> str | None:
         return None
     if authenticated:
         return (f"warning: serving on {where} with a login over plain HTTP; put it behind a TLS reverse proxy "
-                "(README: Serving beyond this machine)")
+                "(docs/serving.md)")
     return (f"warning: serving on {where} with no authentication: anyone who reaches it can search the index; "
-            "use --auth-file or a reverse proxy with a login (README: Serving beyond this machine)")
+            "use --auth-file or a reverse proxy with a login (docs/serving.md)")
 
 
 # ----------------------------------------------------------------------------- temp folder

@@ -23,7 +23,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Stages of a first start, in order, with what a 2-core machine took for each (README, Performance):
+# Stages of a first start, in order, with what a 2-core machine took for each (docs/performance.md):
 # shown as the "typical" remaining time after the current stage.
 STAGES = (
     ("phantoms", "rendering the demo phantoms", 72),

@@ -1,0 +1,145 @@
+"""The table specs ``python -m bench.report`` renders: one :class:`bench.report.Table` per generated block.
+
+To add one, write a render function (the loaded JSON documents in, Markdown out) and append its
+``Table`` to ``TABLES``; see ``bench/report.py``'s docstring for the four steps.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from bench.report_core import Table, cell, dig, rows_table
+
+Docs = list[dict[str, Any]]
+
+
+def _mean_sd(ms: dict[str, float] | None) -> str:
+    return "—" if not ms else f"{ms['mean']:.3f} ± {ms['sd']:.3f}"
+
+
+# --- evaluation (accuracy: independent of the machine's load) -------------------------------------
+
+def ablation_table(docs: Docs) -> str:
+    from bench.ablation import to_markdown
+
+    agg = docs[0]
+    return (to_markdown(agg) + f"\n\n{len(agg['runs'])} runs ({len(agg['variants'])} variants × "
+            f"{len(next(iter(agg['variants'].values()))['seeds'])} seeds), test split, mean ± sd over seeds; "
+            f"default chosen on validation: `{agg['winner_on_validation']}`.")
+
+
+def side_swap_table(docs: Docs) -> str:
+    agg = docs[0]
+    names = {"clip+supcon[findings]+bce": "default (`--w-side 0`)"}
+    rows = []
+    for name, row in agg["variants"].items():
+        weight = name.rsplit(" x", 1)[1] if " x" in name else "1"
+        label = names.get(name) or (f"`--w-side {weight}`" if name.endswith(("+side", f"+side x{weight}")) else name)
+        rows.append([label, _mean_sd(row["val_nDCG@10"]), _mean_sd(dig(row, "val_phrase.finding_P@10")),
+                     _mean_sd(dig(row, "val_phrase.side_swap_rate")), _mean_sd(dig(row, "test.t2i.nDCG@10")),
+                     _mean_sd(dig(row, "test.i2t.nDCG@10")), _mean_sd(dig(row, "test_phrase.finding_P@10")),
+                     _mean_sd(dig(row, "test_phrase.side_swap_rate"))])
+    return rows_table(["variant", "val nDCG@10", "val phrase finding_P@10", "val phrase side-swap", "test t2i nDCG@10",
+                       "test i2t nDCG@10", "test phrase finding_P@10", "test phrase side-swap"], rows)
+
+
+def eval_table(docs: Docs) -> str:
+    from model.evaluate import format_phrase_table, format_table
+
+    report = docs[0]
+    head = (f"Test split: {report['n_test']} studies ({report.get('split_level', 'study')}-level, split "
+            f"`{report.get('split_hash')}`), data `{report.get('data')}`.")
+    return "\n\n".join(filter(None, [head, format_table(report), format_phrase_table(report)]))
+
+
+def calibration_table(docs: Docs) -> str:
+    c = docs[0].get("calibration") or {}
+    return rows_table(["abnormal estimate (test split)", "ECE", "NLL"], [
+        ["raw head", cell(c.get("ece_before")), cell(c.get("nll_before"))],
+        ["temperature only", cell(c.get("ece_temperature_only")), "—"],
+        [f"Platt scaling (fitted on {c.get('fitted_on', 'val')})", cell(c.get("ece_after")), cell(c.get("nll_after"))],
+    ])
+
+
+# --- performance (timings: marked when taken under load) ------------------------------------------
+
+def bench_targets_table(docs: Docs) -> str:
+    doc = docs[0]
+    rows = []
+    for path, t in sorted((doc.get("summary") or {}).items()):
+        met = {True: "met", False: "**missed**", None: "—"}[t.get("met")]
+        rows.append([f"`{path}`", cell(t.get("value")), t.get("target", "—"), met])
+    parts = ", ".join(f"{p} {cell(dig(doc, f'{p}.part_seconds'), 0)} s" for p in
+                      ("embed", "search", "query", "train_head", "startup", "familiarity") if dig(doc, f"{p}.part_seconds"))
+    return (rows_table(["figure (bench key)", "measured", "target", ""], rows)
+            + f"\n\nOne `python -m bench` run, {cell(doc.get('total_seconds'), 0)} s in all ({parts}).")
+
+
+def space_table(docs: Docs) -> str:
+    s = docs[0]["space"]
+    install = cell(s.get("install_s"), 0, " s") if s.get("install_s") else "not timed in this run (a venv reused)"
+    reused = "; ".join(f"{r.split(':')[0]} (`.cache/{r.rstrip('/').rsplit('/', 1)[-1]}`)" for r in s.get("reused") or [])
+    reused = reused or "nothing (a real first start: phantoms, embedding, training, index)"
+    return rows_table(["Space as pushed (`SPACE_ID=test python app.py`, no Makefile)", "measured"], [
+        ["pip install -r requirements.txt into a fresh venv", install],
+        ["first page served (the progress page)", cell(s.get("first_page_s"), 1, " s")],
+        ["search ready (`/search_text` in the page's config)", cell(s.get("search_ready_s"), 0, " s")],
+        ["listening on", ", ".join(s.get("bound_to_when_ready") or s.get("bound_to") or []) or "—"],
+        ["peak resident memory, app and its workers", cell(s.get("peak_rss_mb"), 0, " MB")],
+        ["resident memory after the first query", cell(s.get("rss_after_query_mb"), 0, " MB")],
+        ["`/search_text` \"small left pleural effusion\"", f"{dig(s, 'search_text.n_hits', '—')} hits"],
+        ["reused from an earlier build", reused],
+    ])
+
+
+# --- the README's headline block --------------------------------------------------------------------
+
+def headline(docs: Docs) -> str:
+    agg = docs[0]
+    default = agg["variants"][agg["winner_on_validation"]]
+    paper = agg["variants"][agg["paper"]]
+    ridge = agg["baselines"].get("offline (frozen) + ridge text->image", {})
+    chance, ceiling = agg["chance"], agg["ceiling"]
+    rows = []
+    for direction in ("t2i", "i2t", "i2i"):
+        rows.append([f"{direction} nDCG@10", _mean_sd(dig(default, f"test.{direction}.nDCG@10")),
+                     _mean_sd(dig(paper, f"test.{direction}.nDCG@10")), cell(dig(ridge, f"{direction}.nDCG@10")),
+                     cell(dig(chance, f"{direction}.nDCG@10")), cell(dig(ceiling, f"{direction}.nDCG@10"))])
+    rows.append(["phrase finding_P@10", _mean_sd(dig(default, "test_phrase.finding_P@10")),
+                 _mean_sd(dig(paper, "test_phrase.finding_P@10")),
+                 cell(dig(agg, "baseline_phrase.offline (frozen) + ridge text->image.finding_P@10")), "—", "—"])
+    return rows_table(["offline demo, test split", "default head", "paper's recipe", "frozen (ridge)", "chance",
+                       "ceiling"], rows)
+
+
+# Ratios and rates measured side by side: they move least with the host's load (absolute times: docs/performance.md).
+HEADLINE_SPEED_KEYS = ("recall_at_10", "speedup", "overhead_ratio", "false_alarm_rate", "refused_share")
+
+
+def headline_speed(docs: Docs) -> str:
+    """The bench's load-robust targets for the README (a subset of docs/performance.md's table)."""
+    summary = docs[0].get("summary") or {}
+    picked = {k: v for k, v in summary.items() if any(word in k for word in HEADLINE_SPEED_KEYS)}
+    return bench_targets_table([{**docs[0], "summary": picked}]).split("\n\nOne ")[0]
+
+
+TABLES: list[Table] = [
+    Table("headline", ("bench/results/ablation.json",), headline, "python -m bench.ablation", page="README.md",
+          timing=False),
+    Table("headline-speed", ("bench/results/bench.json",), headline_speed, "python -m bench > bench/results/bench.json",
+          page="README.md"),
+    Table("ablation", ("bench/results/ablation.json",), ablation_table, "python -m bench.ablation",
+          page="docs/evaluation.md", timing=False),
+    Table("side-swap", ("bench/results/side_swap/ablation.json",), side_swap_table,
+          "python -m bench.ablation --variants findings side side5 --out bench/results/side_swap",
+          page="docs/evaluation.md", timing=False),
+    Table("eval-default", ("bench/results/eval.json",), eval_table,
+          "python -m pipeline && cp .cache/runs/offline-demo/eval.json bench/results/eval.json",
+          page="docs/evaluation.md", timing=False),
+    Table("calibration", ("bench/results/eval.json",), calibration_table,
+          "python -m pipeline && cp .cache/runs/offline-demo/eval.json bench/results/eval.json",
+          page="docs/trust.md", timing=False),
+    Table("bench-targets", ("bench/results/bench.json",), bench_targets_table,
+          "python -m bench > bench/results/bench.json"),
+    Table("space", ("bench/results/space.json",), space_table,
+          "python -m bench.space --reuse features --venv DIR > bench/results/space.json", page="docs/serving.md"),
+]

@@ -1,0 +1,193 @@
+"""A Hugging Face Space as pushed: the repository's files alone, a fresh venv from requirements.txt,
+``SPACE_ID=test python app.py``. Prints ONE JSON document (first page, search ready, peak memory).
+
+    python -m bench.space                       # full first start (phantoms too): many minutes on 2 cores
+    python -m bench.space --reuse phantoms      # the demo's phantoms linked in (as bench.startup --cold)
+    python -m bench.space --reuse features      # + the frozen features: the first start trains and indexes
+    python -m bench.space --venv DIR            # an existing venv (skips the install; not a fresh Space)
+
+What a Space does, and nothing more: the tracked files are copied (no Makefile, no .venv, no .cache,
+no example films, which `make` fetches), pip installs requirements.txt (this machine's pip config
+serves torch from local disk; a Space downloads it), and the app starts with ``SPACE_ID`` and
+``GRADIO_SERVER_PORT`` set. The app must bind 0.0.0.0 (checked in /proc/net/tcp), serve its
+progress page first, then the app with its ``/search_text`` endpoint, which is called once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench.common import ROOT, emit, log, machine, scratch_dir
+
+SPACE_PORT = 7860
+
+
+def copy_repository(dst: Path) -> Path:
+    """The files a ``git push`` to the Space carries (tracked and not ignored), minus the Makefile."""
+    names = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, names):
+        src = ROOT / name
+        if src.is_file() and not src.is_symlink() and name != "Makefile":
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / name)
+    return dst
+
+
+def fresh_venv(where: Path, python: str) -> tuple[Path, float]:
+    """``python -m venv`` + ``pip install -r requirements.txt``; (venv python, seconds)."""
+    started = time.monotonic()
+    subprocess.run([python, "-m", "venv", str(where)], check=True)
+    py = where / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", str(ROOT / "requirements.txt")], check=True,
+                   stdout=subprocess.DEVNULL)
+    return py, round(time.monotonic() - started, 1)
+
+
+def seed_cache(cache: Path, reuse: str) -> list[str]:
+    """Link the default cache's demo phantoms (and copy its frozen features) into the Space's empty cache."""
+    from data.demo import demo_dir
+    from data.paths import cache_root
+
+    reused: list[str] = []
+    src_demo = demo_dir()
+    if reuse in ("phantoms", "features") and (src_demo / "dataset.json").is_file():
+        (cache / src_demo.name).symlink_to(src_demo, target_is_directory=True)
+        reused.append(f"phantoms: {src_demo}")
+    if reuse == "features" and (cache_root() / "features").is_dir():
+        shutil.copytree(cache_root() / "features", cache / "features")
+        reused.append(f"frozen features: {cache_root() / 'features'}")
+    return reused
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local IPv4 addresses with a socket LISTENing on ``port`` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.add(".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (MB), from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        p = int(status.parent.name)
+        children.setdefault(int(fields.get("PPid", "0").strip()), []).append(p)
+        rss[p] = int(fields.get("VmRSS", "0 kB").split()[0])
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += rss.get(p, 0)
+        todo += children.get(p, [])
+    return round(total / 1024, 1)
+
+
+def _get(url: str) -> bytes | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read() if response.status == 200 else None
+    except OSError:
+        return None
+
+
+def start_space(py: Path, repo: Path, cache: Path, port: int, timeout: float) -> dict[str, Any]:
+    """``SPACE_ID=test python app.py`` in the copy; watch the page, the binding, memory; query once."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CXR_HOST", "CXR_PORT", "CXR_RUNTIME", "PYTHONPATH")}
+    env.update({"SPACE_ID": "test", "GRADIO_SERVER_PORT": str(port), "CXR_CACHE": str(cache),
+                "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
+    log_path = cache / "space-app.log"
+    started = time.monotonic()
+    out: dict[str, Any] = {"port": port, "first_page_s": None, "first_page_was_progress": None,
+                           "search_ready_s": None, "bound_to": [], "peak_rss_mb": 0.0}
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen([str(py), "app.py"], cwd=repo, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            while time.monotonic() - started < timeout and proc.poll() is None:
+                out["peak_rss_mb"] = max(out["peak_rss_mb"], tree_rss_mb(proc.pid))
+                config = _get(f"http://127.0.0.1:{port}/config")
+                if config is not None and out["first_page_s"] is None:
+                    out["first_page_s"] = round(time.monotonic() - started, 1)
+                    out["first_page_was_progress"] = b"build-progress" in config and b"search_text" not in config
+                    out["bound_to"] = sorted(listening_addresses(port))
+                if config is not None and b"search_text" in config:
+                    out["search_ready_s"] = round(time.monotonic() - started, 1)
+                    out["bound_to_when_ready"] = sorted(listening_addresses(port))
+                    break
+                time.sleep(1.0)
+            if out["search_ready_s"] is not None:
+                out["search_text"] = query_text(f"http://127.0.0.1:{port}/")
+                out["peak_rss_mb"] = max(out["peak_rss_mb"], tree_rss_mb(proc.pid))
+                out["rss_after_query_mb"] = tree_rss_mb(proc.pid)
+        finally:
+            out["exit_code_before_stop"] = proc.poll()
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    out["log_tail"] = log_path.read_text()[-1500:]
+    return out
+
+
+def query_text(url: str, phrase: str = "small left pleural effusion") -> dict[str, Any]:
+    """One call of the named endpoint, as a script would make it (gradio_client)."""
+    from gradio_client import Client
+
+    result = Client(url, verbose=False).predict(phrase, 8, "any", "any", "any", api_name="/search_text")
+    records = result[3] if isinstance(result, (list, tuple)) and len(result) > 3 else None
+    hits = records.get("hits", []) if isinstance(records, dict) else []
+    return {"phrase": phrase, "n_hits": len(hits), "top_labels": [h.get("label") for h in hits[:3]]}
+
+
+def run(reuse: str = "none", venv: str | None = None, python: str = "python3.11", timeout: float = 3600,
+        port: int = SPACE_PORT) -> dict[str, Any]:
+    work = scratch_dir("space-sim-")
+    repo = copy_repository(work / "repo")
+    cache = work / "cache"
+    cache.mkdir()
+    report: dict[str, Any] = {"reused": seed_cache(cache, reuse), "makefile_present": (repo / "Makefile").exists()}
+    if venv:
+        py, report["venv"] = Path(venv) / "bin" / "python", f"reused {venv} (install not timed)"
+    else:
+        log("space: fresh venv from requirements.txt ...")
+        py, report["install_s"] = fresh_venv(work / "venv", python)
+    log(f"space: SPACE_ID=test python app.py on port {port} ...")
+    report.update(start_space(py, repo, cache, port, timeout))
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--reuse", choices=("none", "phantoms", "features"), default="none",
+                   help="what of the default cache the Space's empty cache gets (none = a real first start)")
+    p.add_argument("--venv", help="use this venv instead of a fresh one")
+    p.add_argument("--python", default=shutil.which("python3.11") or sys.executable, help="the Space's Python 3.11")
+    p.add_argument("--port", type=int, default=SPACE_PORT)
+    p.add_argument("--timeout", type=float, default=3600)
+    args = p.parse_args(argv)
+    report = {"machine": machine(), "space": run(args.reuse, args.venv, args.python, args.timeout, args.port)}
+    report["machine"]["load_average_at_end"] = machine()["load_average"]
+    emit(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
