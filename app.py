@@ -165,7 +165,7 @@ def build_ui(service, examples: list[str], phantom_examples: list[str]):
             from webapp.extras_ui import build_compose_tab
 
             build_compose_tab(ExtrasService(service), examples + phantom_examples)
-            with gr.Tab("Embedding map", id="map"):
+            with gr.Tab("Embedding map", id="map") as map_tab:
                 gr.Markdown("Each dot is an indexed study (green normal, red abnormal); hover for its impression. "
                             "The star is your last query, placed among its nearest studies.")
                 from model.embedding_map import METHODS  # maps computed after start-up arrive later
@@ -192,7 +192,10 @@ def build_ui(service, examples: list[str], phantom_examples: list[str]):
         for event in (search_txt_btn.click(search_text, txt_inputs, txt_outputs, api_name="search_text"),
                       text.submit(search_text, txt_inputs, txt_outputs, api_visibility="private")):
             event.then(verdict_of, json_txt, verdict_txt, api_visibility="private")
-        for trigger in (method.change, query_state.change, demo.load):
+        serving.add_noop_endpoint()  # issue 26: bench.serving's measure of gradio's own cost per call
+        # issue 26: the map is drawn when its tab is opened (with the last query's star), not on every
+        # query: two 3,955-point figures per search cost more than the search itself
+        for trigger in (method.change, map_tab.select, demo.load):
             trigger(service.map_figures, [method, query_state], [plot_frozen, plot_tuned], api_visibility="private")
     return demo
 

@@ -81,7 +81,7 @@ def build_index(
     identity: dict[str, Any],
     M: int = DEFAULT_M,
     ef_construction: int = DEFAULT_EF_CONSTRUCTION,
-    ef: int = DEFAULT_EF,
+    ef: int | None = None,
     data_root: Path | str | None = None,
     run_dir: Path | str | None = None,
     frozen_image_feats: np.ndarray | None = None,
@@ -103,8 +103,9 @@ def build_index(
     identity = {**identity, "embed_dim": dim}
     image_emb, report_emb = normalise(image_emb), normalise(report_emb)
     _check_embeddings(image_emb, report_emb, studies, dim)
-    images = HnswIndex.create(image_emb, M=M, ef_construction=ef_construction, ef=ef)
-    reports = HnswIndex.create(report_emb, M=M, ef_construction=ef_construction, ef=ef)
+    # ef (and M, where a rebuild is cheap) from measured recall (index.ef_tuning); ef given: measured only
+    images, reports, ef, tuning = tuned_graphs(image_emb, report_emb, M, ef_construction, ef)
+    M = max(images.M, reports.M)
     with staged_write(Path(out_dir)) as staging:
         _write_graph(staging, images, reports)
         write_store(staging / META, studies, data_root=data_root)
@@ -125,6 +126,7 @@ def build_index(
             build_seconds=round(time.perf_counter() - started, 3),
             data_root=str(Path(data_root).absolute()) if data_root is not None else None,
             run_dir=str(Path(run_dir).absolute()) if run_dir is not None else None,
+            ef_tuning=tuning,
         )
         extra = ()
         if frozen_image_feats is not None:
@@ -134,6 +136,35 @@ def build_index(
         write_manifest(staging, manifest, extra)
     log.info("built index %s: %d studies, dim %d", out_dir, len(studies), dim)
     return manifest
+
+
+def tuned_graphs(image_emb: np.ndarray, report_emb: np.ndarray, M: int, ef_construction: int,
+                 ef: int | None) -> tuple[HnswIndex, HnswIndex, int, dict[str, Any]]:
+    """Both graphs with the ef (and M) ``index.ef_tuning`` chose; a given ``ef`` is kept, its recall measured."""
+    from index.ef_tuning import EF_GRID, combine, tune_graph
+
+    def build(vectors: np.ndarray, m: int) -> HnswIndex:
+        return HnswIndex.create(vectors, M=m, ef_construction=ef_construction, ef=ef or DEFAULT_EF)
+
+    grid = (ef,) if ef else EF_GRID
+    images, image_choice = tune_graph(image_emb, build, M, {"reports": report_emb}, grid=grid)
+    reports, report_choice = tune_graph(report_emb, build, M, {"images": image_emb}, grid=grid)
+    chosen, record = combine({IMAGES: image_choice, REPORTS: report_choice})
+    record["chosen_by"] = "given (--ef): recall measured only" if ef else "measured recall (index.ef_tuning)"
+    for graph in (images, reports):
+        graph.set_ef(chosen)
+    return images, reports, chosen, record
+
+
+def retuned_ef(images: HnswIndex, reports: HnswIndex) -> tuple[int, dict[str, Any]]:
+    """The ef of grown graphs, chosen again from measured recall (their M stays: no rebuild)."""
+    from index.ef_tuning import combine, retune
+
+    matrices = {IMAGES: images.vectors(), REPORTS: reports.vectors()}
+    chosen, record = combine({IMAGES: retune(images, {"reports": matrices[REPORTS]}),
+                              REPORTS: retune(reports, {"images": matrices[IMAGES]})})
+    record["chosen_by"] = "measured recall after index add (index.ef_tuning)"
+    return chosen, record
 
 
 def add_studies(
@@ -172,12 +203,15 @@ def add_studies(
         if FAMILIARITY in manifest.files:  # kept as fitted: the added studies widen the index a little
             shutil.copyfile(index_dir / FAMILIARITY, staging / FAMILIARITY)
         append_to_store(staging / META, studies, data_root=manifest.data_root, start=manifest.count)
+        grown = {}
         for name, emb in ((IMAGES, image_emb), (REPORTS, report_emb)):
             graph = HnswIndex.load(index_dir / name, dim=manifest.embed_dim, ef=manifest.ef)
             graph.add(emb)  # resize_index + add_items
             if len(graph) != new_count:
                 raise RuntimeError(f"{name}: expected {new_count} items after adding, found {len(graph)}")
             graph.save(staging / name)
+            grown[name] = graph
+        manifest.ef, manifest.ef_tuning = retuned_ef(grown[IMAGES], grown[REPORTS])  # recall held as it grows
         store = MetadataStore.load(staging / META)
         try:
             data_version = studies_fingerprint(item.study for item in store.all())

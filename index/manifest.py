@@ -57,6 +57,7 @@ class Manifest:
     space: str = "ip"
     data_root: str | None = None  # where relative image paths were rooted at build time
     run_dir: str | None = None  # the trained run the vectors came from (used by `index add`)
+    ef_tuning: dict[str, Any] | None = None  # how ef was chosen and the recall@10 it measured (index.ef_tuning)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
