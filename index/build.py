@@ -141,14 +141,11 @@ def build_index(
 def tuned_graphs(image_emb: np.ndarray, report_emb: np.ndarray, M: int, ef_construction: int,
                  ef: int | None) -> tuple[HnswIndex, HnswIndex, int, dict[str, Any]]:
     """Both graphs with the ef (and M) ``index.ef_tuning`` chose; a given ``ef`` is kept, its recall measured."""
-    from index.ef_tuning import EF_GRID, combine, tune_graph
-
-    def build(vectors: np.ndarray, m: int) -> HnswIndex:
-        return HnswIndex.create(vectors, M=m, ef_construction=ef_construction, ef=ef or DEFAULT_EF)
+    from index.ef_tuning import EF_GRID, build_tuned, combine
 
     grid = (ef,) if ef else EF_GRID
-    images, image_choice = tune_graph(image_emb, build, M, {"reports": report_emb}, grid=grid)
-    reports, report_choice = tune_graph(report_emb, build, M, {"images": image_emb}, grid=grid)
+    images, image_choice = build_tuned(image_emb, M, ef_construction, {"reports": report_emb}, grid=grid)
+    reports, report_choice = build_tuned(report_emb, M, ef_construction, {"images": image_emb}, grid=grid)
     chosen, record = combine({IMAGES: image_choice, REPORTS: report_choice})
     record["chosen_by"] = "given (--ef): recall measured only" if ef else "measured recall (index.ef_tuning)"
     for graph in (images, reports):
@@ -156,13 +153,22 @@ def tuned_graphs(image_emb: np.ndarray, report_emb: np.ndarray, M: int, ef_const
     return images, reports, chosen, record
 
 
-def retuned_ef(images: HnswIndex, reports: HnswIndex) -> tuple[int, dict[str, Any]]:
-    """The ef of grown graphs, chosen again from measured recall (their M stays: no rebuild)."""
-    from index.ef_tuning import combine, retune
+def grow_tuned(index_dir: Path, staging: Path, manifest: Manifest, image_emb: np.ndarray,
+               report_emb: np.ndarray) -> tuple[int, dict[str, Any]]:
+    """Both graphs grown by the new vectors into ``staging``, their ef chosen again from measured
+    recall as they grow (``index.ef_tuning.insert_tuned``; their M stays: no rebuild)."""
+    from index.ef_tuning import combine, insert_tuned
 
-    matrices = {IMAGES: images.vectors(), REPORTS: reports.vectors()}
-    chosen, record = combine({IMAGES: retune(images, {"reports": matrices[REPORTS]}),
-                              REPORTS: retune(reports, {"images": matrices[IMAGES]})})
+    new_count = manifest.count + len(image_emb)
+    choices = {}
+    for name, emb, other in ((IMAGES, image_emb, {"reports": report_emb}), (REPORTS, report_emb, {"images": image_emb})):
+        graph = HnswIndex.load(index_dir / name, dim=manifest.embed_dim, ef=manifest.ef)
+        old = graph.vectors()
+        choices[name] = insert_tuned(graph, emb, np.arange(manifest.count, new_count), old, other)
+        if len(graph) != new_count:
+            raise RuntimeError(f"{name}: expected {new_count} items after adding, found {len(graph)}")
+        graph.save(staging / name)
+    chosen, record = combine(choices)
     record["chosen_by"] = "measured recall after index add (index.ef_tuning)"
     return chosen, record
 
@@ -203,15 +209,7 @@ def add_studies(
         if FAMILIARITY in manifest.files:  # kept as fitted: the added studies widen the index a little
             shutil.copyfile(index_dir / FAMILIARITY, staging / FAMILIARITY)
         append_to_store(staging / META, studies, data_root=manifest.data_root, start=manifest.count)
-        grown = {}
-        for name, emb in ((IMAGES, image_emb), (REPORTS, report_emb)):
-            graph = HnswIndex.load(index_dir / name, dim=manifest.embed_dim, ef=manifest.ef)
-            graph.add(emb)  # resize_index + add_items
-            if len(graph) != new_count:
-                raise RuntimeError(f"{name}: expected {new_count} items after adding, found {len(graph)}")
-            graph.save(staging / name)
-            grown[name] = graph
-        manifest.ef, manifest.ef_tuning = retuned_ef(grown[IMAGES], grown[REPORTS])  # recall held as it grows
+        manifest.ef, manifest.ef_tuning = grow_tuned(index_dir, staging, manifest, image_emb, report_emb)
         store = MetadataStore.load(staging / META)
         try:
             data_version = studies_fingerprint(item.study for item in store.all())

@@ -4,13 +4,13 @@ Why measured: a fixed ``ef`` does not hold recall as an index grows. ``python -m
 measured recall@10 0.988 at 100k x 512 but 0.623 at 1M x 512 with the same ``ef=64``; hnswlib's
 own guidance is to tune ``ef`` against brute force on the data itself.
 
-How: a seeded sample of the index's own vectors is searched in the graph and exactly, each
-query leaving itself out (it would otherwise be its own trivially found first neighbour, which
-flatters recall); the chosen ``ef`` is the smallest on :data:`EF_GRID` whose recall@10 reaches
-:data:`TARGET_RECALL` on every query set given (for the image graph also the report vectors,
-the distribution typed queries come from: cross-modal queries sit off the graph's own data and
-usually need a wider beam). ``M`` is chosen too where a rebuild is cheap (:func:`tune_graph`).
-Filtered searches are unaffected: they keep the exact fallback of ``index.ann``.
+How: a seeded sample of the vectors is held out of the graph while the rest go in, then searched
+in the graph and exactly, like fresh queries (a vector already in the graph finds itself and the
+neighbours wired for it, which flatters recall), then inserted too. The chosen ``ef`` is the
+smallest on :data:`EF_GRID` whose recall@10 reaches :data:`TARGET_RECALL` on every query set
+(for the image graph also the report vectors, the distribution typed queries come from).
+``M`` is chosen too where a rebuild is cheap (:func:`build_tuned`). Filtered searches are
+unaffected: they keep the exact fallback of ``index.ann``.
 """
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 K = 10
 TARGET_RECALL = 0.98
-EF_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+EF_GRID = (16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512, 640, 768, 1024)
 SAMPLE = 300  # queries per set: recall's standard error near 0.98 is ~0.003
+MIN_HELD = 50  # fewer new vectors than this: no held-out set of them (too noisy), the extra sets only
 CHEAP_REBUILD_N = 20_000  # below this many vectors a second graph with a larger M is worth trying
 M_STEPS = (16, 32)
 
@@ -38,54 +39,52 @@ class EfChoice:
 
     ef: int
     recall_at_10: dict[str, float]
-    reached: bool  # False: even the largest ef on the grid missed the target (it is used anyway)
+    reached: bool | None  # False: even the largest ef on the grid missed the target (used anyway); None: not measured
     M: int
     sweep: list[dict[str, Any]] = field(default_factory=list)
 
     def to_manifest(self, sample: int) -> dict[str, Any]:
         return {"target_recall_at_10": TARGET_RECALL, "k": K, "ef": self.ef, "M": self.M, "reached": self.reached,
                 "recall_at_10": self.recall_at_10, "queries_per_set": sample,
-                "method": "smallest ef on the grid reaching the target; queries: a seeded sample of the index's "
-                          "own vectors (each leaving itself out) vs exact search"}
+                "method": "smallest ef on the grid reaching the target; queries: a seeded sample of the indexed "
+                          "vectors held out of the graph until measured (and the other modality's vectors) vs exact search"}
 
 
-def kth_exact_score(matrix: np.ndarray, queries: np.ndarray, k: int, exclude: np.ndarray | None) -> np.ndarray:
-    """Each query's k-th best exact similarity (chunked: bounded memory at a million rows); row
-    ``exclude[i]`` never counts for query ``i``."""
+def kth_exact_score(matrix: np.ndarray, queries: np.ndarray, k: int, skip: np.ndarray | None = None) -> np.ndarray:
+    """Each query's k-th best exact similarity over the rows of ``matrix`` not in ``skip``
+    (chunked: bounded memory at a million rows)."""
     out = np.empty(len(queries), np.float32)
     for start in range(0, len(queries), 32):
         sims = queries[start:start + 32] @ matrix.T
-        if exclude is not None:
-            sims[np.arange(len(sims)), exclude[start:start + 32]] = -np.inf
+        if skip is not None and len(skip):
+            sims[:, skip] = -np.inf
         out[start:start + 32] = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
     return out
 
 
-def _recall(graph: HnswIndex, queries: np.ndarray, kth: np.ndarray, k: int, exclude: np.ndarray | None) -> float:
+def _recall(graph: HnswIndex, queries: np.ndarray, kth: np.ndarray, k: int) -> float:
     """recall@k counting ties: a found item is right when it is as similar as the true k-th
     (indexes hold exact duplicates, e.g. the many identical normal reports, which any order may
     return; counting by id would call a correct tie a miss)."""
-    result = graph.search(queries, k + (exclude is not None))
-    hits = 0
-    for i, (ids, scores) in enumerate(zip(result.ids, result.scores)):
-        keep = [s for r, s in zip(ids, scores) if exclude is None or r != exclude[i]][:k]
-        hits += sum(s >= kth[i] - 1e-5 for s in keep)
-    return hits / (k * len(queries))
+    scores = graph.search(queries, k).scores
+    return float(np.sum(scores >= kth[:, None] - 1e-5)) / (k * len(queries))
 
 
-def choose_ef(graph: HnswIndex, matrix: np.ndarray, query_sets: Mapping[str, tuple[np.ndarray, np.ndarray | None]],
-              target: float = TARGET_RECALL, grid=EF_GRID) -> EfChoice:
+def choose_ef(graph: HnswIndex, matrix: np.ndarray, query_sets: Mapping[str, np.ndarray],
+              target: float = TARGET_RECALL, grid=EF_GRID, skip: np.ndarray | None = None) -> EfChoice:
     """Smallest ef on ``grid`` reaching ``target`` recall@10 on every set of ``query_sets``
-    (name -> (queries, row each query must leave out, or None)); leaves the graph at that ef."""
-    n = len(matrix)
-    k = min(K, n - 1) if n > 1 else 0
+    (name -> queries); ``matrix`` holds the vectors in the graph, and the rows ``skip`` that are not
+    (any order: recall counts ties, see ``_recall``, so only the true k-th score is needed).
+    Leaves the graph at that ef."""
+    n = len(matrix) - (0 if skip is None else len(skip))
+    k = min(K, n)
     if k <= 0:
         return EfChoice(graph.ef, {name: 1.0 for name in query_sets}, True, graph.M)
-    truths = {name: kth_exact_score(matrix, q, k, ex) for name, (q, ex) in query_sets.items()}
+    truths = {name: kth_exact_score(matrix, q, k, skip) for name, q in query_sets.items()}
     sweep, chosen = [], None
     for ef in grid:
         graph.set_ef(ef)
-        recalls = {name: round(_recall(graph, q, truths[name], k, ex), 4) for name, (q, ex) in query_sets.items()}
+        recalls = {name: round(_recall(graph, q, truths[name], k), 4) for name, q in query_sets.items()}
         sweep.append({"ef": ef, **recalls})
         if min(recalls.values()) >= target:
             chosen = (ef, recalls)
@@ -96,44 +95,63 @@ def choose_ef(graph: HnswIndex, matrix: np.ndarray, query_sets: Mapping[str, tup
     return EfChoice(ef, recalls, reached, graph.M, sweep)
 
 
-def own_sample(matrix: np.ndarray, sample: int = SAMPLE, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(queries, their own rows): a seeded sample of the index's vectors, each to leave itself out."""
+def held_out_rows(n: int, sample: int = SAMPLE, seed: int = 0) -> np.ndarray:
+    """A seeded sample of row numbers ``< n`` (sorted)."""
     rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(len(matrix), size=min(sample, len(matrix)), replace=False))
-    return np.ascontiguousarray(matrix[rows]), rows
+    return np.sort(rng.choice(n, size=min(sample, n), replace=False))
 
 
-def tune_graph(vectors: np.ndarray, build: Callable[[np.ndarray, int], HnswIndex], M: int,
-               extra_queries: Mapping[str, np.ndarray] | None = None, sample: int = SAMPLE,
-               target: float = TARGET_RECALL, grid=EF_GRID) -> tuple[HnswIndex, EfChoice]:
-    """Build with ``M`` and choose its ef; where a rebuild is cheap (< CHEAP_REBUILD_N vectors)
-    and that ef is the grid's slowest half, also try the next M and keep the one needing the
-    smaller ef (only on the full grid: a caller giving its own ef keeps its M). ``build(vectors, M)`` makes the graph; ``extra_queries`` are more query sets
-    (e.g. the report vectors for the image graph), searched without leaving anything out."""
-    matrix = normalise(vectors)
-    sets = {"own": own_sample(matrix, sample)}
+def insert_tuned(graph: HnswIndex, vectors: np.ndarray, labels: np.ndarray, in_graph: np.ndarray,
+                 extra_queries: Mapping[str, np.ndarray] | None = None, sample: int = SAMPLE,
+                 target: float = TARGET_RECALL, grid=EF_GRID) -> EfChoice:
+    """Insert ``vectors`` (labels ``labels``) into ``graph`` and choose its ef on the way.
+
+    All but a held-out sample go in first; the sample then queries the graph like a fresh query
+    would (a vector already in the graph finds itself and the neighbours wired for it: recall
+    measured that way is flattering, e.g. 0.986 where fresh queries got 0.965 at M=32), its truth
+    exact over ``in_graph`` (the vectors already in the graph) plus the inserted ones; then the sample goes in too. ``extra_queries`` (never inserted) are further sets, e.g.
+    the report vectors for the image graph, the distribution typed queries come from. With
+    fewer than 10 x MIN_HELD vectors to insert, only the extra sets are measured (or nothing: the
+    graph's ef is kept, with ``reached`` None)."""
+    vectors, labels = normalise(vectors), np.asarray(labels, np.int64)
+    size = min(sample, len(vectors) // 10)  # at most a tenth: the graph measured is nearly the whole one
+    held = held_out_rows(len(vectors), size) if size >= MIN_HELD else np.zeros(0, np.int64)
+    first = np.setdiff1d(np.arange(len(vectors)), held)
+    graph.add_labelled(vectors[first], labels[first])
+    matrix = np.concatenate([in_graph, vectors]) if len(in_graph) else vectors  # no copy when building
+    sets = {"held_out": vectors[held]} if len(held) else {}
     for name, q in (extra_queries or {}).items():
-        sets[name] = (own_sample(normalise(q), sample, seed=1)[0], None)
-    graph = build(matrix, M)
-    choice = choose_ef(graph, matrix, sets, target, grid)
+        if len(q) >= MIN_HELD:
+            q = normalise(q)
+            sets[name] = q[held_out_rows(len(q), sample, seed=1)]
+    if sets:
+        choice = choose_ef(graph, matrix, sets, target, grid, skip=len(in_graph) + held)
+    else:
+        choice = EfChoice(graph.ef, {}, None, graph.M)
+    graph.add_labelled(vectors[held], labels[held])
+    graph.set_ef(choice.ef)
+    return choice
+
+
+def build_tuned(vectors: np.ndarray, M: int, ef_construction: int, extra_queries: Mapping[str, np.ndarray] | None = None,
+                sample: int = SAMPLE, target: float = TARGET_RECALL, grid=EF_GRID) -> tuple[HnswIndex, EfChoice]:
+    """A graph over ``vectors`` (labels 0..n-1) with its ef chosen by :func:`insert_tuned`. Where a
+    rebuild is cheap (< CHEAP_REBUILD_N vectors, full grid) and that ef is in the grid's slow half
+    or misses the target, the next M is tried too and the one needing the smaller ef kept."""
+    def build(m: int) -> tuple[HnswIndex, EfChoice]:
+        graph = HnswIndex.empty(vectors.shape[1], len(vectors), M=m, ef_construction=ef_construction)
+        return graph, insert_tuned(graph, vectors, np.arange(len(vectors)), np.zeros((0, vectors.shape[1]), np.float32),
+                                   extra_queries, sample, target, grid)
+
+    graph, choice = build(M)
     larger = [m for m in M_STEPS if m > M]
-    if tuple(grid) == EF_GRID and len(matrix) < CHEAP_REBUILD_N and larger and (not choice.reached or choice.ef > EF_GRID[len(EF_GRID) // 2]):
-        other = build(matrix, larger[0])
-        other_choice = choose_ef(other, matrix, sets, target, grid)
+    if (tuple(grid) == EF_GRID and len(vectors) < CHEAP_REBUILD_N and larger
+            and (not choice.reached or choice.ef > EF_GRID[len(EF_GRID) // 2])):
+        other, other_choice = build(larger[0])
         if other_choice.reached and (not choice.reached or other_choice.ef < choice.ef):
             graph, choice = other, other_choice
     log.info("hnsw ef %d (M %d): recall@10 %s (target %.2f)", choice.ef, choice.M, choice.recall_at_10, target)
     return graph, choice
-
-
-def retune(graph: HnswIndex, extra_queries: Mapping[str, np.ndarray] | None = None, sample: int = SAMPLE,
-           target: float = TARGET_RECALL) -> EfChoice:
-    """Choose the ef of a grown graph (``index add``: its M stays, a rebuild is not cheap)."""
-    matrix = graph.vectors()
-    sets = {"own": own_sample(matrix, sample)}
-    for name, q in (extra_queries or {}).items():
-        sets[name] = (own_sample(normalise(q), sample, seed=1)[0], None)
-    return choose_ef(graph, matrix, sets, target)
 
 
 def combine(choices: Mapping[str, EfChoice], sample: int = SAMPLE) -> tuple[int, dict[str, Any]]:
