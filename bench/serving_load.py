@@ -29,6 +29,9 @@ class Client:
 
     def __init__(self, port: int, timeout: float = 60):
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        # one session per client, as a browser tab has: without it gradio builds a new session
+        # (a copy of the whole page's config) on every call, a cost no page user pays per query
+        self.session_hash = uuid.uuid4().hex[:11]
 
     def _request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
         try:
@@ -52,7 +55,7 @@ class Client:
 
     def call(self, api_name: str, data: list[Any]) -> list[Any]:
         """One named-endpoint call; the output list, or RuntimeError on an error event."""
-        status, raw = self._request("POST", f"/gradio_api/call/{api_name}", json.dumps({"data": data}).encode(),
+        status, raw = self._request("POST", f"/gradio_api/call/{api_name}", json.dumps({"data": data, "session_hash": self.session_hash}).encode(),
                                     {"Content-Type": "application/json"})
         if status != 200:
             raise RuntimeError(f"call answered {status}")

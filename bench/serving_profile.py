@@ -32,13 +32,22 @@ def folded_summary(folded: str, top: int = 25) -> dict[str, Any]:
             continue
         n = int(count)
         total += n
-        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 2)[-1] + ")" if " (" in f else f
-                  for f in stack.split(";")]
+        frames = [_frame(f) for f in stack.split(";")]
         for frame in set(frames):
             inclusive[frame] += n
         own[frames[-1]] += n
     share = lambda c: [{"frame": f, "share": round(n / max(total, 1), 3)} for f, n in c.most_common(top)]  # noqa: E731
-    return {"samples": total, "inclusive": share(inclusive), "self": share(own)}
+    ours = collections.Counter({f: n for f, n in inclusive.items() if f.split("(")[-1].startswith(PROJECT)})
+    return {"samples": total, "inclusive": share(inclusive), "self": share(own), "project_inclusive": share(ours)}
+
+
+PROJECT = ("webapp/", "index/", "model/", "data/", "pipeline/")
+
+
+def _frame(raw: str) -> str:
+    """'function (folder/file.py)' from py-spy's 'function (/long/path/folder/file.py:123)'."""
+    name, _, where = raw.partition(" (")
+    return f"{name} ({'/'.join(where.split(':')[0].rsplit('/', 2)[-2:])})" if where else raw
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
