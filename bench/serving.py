@@ -16,7 +16,7 @@
 
 The client threads share the machine with the server: on 2 cores they take some of the CPU the
 floor assumes is the server's. ``--sweep`` relaunches the app with each (queue concurrency, threads
-per query) pair of ``SWEEP`` and reports the best at 16 clients (p95 <= 1 s): what chose the
+per query, BLAS threads) of ``SWEEP`` and reports the best at 16 clients (p95 <= 1 s): what chose the
 app's ``--concurrency`` default. Bounded: each level stops after ``--seconds`` or ``--max-queries``.
 """
 from __future__ import annotations
@@ -42,7 +42,8 @@ CLIENTS = (1, 4, 16)
 PHRASES = ["large right pleural effusion", "small left pleural effusion", "cardiomegaly", "right upper lobe opacity",
            "left lower lobe atelectasis", "right pneumothorax", "calcified granuloma", "no acute cardiopulmonary abnormality"]
 MODIFIER = "left pleural effusion"
-SWEEP = ((1, 2), (2, 1), (4, 1))  # (--concurrency, CXR_QUERY_THREADS)
+# (--concurrency, CXR_QUERY_THREADS = torch threads per query, BLAS threads (OpenBLAS/MKL/OpenMP; None: default))
+SWEEP = ((1, 2, None), (2, 1, None), (2, 1, 1), (4, 1, 1))
 
 
 def query_files(folder: Path) -> dict[str, Path]:
@@ -115,12 +116,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(concurrency: int | None, query_threads: int | None, timeout: float = 600) -> Iterator[tuple[int, int]]:
+def running_app(concurrency: int | None, query_threads: int | None, blas_threads: int | None = None,
+                timeout: float = 600) -> Iterator[tuple[int, int]]:
     """The app on a free loopback port; yields (port, pid), stops it (SIGTERM) afterwards."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     if query_threads:
         env["CXR_QUERY_THREADS"] = str(query_threads)
+    if blas_threads:
+        env.update({name: str(blas_threads) for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")})
     args = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port)]
     args += ["--concurrency", str(concurrency)] if concurrency else []
     logfile = scratch_dir("bench-serving-log-") / "app.log"
@@ -256,18 +260,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def sweep(files: dict[str, Path], service: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Each (queue concurrency, threads per query) of SWEEP at 16 clients, text and phantom image."""
+    """Each (queue concurrency, threads per query, BLAS threads) of SWEEP at 16 clients, text and phantom image."""
     rows = []
-    for concurrency, threads in SWEEP:
-        with running_app(concurrency, threads) as (port, pid):
+    for concurrency, threads, blas in SWEEP:
+        with running_app(concurrency, threads, blas) as (port, pid):
             result = measure(port, pid, files, ["noop", "/search_text", "/search_image"], clients=(1, 16),
                              seconds=args.seconds, max_queries=args.max_queries)
         add_floors(result, service, cpu_count())
-        rows.append({"concurrency": concurrency, "query_threads": threads,
+        rows.append({"concurrency": concurrency, "query_threads": threads, "blas_threads": blas or "default",
                      **{name: result[name]["clients"]["16"] for name in ("/search_text", "/search_image")}})
     fine = [r for r in rows if max(r["/search_text"]["p95_ms"], r["/search_image"]["p95_ms"]) <= 1000] or rows
     best = max(fine, key=lambda r: r["/search_text"]["qps"] + r["/search_image"]["qps"])
-    return {"rows": rows, "best": {"concurrency": best["concurrency"], "query_threads": best["query_threads"]},
+    return {"rows": rows, "best": {k: best[k] for k in ("concurrency", "query_threads", "blas_threads")},
             "rule": "most text + image queries/s at 16 clients among settings with p95 <= 1 s"}
 
 
