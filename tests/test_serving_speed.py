@@ -124,3 +124,17 @@ def test_map_is_drawn_when_its_tab_opens_from_the_last_query(demo_service):
     assert (map_tab, "select") in triggers
     assert all(state_id in d["inputs"] for d in map_events)  # the star is the last query's
     assert not any(t == (state_id, "change") for d in config["dependencies"] for t in map(tuple, d["targets"]))
+
+
+def test_staged_copies_are_bounded_least_recently_shown_first(demo_service, tmp_path, monkeypatch):
+    monkeypatch.setattr(serving, "STAGED_MAX", 2)
+    serving._staged.clear()
+    sources = []
+    for i in range(3):
+        sources.append(tmp_path / f"film{i}.png")
+        sources[-1].write_bytes(f"film {i}".encode())
+    first, second = serving.stage_file(str(sources[0])), serving.stage_file(str(sources[1]))
+    assert serving.stage_file(str(sources[0])) == first  # shown again: now the most recent
+    third = serving.stage_file(str(sources[2]))
+    assert len(serving._staged) == 2 and not Path(second).exists()  # the one shown longest ago went
+    assert Path(first).is_file() and Path(third).is_file()

@@ -21,6 +21,7 @@ import stat
 import sys
 import threading
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -203,9 +204,9 @@ def served_examples(paths: Sequence[str]) -> list[str]:
 
 
 GALLERY_DIR = "gallery"  # under the app's temp folder: the staged copies of result images, and nothing else
-_staged: dict[tuple[str, int, int], str] = {}  # (source, mtime_ns, size) -> its staged copy
+_staged: OrderedDict[tuple[str, int, int], str] = OrderedDict()  # (source, mtime_ns, size) -> staged copy
 _staged_lock = threading.Lock()
-STAGED_MAX = 50_000  # remembered copies (a few MB); beyond, the memory starts afresh
+STAGED_MAX = 5_000  # copies kept (a few hundred MB of films at most); the least recently shown go first
 
 
 def gallery_dir() -> Path:
@@ -242,15 +243,20 @@ def stage_file(path: str) -> str:
     key = (str(path), st.st_mtime_ns, st.st_size)
     staged = _staged.get(key)
     if staged and os.path.exists(staged):
+        with _staged_lock:
+            if key in _staged:
+                _staged.move_to_end(key)
         return staged
     folder = gallery_dir()
     if Path(path).resolve().is_relative_to(folder.resolve()):
         return path
     staged = processing_utils.save_file_to_cache(path, cache_dir=str(folder))
     with _staged_lock:
-        if len(_staged) >= STAGED_MAX:
-            _staged.clear()
         _staged[key] = staged
+        while len(_staged) > STAGED_MAX:  # bounded disk: the copy shown longest ago is removed
+            _, old = _staged.popitem(last=False)
+            if old not in _staged.values():
+                Path(old).unlink(missing_ok=True)
     return staged
 
 
