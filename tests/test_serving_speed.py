@@ -138,3 +138,18 @@ def test_staged_copies_are_bounded_least_recently_shown_first(demo_service, tmp_
     third = serving.stage_file(str(sources[2]))
     assert len(serving._staged) == 2 and not Path(second).exists()  # the one shown longest ago went
     assert Path(first).is_file() and Path(third).is_file()
+
+
+def test_a_large_film_is_searched_whole_and_previewed_small(demo_service, tmp_path):
+    from PIL import Image
+
+    from data.images import load_radiograph
+
+    source = demo_service.engine.resolve_path(demo_service.engine.store.get([0])[0].image_path)
+    film = tmp_path / "film.jpg"
+    Image.open(source).convert("L").resize((2048, 2048)).save(film, quality=90)
+    whole = demo_service.engine.search_by_image(load_radiograph(film).image, k=5)
+    preview, _, _, _, status, records, _ = demo_service.search_image(str(shutil.copy(film, tmp_path / "up.jpg")), 5,
+                                                                      "any", "any", "any")
+    assert max(preview.size) == presenters.PREVIEW_SIDE and preview.mode == "L"
+    assert [h["study_id"] for h in records["hits"]] == whole.study_ids

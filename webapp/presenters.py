@@ -28,6 +28,19 @@ def badge(label_name: str) -> str:
     return "abnormal" if label_name == "abnormal" else "normal"
 
 
+PREVIEW_SIDE = 512  # the page shows the query at 260 px high: a larger copy only costs its encoding
+
+
+def preview(image: Any, side: int = PREVIEW_SIDE) -> Any:
+    """The query image as the page shows it: at most ``side`` px (issue 26: gradio re-encodes the
+    preview on every query, ~0.3 s of CPU for a 2048-px film). The search used the full image."""
+    if image is None or max(image.size) <= side:
+        return image
+    small = image.copy()
+    small.thumbnail((side, side))
+    return small
+
+
 def gallery_caption(hit: Any) -> str:
     return f"#{hit.rank} · {hit.study_id} · {badge(hit.label_name)} · sim {hit.score:.2f}"
 
