@@ -28,6 +28,7 @@ K = 10
 TARGET_RECALL = 0.98
 EF_GRID = (16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512, 640, 768, 1024)
 SAMPLE = 300  # queries per set: recall's standard error near 0.98 is ~0.003
+CHUNK = 50_000  # vectors inserted per call
 MIN_HELD = 50  # fewer new vectors than this: no held-out set of them (too noisy), the extra sets only
 CHEAP_REBUILD_N = 20_000  # below this many vectors a second graph with a larger M is worth trying
 M_STEPS = (16, 32)
@@ -95,6 +96,16 @@ def choose_ef(graph: HnswIndex, matrix: np.ndarray, query_sets: Mapping[str, np.
     return EfChoice(ef, recalls, reached, graph.M, sweep)
 
 
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` as unit-length float32 rows, without a copy when they already are (a million
+    512-d vectors are 2 GB; the index's are normalised by the encoder and by ``build_index``)."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    norms = np.einsum("ij,ij->i", x, x)
+    if np.all(np.abs(norms - 1) < 1e-4):
+        return x
+    return normalise(x)
+
+
 def held_out_rows(n: int, sample: int = SAMPLE, seed: int = 0) -> np.ndarray:
     """A seeded sample of row numbers ``< n`` (sorted)."""
     rng = np.random.default_rng(seed)
@@ -113,11 +124,13 @@ def insert_tuned(graph: HnswIndex, vectors: np.ndarray, labels: np.ndarray, in_g
     the report vectors for the image graph, the distribution typed queries come from. With
     fewer than 10 x MIN_HELD vectors to insert, only the extra sets are measured (or nothing: the
     graph's ef is kept, with ``reached`` None)."""
-    vectors, labels = normalise(vectors), np.asarray(labels, np.int64)
+    vectors, labels = _unit_rows(vectors), np.asarray(labels, np.int64)
     size = min(sample, len(vectors) // 10)  # at most a tenth: the graph measured is nearly the whole one
     held = held_out_rows(len(vectors), size) if size >= MIN_HELD else np.zeros(0, np.int64)
     first = np.setdiff1d(np.arange(len(vectors)), held)
-    graph.add_labelled(vectors[first], labels[first])
+    for start in range(0, len(first), CHUNK):  # chunks: no second copy of a million vectors
+        rows = first[start:start + CHUNK]
+        graph.add_labelled(vectors[rows], labels[rows])
     matrix = np.concatenate([in_graph, vectors]) if len(in_graph) else vectors  # no copy when building
     sets = {"held_out": vectors[held]} if len(held) else {}
     for name, q in (extra_queries or {}).items():
