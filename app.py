@@ -61,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default=os.environ.get("CXR_HOST", "127.0.0.1"), help="address to listen on")
     p.add_argument("--port", type=int, default=int(os.environ.get("CXR_PORT", os.environ.get("GRADIO_SERVER_PORT", 7860))))
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
-    p.add_argument("--concurrency", type=int, default=2, help="queries processed at once (2 CPU cores: 2)")
+    p.add_argument("--concurrency", type=int, default=2, help="queries processed at once (2 CPU cores: 2; compare settings "
+                        "with python -m bench.serving --sweep)")
     p.add_argument("--keep-uploads", action="store_true", help="keep uploaded files in the temp cache (default: deleted once read)")
     serving.add_arguments(p)
     add_runtime_argument(p)
