@@ -226,6 +226,10 @@ def add_floors(endpoints: dict[str, Any], service: dict[str, Any], cores: int) -
         for level in result["clients"].values():
             level["floor_qps"] = round(floor, 1)
             level["floor_ratio"] = round(level["qps"] / floor, 3)
+            # what the server's own CPU per query allows once nothing else runs (robust to a shared box)
+            if level.get("server_cpu_ms_per_query"):
+                level["server_cpu_bound_qps"] = round(cores * 1e3 / level["server_cpu_ms_per_query"], 1)
+                level["server_cpu_bound_ratio"] = round(level["server_cpu_bound_qps"] / floor, 3)
 
 
 def targets(endpoints: dict[str, Any]) -> dict[str, Any]:
