@@ -36,8 +36,9 @@ test: setup browser orthanc
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pipeline
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest $(if $(NO_BROWSER),-m "not browser")
 
+# make bench BENCH_ARGS=--with-1m adds the 1M x 512 search case (its tuned ef, build time, peak memory)
 bench: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m bench
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench $(BENCH_ARGS)
 
 clean-cache:
 	rm -rf .cache

@@ -61,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", help="address to listen on (default: $CXR_HOST, else 0.0.0.0 on a Space, else 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: $CXR_PORT, else $GRADIO_SERVER_PORT, else 7860)")
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
-    p.add_argument("--concurrency", type=int, default=2, help="queries processed at once (2 CPU cores: 2)")
+    p.add_argument("--concurrency", type=int, default=2, help="queries processed at once (2 CPU cores: 2; compare settings "
+                        "with python -m bench.serving --sweep)")
     p.add_argument("--text-mode", choices=("dense", "hybrid"), default=None,
                    help="text search: hybrid fuses the indexed reports with image similarity (default when the "
                         "index has reports); dense is image similarity alone (the paper's setting)")
@@ -191,7 +192,7 @@ def build_ui(service, examples: list[str], phantom_examples: list[str], pacs_sou
             from webapp.extras_ui import build_compose_tab
 
             build_compose_tab(ExtrasService(service), examples + phantom_examples)
-            with gr.Tab("Embedding map", id="map"):
+            with gr.Tab("Embedding map", id="map") as map_tab:
                 gr.Markdown("Each dot is an indexed study (green normal, red abnormal); hover for its impression. "
                             "The star is your last query, placed among its nearest studies.")
                 from model.embedding_map import METHODS  # maps computed after start-up arrive later
@@ -226,7 +227,10 @@ def build_ui(service, examples: list[str], phantom_examples: list[str], pacs_sou
                       text.submit(search_text, txt_inputs, txt_outputs, api_visibility="private")):
             event.then(verdict_of, json_txt, verdict_txt, api_visibility="private")
             event.then(chips_html, [text, mode_txt], chips_txt, api_visibility="private")
-        for trigger in (method.change, query_state.change, demo.load):
+        serving.add_noop_endpoint()  # issue 26: bench.serving's measure of gradio's own cost per call
+        # issue 26: the map is drawn when its tab is opened (with the last query's star), not on every
+        # query: two 3,955-point figures per search cost more than the search itself
+        for trigger in (method.change, map_tab.select, demo.load):
             trigger(service.map_figures, [method, query_state], [plot_frozen, plot_tuned], api_visibility="private")
     return demo
 

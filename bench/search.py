@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # run as `python bench/search.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import emit, log, machine, peak_rss_mb, rss_mb, run_isolated, scratch_dir  # noqa: E402
+from index import ef_tuning  # noqa: E402
 from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswIndex, exact_top_k  # noqa: E402
 
 K = 10
@@ -218,7 +219,7 @@ def scale_case(n: int, dim: int = 512, n_queries: int = 300, exact_queries: int 
     gallery, queries = clustered_gallery(n, n_queries, dim, n_clusters=200, seed=2)
     rss_data = rss_mb() and round(rss_mb(), 1)
     out: dict[str, Any] = {"n": n, "dim": dim, "n_queries": n_queries, "clusters": 200,
-                           "M": DEFAULT_M, "ef_construction": DEFAULT_EF_CONSTRUCTION, "ef": DEFAULT_EF,
+                           "M": DEFAULT_M, "ef_construction": DEFAULT_EF_CONSTRUCTION,
                            "build_threads": mp.cpu_count(), "rss_mb_with_data": rss_data}
     started = time.perf_counter()
     if full_index:
@@ -228,39 +229,43 @@ def scale_case(n: int, dim: int = 512, n_queries: int = 300, exact_queries: int 
         studies = synthetic_studies(n)
         folder = scratch_dir("bench-index-") / "index"
         graph_s: list[float] = []
-        descriptor, create = HnswIndex.__dict__["create"], HnswIndex.create
+        create = ef_tuning.build_tuned
 
-        def timed_create(*args, **kwargs):  # time each graph inside build_index
+        def timed_create(*args, **kwargs):  # time each graph (build + ef tuning) inside build_index
             t0 = time.perf_counter()
             made = create(*args, **kwargs)
             graph_s.append(round(time.perf_counter() - t0, 2))
             return made
 
-        HnswIndex.create = timed_create  # the class index.build uses
+        ef_tuning.build_tuned = timed_create  # what index.build calls
         rss_data = rss_mb() and round(rss_mb(), 1)
         started = time.perf_counter()
         try:
             build_index(folder, gallery, gallery, studies, {"backbone_id": "bench", "head_checksum": "", "embed_dim": dim})
         finally:
-            HnswIndex.create = descriptor
+            ef_tuning.build_tuned = create
         out["what_is_built"] = "index.build.build_index: 2 hnsw graphs (images, reports) + SQLite store + manifest"
         out["build_s"] = round(time.perf_counter() - started, 2)
         out["build_s_per_graph"] = graph_s
         out["index_mb_on_disk"] = round(sum(f.stat().st_size for f in folder.iterdir()) / 2**20, 1)
         engine = SearchEngine.load(folder, None)
         graph = engine.vector_store.graphs["images"]
+        out["ef"], out["ef_tuning"] = engine.manifest.ef, engine.manifest.ef_tuning
         load_start = time.perf_counter()
         SearchEngine.load(folder, None)
         out["index_load_s"] = round(time.perf_counter() - load_start, 2)
     else:
-        graph = HnswIndex.create(gallery, M=DEFAULT_M, ef_construction=DEFAULT_EF_CONSTRUCTION)
-        out["what_is_built"] = "one hnsw graph"
-        out["build_s"] = round(time.perf_counter() - started, 2)
+        graph, choice = ef_tuning.build_tuned(gallery, DEFAULT_M, DEFAULT_EF_CONSTRUCTION)
+        out["what_is_built"] = "one hnsw graph, its ef chosen from measured recall (index.ef_tuning)"
+        out["build_s"] = round(time.perf_counter() - started, 2)  # build + ef tuning
+        out["ef"], out["ef_tuning"] = choice.ef, {**choice.to_manifest(ef_tuning.SAMPLE), "sweep": choice.sweep}
     out["rss_mb_after_build"] = rss_mb() and round(rss_mb(), 1)
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)  # whole process: data + graph(s) + build scratch
     out["rss_mb_growth_from_build"] = rss_data and out["rss_mb_after_build"] and round(out["rss_mb_after_build"] - rss_data, 1)
-    graph.set_ef(DEFAULT_EF)
     truth = exact_top_k(gallery, queries, K).ids
+    graph.set_ef(DEFAULT_EF)  # the former fixed default, for comparison
+    out["recall_at_10_at_fixed_ef_64"] = round(recall_at_k(np.concatenate([graph.search(q, K).ids for q in queries]), truth), 4)
+    graph.set_ef(out["ef"])  # the tuned ef: what the index serves with
     found = np.concatenate([graph.search(q, K).ids for q in queries])
     out["recall_at_10"] = round(recall_at_k(found, truth), 4)
     from threadpoolctl import threadpool_limits  # ships with scikit-learn
@@ -287,6 +292,11 @@ def scale_case(n: int, dim: int = 512, n_queries: int = 300, exact_queries: int 
     return out
 
 
+def one_million() -> dict[str, Any]:
+    """The 1M x 512 case alone (what ``--with-1m`` adds; ``--only-1m`` runs just this)."""
+    return run_isolated(scale_case, n=1_000_000, n_queries=100, exact_queries=20, full_index=False)
+
+
 def suite(sizes=(10_000, 100_000), with_1m: bool = False, n_queries: int = 300, project_dim: bool = True) -> dict[str, Any]:
     """The figures ``python -m bench`` reports: one isolated process per gallery size.
 
@@ -301,9 +311,8 @@ def suite(sizes=(10_000, 100_000), with_1m: bool = False, n_queries: int = 300, 
     cases: dict[str, Any] = {}
     for n in (*sizes, *((1_000_000,) if with_1m else ())):
         log(f"search: {n:,} x 512 ...")
-        cases[str(n)] = run_isolated(
-            scale_case, n=n, n_queries=n_queries if n < 1_000_000 else 100,
-            exact_queries=None if n < 100_000 else 100 if n < 1_000_000 else 20, full_index=(n == max(sizes)))
+        cases[str(n)] = one_million() if n == 1_000_000 else run_isolated(
+            scale_case, n=n, n_queries=n_queries, exact_queries=None if n < 100_000 else 100, full_index=(n == max(sizes)))
         c = cases[str(n)]
         log(f"search: {n:,}: build {c['build_s']}s, recall@10 {c['recall_at_10']}, "
             f"hnsw {c['hnsw_median_ms']} ms vs exact {c['exact_median_ms']} ms")
@@ -347,15 +356,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--suite", action="store_true",
                         help="only the figures python -m bench reports: 10k and 100k (full index build) cases")
     parser.add_argument("--with-1m", action="store_true", help="with --suite: add the 1M x 512 case (2 GB, long build)")
+    parser.add_argument("--only-1m", action="store_true", help="only the 1M x 512 case (build, tuned ef, recall, latency)")
     parser.add_argument("--ef-construction-sweep", action="store_true",
                         help="build the big gallery with several ef_construction values: build time vs recall")
     parser.add_argument("--ef-construction-values", type=int, nargs="+", default=[64, 100, 128, 200],
                         help="with --ef-construction-sweep")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    if args.suite or args.ef_construction_sweep:
+    if args.suite or args.only_1m or args.ef_construction_sweep:
         report: dict[str, Any] = {"machine": machine()}
-        if args.suite:
+        if args.only_1m:
+            report["search"] = {"k": K, "cases": {"1000000": one_million()}}
+        elif args.suite:
             report["search"] = suite(sizes=(args.small_n, args.big_n), with_1m=args.with_1m, n_queries=args.queries)
         else:
             report["ef_construction_sweep"] = run_isolated(ef_construction_case, n=args.big_n, n_queries=args.queries,

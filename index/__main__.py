@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     add_runtime_argument(build)
     build.add_argument("--M", type=int, default=DEFAULT_M, help="hnsw graph degree")
     build.add_argument("--ef-construction", type=int, default=DEFAULT_EF_CONSTRUCTION)
-    build.add_argument("--ef", type=int, default=DEFAULT_EF, help="hnsw query beam width")
+    build.add_argument("--ef", type=int, default=None,
+                       help=f"hnsw query beam width (default: the smallest reaching recall@10 >= 0.98, measured at "
+                            f"build; {DEFAULT_EF} is only the graph's start)")
     scale_cli.add_build_arguments(build)
     add_data_arguments(build)
     pacs_cli.add_source_arguments(build)  # --- PACS source (issue 27): index.pacs_cli

@@ -140,6 +140,27 @@ class HnswIndex:
         return cls(index)
 
     @classmethod
+    def empty(cls, dim: int, capacity: int, M: int = DEFAULT_M, ef_construction: int = DEFAULT_EF_CONSTRUCTION,
+              ef: int = DEFAULT_EF, seed: int = 100) -> "HnswIndex":
+        """A graph with room for ``capacity`` vectors and none yet (``add_labelled`` fills it)."""
+        index = hnswlib.Index(space=SPACE, dim=int(dim))
+        index.init_index(max_elements=max(int(capacity), 1), M=M, ef_construction=ef_construction, random_seed=seed)
+        index.set_ef(ef)
+        return cls(index)
+
+    def add_labelled(self, vectors: np.ndarray, labels: np.ndarray, num_threads: int = -1) -> None:
+        """Insert vectors under the given labels (growing the graph if needed). The caller keeps
+        the labels ``0..n-1`` once all are in (index.ef_tuning inserts a held-out sample last)."""
+        vectors = normalise(vectors)
+        if len(vectors) == 0:
+            return
+        needed = len(self) + len(vectors)
+        if needed > self._index.get_max_elements():
+            self._index.resize_index(needed)
+        self._index.add_items(vectors, np.asarray(labels, np.int64), num_threads=num_threads)
+        self._matrix = None
+
+    @classmethod
     def load(cls, path: Path, dim: int, ef: int, max_elements: int = 0) -> "HnswIndex":
         """Load a saved graph. Callers must have verified the file's checksum first: hnswlib
         trusts the bytes it reads and can crash the process on a truncated file."""
@@ -153,16 +174,8 @@ class HnswIndex:
 
     def add(self, vectors: np.ndarray, num_threads: int = -1) -> np.ndarray:
         """Append vectors with the next labels, growing the graph in place (no rebuild)."""
-        vectors = normalise(vectors)
-        start = len(self)
-        labels = np.arange(start, start + len(vectors), dtype=np.int64)
-        if len(vectors) == 0:
-            return labels
-        needed = start + len(vectors)
-        if needed > self._index.get_max_elements():
-            self._index.resize_index(needed)
-        self._index.add_items(vectors, labels, num_threads=num_threads)
-        self._matrix = None
+        labels = np.arange(len(self), len(self) + len(vectors), dtype=np.int64)
+        self.add_labelled(vectors, labels, num_threads)
         return labels
 
     # -- properties --------------------------------------------------------------

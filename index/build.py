@@ -63,7 +63,7 @@ def build_index(
     identity: dict[str, Any],
     M: int = DEFAULT_M,
     ef_construction: int = DEFAULT_EF_CONSTRUCTION,
-    ef: int = DEFAULT_EF,
+    ef: int | None = None,
     data_root: Path | str | None = None,
     run_dir: Path | str | None = None,
     frozen_image_feats: np.ndarray | None = None,
@@ -88,13 +88,13 @@ def build_index(
     stamp = now_iso()
     manifest = Manifest(
         backbone_id=str(identity["backbone_id"]), head_checksum=str(identity["head_checksum"]), embed_dim=dim,
-        count=len(studies), M=M, ef_construction=ef_construction, ef=ef, data_version=studies_fingerprint(studies),
+        count=len(studies), M=M, ef_construction=ef_construction, ef=ef or DEFAULT_EF, data_version=studies_fingerprint(studies),
         built_at=stamp, updated_at=stamp, build_seconds=0.0, store=store_kind(out),
         data_root=str(Path(data_root).absolute()) if data_root is not None else None,
         run_dir=str(Path(run_dir).absolute()) if run_dir is not None else None,
     )
     with staged_write(artifacts_dir(out)) as staging:
-        write_vectors(out, staging, image_emb, report_emb, studies, manifest)
+        write_vectors(out, staging, image_emb, report_emb, studies, manifest, ef_given=ef is not None)
         write_store(staging / META, studies, data_root=data_root)
         if familiarity is not None:
             familiarity.save(staging / FAMILIARITY)

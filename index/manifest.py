@@ -60,6 +60,7 @@ class Manifest:
     data_root: str | None = None  # where relative image paths were rooted at build time
     run_dir: str | None = None  # the trained run the vectors came from (used by `index add`)
     store: str = HNSWLIB  # where the vectors live: this folder's graphs, or Milvus (index.vector_store)
+    ef_tuning: dict[str, Any] | None = None  # how ef was chosen and the recall@10 it measured (index.ef_tuning)
 
     @property
     def data_files(self) -> tuple[str, ...]:

@@ -30,7 +30,7 @@ import numpy as np
 
 from data.paths import cache_root
 from data.records import Study
-from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, EXACT_THRESHOLD, HnswIndex, Neighbours
+from index.ann import EXACT_THRESHOLD, HnswIndex, Neighbours
 from index.filters import Filters
 from index.manifest import HNSWLIB, IMAGES, MILVUS, REPORTS, Manifest
 from index.milvus_store import SCHEME, TARGETS, MilvusAddress, MilvusVectorStore
@@ -86,22 +86,26 @@ class HnswVectorStore:
                     for t, name in zip(TARGETS, (IMAGES, REPORTS))}, exact_threshold)
 
     @staticmethod
-    def write(staging: Path, image_emb: np.ndarray, report_emb: np.ndarray, M: int = DEFAULT_M,
-              ef_construction: int = DEFAULT_EF_CONSTRUCTION, ef: int = DEFAULT_EF) -> None:
-        for name, emb in ((IMAGES, image_emb), (REPORTS, report_emb)):
-            HnswIndex.create(emb, M=M, ef_construction=ef_construction, ef=ef).save(Path(staging) / name)
+    def write(staging: Path, image_emb: np.ndarray, report_emb: np.ndarray, manifest: Manifest,
+              ef_given: bool) -> None:
+        """Both graphs with the ef (and M, where a rebuild is cheap) chosen from measured recall
+        (``index.ef_tuning``); a given ef is kept and its recall measured. The choice goes to ``manifest``."""
+        from index.ef_tuning import tuned_graphs
+
+        images, reports, manifest.ef, manifest.ef_tuning = tuned_graphs(
+            image_emb, report_emb, manifest.M, manifest.ef_construction, manifest.ef if ef_given else None)
+        manifest.M = max(images.M, reports.M)
+        images.save(Path(staging) / IMAGES)
+        reports.save(Path(staging) / REPORTS)
 
     @staticmethod
     def append(index_dir: Path, staging: Path, manifest: Manifest, image_emb: np.ndarray,
-               report_emb: np.ndarray) -> None:
-        """Grow each graph in place (``resize_index`` + ``add_items``) into ``staging``."""
-        new_count = manifest.count + len(image_emb)
-        for name, emb in ((IMAGES, image_emb), (REPORTS, report_emb)):
-            graph = HnswIndex.load(Path(index_dir) / name, dim=manifest.embed_dim, ef=manifest.ef)
-            graph.add(emb)
-            if len(graph) != new_count:
-                raise RuntimeError(f"{name}: expected {new_count} items after adding, found {len(graph)}")
-            graph.save(Path(staging) / name)
+               report_emb: np.ndarray, updated: Manifest) -> None:
+        """Grow each graph in place into ``staging``; ef is chosen again from measured recall as the
+        graphs grow (``index.ef_tuning.grow_tuned``; M stays: no rebuild)."""
+        from index.ef_tuning import grow_tuned
+
+        updated.ef, updated.ef_tuning = grow_tuned(Path(index_dir), Path(staging), manifest, image_emb, report_emb)
 
     def __len__(self) -> int:
         return len(self.graphs["images"])
@@ -125,12 +129,12 @@ def open_vectors(spec: str | Path, manifest: Manifest, exact_threshold: int = EX
 
 
 def write_vectors(spec: str | Path, staging: Path, image_emb: np.ndarray, report_emb: np.ndarray,
-                  studies: Sequence[Study], manifest: Manifest) -> None:
+                  studies: Sequence[Study], manifest: Manifest, ef_given: bool = True) -> None:
     """A build's vectors, to the folder being staged or to (re)created Milvus collections."""
     if is_milvus(spec):
         MilvusVectorStore.write(str(spec), image_emb, report_emb, studies, manifest)
     else:
-        HnswVectorStore.write(staging, image_emb, report_emb, manifest.M, manifest.ef_construction, manifest.ef)
+        HnswVectorStore.write(staging, image_emb, report_emb, manifest, ef_given)
 
 
 def append_vectors(spec: str | Path, staging: Path, manifest: Manifest, image_emb: np.ndarray,
@@ -139,4 +143,4 @@ def append_vectors(spec: str | Path, staging: Path, manifest: Manifest, image_em
     if is_milvus(spec):
         MilvusVectorStore.append(str(spec), image_emb, report_emb, studies, manifest.count, updated)
     else:
-        HnswVectorStore.append(Path(spec), staging, manifest, image_emb, report_emb)
+        HnswVectorStore.append(Path(spec), staging, manifest, image_emb, report_emb, updated)

@@ -41,7 +41,8 @@ COVERED_ELSEWHERE = {
 # Parts of `python -m bench`, each a `python -m bench.<part>` subprocess: `bench --quick` runs them all.
 BENCH_PARTS = {"python -m bench.embed", "python -m bench.query", "python -m bench.familiarity",
                "python -m bench.train_head", "python -m bench.startup", "python -m bench.search",
-               "python -m bench.pacs_ingest", "python -m bench.hybrid"}
+               "python -m bench.pacs_ingest", "python -m bench.hybrid",
+               "python -m bench.serving"}
 
 
 def documented_commands(text: str = README) -> set[str]:

@@ -28,6 +28,7 @@ from index import (
     build_index,
 )
 from index import build as build_module
+from index.ef_tuning import build_tuned
 from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, exact_top_k
 from index.manifest import IMAGES, META, read_manifest
 
@@ -161,9 +162,12 @@ def test_build_save_load_same_results_and_metadata(built, encoder):
     assert manifest["count"] == 600 and manifest["embed_dim"] == DIM and manifest["format_version"] == 1
     assert manifest["backbone_id"] == "fake-backbone" and manifest["head_checksum"] == "head-1"
     assert set(manifest["files"]) == {"images.hnsw", "reports.hnsw", "meta.sqlite"}
-    assert manifest["hnsw"] == {"M": DEFAULT_M, "ef_construction": DEFAULT_EF_CONSTRUCTION, "ef": DEFAULT_EF}
+    tuning = manifest["ef_tuning"]  # ef chosen from measured recall (index.ef_tuning), recorded with it
+    assert manifest["hnsw"] == {"M": DEFAULT_M, "ef_construction": DEFAULT_EF_CONSTRUCTION, "ef": tuning["ef"]}
+    assert all(g["reached"] and min(g["recall_at_10"].values()) >= 0.98 for g in tuning["graphs"].values())
 
-    in_memory = HnswIndex.create(image_emb)  # same params and seed as the saved one
+    in_memory, _ = build_tuned(image_emb, DEFAULT_M, DEFAULT_EF_CONSTRUCTION, {"reports": report_emb})  # same steps
+    in_memory.set_ef(tuning["ef"])
     engine = SearchEngine.load(index_dir, encoder, exact_threshold=0)  # force the graph
     reloaded = SearchEngine.load(index_dir, encoder, exact_threshold=0)
     for q in queries[:20]:

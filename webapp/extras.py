@@ -19,7 +19,7 @@ from data.images import ImageLoadError
 from model.attribution import OcclusionMaps, occlusion_maps, overlay
 from model.threads import query_threads
 from webapp.composed import DEFAULT_WEIGHT, MAX_WEIGHT, MODES, NEUTRAL_PHRASE, compose, compose_findings
-from webapp.presenters import gallery_caption, hits_as_records
+from webapp.presenters import gallery_caption, hits_as_records, preview
 from webapp.queries import QueryError, clean_query, parse_k
 from webapp.service import report_unexpected
 from webapp.why import consensus, from_phrase, why_html, why_rows
@@ -69,7 +69,7 @@ class ExtrasService:
             frozen_gallery = [(h.image_path, gallery_caption(h)) for h in out.get("frozen_hits", [])]
             compare_md = _compare_markdown(out["frozen"])
         state = {"upload": _key(upload), "rows": [h.row_id for h in hits], "ids": [h.study_id for h in hits]}
-        return (loaded.image, gallery, why_html(out["query_findings"], hits), status, records,
+        return (preview(loaded.image), gallery, why_html(out["query_findings"], hits), status, records,
                 frozen_gallery, compare_md, state)
 
     def run_composed(self, image, phrase: str, mode: str, weight: float, k: int, compare: bool = False) -> dict[str, Any]:

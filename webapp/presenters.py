@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import re
+from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
 from webapp.negation import negated
@@ -25,6 +26,19 @@ REFUSED = "**Not searched:**"  # a query refused by the familiarity check (not a
 def badge(label_name: str) -> str:
     """The study's label as a word; report cards colour it with CSS (``.cxr-badge``)."""
     return "abnormal" if label_name == "abnormal" else "normal"
+
+
+PREVIEW_SIDE = 512  # the page shows the query at 260 px high: a larger copy only costs its encoding
+
+
+def preview(image: Any, side: int = PREVIEW_SIDE) -> Any:
+    """The query image as the page shows it: at most ``side`` px (issue 26: gradio re-encodes the
+    preview on every query, ~0.3 s of CPU for a 2048-px film). The search used the full image."""
+    if image is None or max(image.size) <= side:
+        return image
+    small = image.copy()
+    small.thumbnail((side, side))
+    return small
 
 
 def gallery_caption(hit: Any) -> str:
@@ -56,6 +70,7 @@ def hit_terms(finding_names: Sequence[str], tags: Sequence[str]) -> list[str]:
     return _dedupe(terms)
 
 
+HIGHLIGHT_CACHE = 8192  # (report text, terms) pairs: a few MB of HTML
 NEGATED_MARK = '<mark class="neg" title="negated in the report">'
 
 
@@ -68,9 +83,17 @@ def _with_plural(term: str) -> str:
 
 def highlight(text: str, terms: Sequence[str]) -> str:
     """Escape ``text`` and wrap each occurrence of any term in <mark> (longest terms first);
-    occurrences the report negates ("No pleural effusion") get ``<mark class="neg">`` instead."""
-    text = text or ""
-    words = sorted({t for t in terms if t and t.strip()}, key=len, reverse=True)
+    occurrences the report negates ("No pleural effusion") get ``<mark class="neg">`` instead.
+
+    Memoised on (text, terms): the negation detector costs about a millisecond a report, and the
+    same study comes back with the same terms query after query (an image hit's terms are its
+    own findings; a typed query's terms repeat with the query). The result is a pure function
+    of its inputs, so a cached answer is the answer."""
+    return _highlight(text or "", tuple(sorted({t for t in terms if t and t.strip()}, key=lambda t: (-len(t), t))))
+
+
+@lru_cache(maxsize=HIGHLIGHT_CACHE)
+def _highlight(text: str, words: tuple[str, ...]) -> str:
     if not words:
         return html.escape(text)
     # Match on the raw text and escape each piece: matching escaped text could split an

@@ -18,8 +18,8 @@ from data.images import ImageLoadError, LoadedImage, load_radiograph
 from index.engine import SearchEngine
 from webapp.plots import EmbeddingMaps
 from webapp.negation import warm_in_background
-from webapp.presenters import (ERROR, NOTE, OK, REFUSED, WARNING, gallery_caption, hit_terms, hits_as_records, query_terms,
-                                report_cards)
+from webapp.presenters import (ERROR, NOTE, OK, REFUSED, WARNING, gallery_caption, hit_terms, hits_as_records, preview,
+                                query_terms, report_cards)
 from data.findings_text import parse_phrase
 from webapp.why import consensus, from_phrase, why_html
 from webapp.queries import LABEL_CHOICES, QueryError, clean_query, parse_choice, parse_k
@@ -90,7 +90,7 @@ class SearchService:
         familiarity = result.familiarity.to_dict() if result.familiarity is not None else None
         if not result.hits and familiarity and familiarity["verdict"] == "not_radiograph":
             records = {"hits": [], "reports": [], "abnormal_probability": None, "familiarity": familiarity}
-            return loaded.image, [], "", None, f"{REFUSED} {familiarity['message']} No search was run.", records, None
+            return preview(loaded.image), [], "", None, f"{REFUSED} {familiarity['message']} No search was run.", records, None
         warnings = warning_lines(result.familiarity) + _floor_warnings(result)
         if loaded.view and loaded.view not in FRONTAL and all(v in FRONTAL for v in self.views):
             warnings.append(f"This looks like a {_plain(loaded.view)} (non-frontal) view, but only frontal views "
@@ -105,7 +105,7 @@ class SearchService:
                    "abnormal_probability": prob, "familiarity": familiarity}
         state = self._query_state("uploaded image", result.hits, familiarity)
         estimate = {"abnormal": prob, "normal": 1 - prob} if prob is not None else None
-        return loaded.image, gallery, reports, estimate, status, records, state
+        return preview(loaded.image), gallery, reports, estimate, status, records, state
 
     # ---- text -> images ------------------------------------------------------------
     def search_text(self, text: str | None, k: int, label: str, view: str, finding: str, side: str = ANY,

@@ -17,8 +17,11 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
+import threading
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -202,15 +205,61 @@ def served_examples(paths: Sequence[str]) -> list[str]:
     return sorted({str(Path(p).resolve()) for p in paths if Path(p).is_file()})
 
 
-def stage_file(path: str) -> str:
-    """A copy of ``path`` in the app's temp folder (gradio's own content-addressed cache layout),
-    so gradio serves the copy and never needs the folder it came from."""
-    from gradio import processing_utils, utils
+GALLERY_DIR = "gallery"  # under the app's temp folder: the staged copies of result images, and nothing else
+_staged: OrderedDict[tuple[str, int, int], str] = OrderedDict()  # (source, mtime_ns, size) -> staged copy
+_staged_lock = threading.Lock()
+STAGED_MAX = 5_000  # copies kept (a few hundred MB of films at most); the least recently shown go first
 
-    temp_dir = utils.get_upload_folder()
-    if not path or utils.is_in_or_equal(path, temp_dir) or not Path(path).is_file():
+
+def gallery_dir() -> Path:
+    """``<temp folder>/gallery``, registered with gradio as static: gradio serves its files as they
+    are instead of re-checking and re-copying every result image on every query (issue 26: that
+    postprocessing was a third of the server's time under load). Only staged copies live there."""
+    from gradio import utils
+
+    folder = Path(utils.get_upload_folder()) / GALLERY_DIR
+    with _staged_lock:
+        if not folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+        import gradio as gr
+        from gradio.data_classes import _StaticFiles
+
+        if folder.resolve() not in _StaticFiles.all_paths:
+            gr.set_static_paths([folder])
+    return folder
+
+
+def stage_file(path: str) -> str:
+    """A copy of ``path`` in the app's gallery folder (gradio's own content-addressed cache layout),
+    so gradio serves the copy and never needs the folder it came from. Each source is copied
+    once and found again by (path, mtime, size) while its copy exists (the temp folder's
+    cleaner may remove it; it is then copied again)."""
+    from gradio import processing_utils
+
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
         return path
-    return processing_utils.save_file_to_cache(path, cache_dir=temp_dir)
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    staged = _staged.get(key)
+    if staged and os.path.exists(staged):
+        with _staged_lock:
+            if key in _staged:
+                _staged.move_to_end(key)
+        return staged
+    folder = gallery_dir()
+    if Path(path).resolve().is_relative_to(folder.resolve()):
+        return path
+    staged = processing_utils.save_file_to_cache(path, cache_dir=str(folder))
+    with _staged_lock:
+        _staged[key] = staged
+        while len(_staged) > STAGED_MAX:  # bounded disk: the copy shown longest ago is removed
+            _, old = _staged.popitem(last=False)
+            if old not in _staged.values():
+                Path(old).unlink(missing_ok=True)
+    return staged
 
 
 def _is_gallery(value: Any) -> bool:
@@ -227,6 +276,19 @@ def gallery_outputs(fn: Callable[..., Any]) -> Callable[..., Any]:
             return tuple([(stage_file(str(p)), c) for p, c in v] if _is_gallery(v) else v for v in out)
         return [(stage_file(str(p)), c) for p, c in out] if _is_gallery(out) else out
     return wrapper
+
+
+def noop() -> str:
+    """Does nothing: ``bench.serving`` times this endpoint to learn gradio's own cost per call."""
+    return ""
+
+
+def add_noop_endpoint() -> None:
+    """``/noop`` through the same queue as the searches, callable but not in the page or the API
+    docs (call it inside the ``gr.Blocks`` context)."""
+    import gradio as gr
+
+    gr.api(noop, api_name="noop", api_visibility="undocumented")
 
 
 def launch_options(args: argparse.Namespace) -> dict[str, Any]:
