@@ -65,7 +65,7 @@ def kth_exact_score(matrix: np.ndarray, queries: np.ndarray, k: int, skip: np.nd
     return out
 
 
-def _recall(graph: HnswIndex, queries: np.ndarray, kth: np.ndarray, k: int) -> float:
+def measured_recall(graph: HnswIndex, queries: np.ndarray, kth: np.ndarray, k: int) -> float:
     """recall@k counting ties: a found item is right when it is as similar as the true k-th
     (indexes hold exact duplicates, e.g. the many identical normal reports, which any order may
     return; counting by id would call a correct tie a miss)."""
@@ -77,7 +77,7 @@ def choose_ef(graph: HnswIndex, matrix: np.ndarray, query_sets: Mapping[str, np.
               target: float = TARGET_RECALL, grid=EF_GRID, skip: np.ndarray | None = None) -> EfChoice:
     """Smallest ef on ``grid`` reaching ``target`` recall@10 on every set of ``query_sets``
     (name -> queries); ``matrix`` holds the vectors in the graph, and the rows ``skip`` that are not
-    (any order: recall counts ties, see ``_recall``, so only the true k-th score is needed).
+    (any order: recall counts ties, see ``measured_recall``, so only the true k-th score is needed).
     Leaves the graph at that ef."""
     n = len(matrix) - (0 if skip is None else len(skip))
     k = min(K, n)
@@ -87,7 +87,7 @@ def choose_ef(graph: HnswIndex, matrix: np.ndarray, query_sets: Mapping[str, np.
     sweep, chosen = [], None
     for ef in grid:
         graph.set_ef(ef)
-        recalls = {name: round(_recall(graph, q, truths[name], k), 4) for name, q in query_sets.items()}
+        recalls = {name: round(measured_recall(graph, q, truths[name], k), 4) for name, q in query_sets.items()}
         sweep.append({"ef": ef, **recalls})
         if min(recalls.values()) >= target:
             chosen = (ef, recalls)

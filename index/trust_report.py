@@ -31,7 +31,7 @@ PIXEL_SAMPLE = 300  # studies whose images are decoded for the pixel checks (a f
 
 
 @functools.lru_cache(maxsize=4)
-def _probe_inputs(backbone_id: str, backbone: Any) -> tuple[tuple[str, Any, float, np.ndarray], ...]:
+def probe_inputs(backbone_id: str, backbone: Any) -> tuple[tuple[str, Any, float, np.ndarray], ...]:
     """(name, grey image, colourfulness, frozen features) of each probe, embedded once per backbone."""
     from data.images import load_radiograph
     from data.probes import non_radiographs
@@ -83,7 +83,7 @@ def probe_report(familiarity: Any, backbone: Any) -> dict[str, Any]:
     from index.familiarity import NOT_RADIOGRAPH
 
     verdicts = {}
-    for name, image, colour, feats in _probe_inputs(str(backbone.backbone_id), backbone):
+    for name, image, colour, feats in probe_inputs(str(backbone.backbone_id), backbone):
         verdicts[name] = familiarity.assess_image(image, feats[None], colour).verdict
     out = _rates(list(verdicts.values()))
     out["passed"] = sorted(k for k, v in verdicts.items() if v != NOT_RADIOGRAPH)

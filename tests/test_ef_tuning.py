@@ -10,7 +10,7 @@ import pytest
 from bench.search import clustered_gallery, recall_at_k
 from index.ann import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswIndex, exact_top_k
 from index.build import add_studies, build_index
-from index.ef_tuning import EF_GRID, TARGET_RECALL, _recall, build_tuned, kth_exact_score
+from index.ef_tuning import EF_GRID, TARGET_RECALL, measured_recall, build_tuned, kth_exact_score
 from index.manifest import read_manifest
 from tests.test_index import FakeEncoder, identity, make_studies
 
@@ -45,7 +45,7 @@ def test_recall_counts_tied_duplicates_as_found():
     graph = HnswIndex.create(gallery)
     graph.set_ef(64)
     queries = gallery[:5]
-    assert _recall(graph, queries, kth_exact_score(gallery, queries, 10), 10) == 1.0
+    assert measured_recall(graph, queries, kth_exact_score(gallery, queries, 10), 10) == 1.0
 
 
 def test_build_and_add_record_the_choice_and_index_info_shows_it(tmp_path, hard_gallery, capsys):

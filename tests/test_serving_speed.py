@@ -67,15 +67,15 @@ def test_fifty_queries_same_answers_cold_and_warm(demo_service, tmp_path):
     queries = _queries(demo_service, tmp_path)
     cold = []
     for i, (kind, query) in enumerate(queries):
-        presenters._highlight.cache_clear()
-        serving._staged.clear()
+        presenters.highlight_words.cache_clear()
+        serving.staged_copies.clear()
         cold.append(_answer(demo_service, kind, query, tmp_path, i))
     order = list(range(len(queries)))
     random.Random(1).shuffle(order)
     for i in order:  # warm, in another order: what one query cached must not change another's answer
         warm = _answer(demo_service, *queries[i], tmp_path, 1000 + i)
         assert warm == cold[i], f"query {i} ({queries[i][0]}) answered differently with warm caches"
-    assert presenters._highlight.cache_info().hits > 0
+    assert presenters.highlight_words.cache_info().hits > 0
     kinds = {kind for kind, _ in queries}
     assert kinds == {"text", "image"} and all(a["records"]["hits"] for a in cold)
     assert any("<mark" in a["reports"] for a in cold) and all("Why these matches" in a["reports"] for a in cold)
@@ -83,7 +83,7 @@ def test_fifty_queries_same_answers_cold_and_warm(demo_service, tmp_path):
 
 
 def test_cached_highlight_equals_the_uncached_one(demo_service):
-    uncached = presenters._highlight.__wrapped__
+    uncached = presenters.highlight_words.__wrapped__
     metas = demo_service.engine.store.get(list(range(0, demo_service.engine.count, 80)))
     for meta in metas:
         terms = presenters.hit_terms(meta.study.finding_names, meta.study.tags) + ["effusion", "no"]
@@ -128,7 +128,7 @@ def test_map_is_drawn_when_its_tab_opens_from_the_last_query(demo_service):
 
 def test_staged_copies_are_bounded_least_recently_shown_first(demo_service, tmp_path, monkeypatch):
     monkeypatch.setattr(serving, "STAGED_MAX", 2)
-    serving._staged.clear()
+    serving.staged_copies.clear()
     sources = []
     for i in range(3):
         sources.append(tmp_path / f"film{i}.png")
@@ -136,7 +136,7 @@ def test_staged_copies_are_bounded_least_recently_shown_first(demo_service, tmp_
     first, second = serving.stage_file(str(sources[0])), serving.stage_file(str(sources[1]))
     assert serving.stage_file(str(sources[0])) == first  # shown again: now the most recent
     third = serving.stage_file(str(sources[2]))
-    assert len(serving._staged) == 2 and not Path(second).exists()  # the one shown longest ago went
+    assert len(serving.staged_copies) == 2 and not Path(second).exists()  # the one shown longest ago went
     assert Path(first).is_file() and Path(third).is_file()
 
 

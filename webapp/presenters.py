@@ -89,11 +89,11 @@ def highlight(text: str, terms: Sequence[str]) -> str:
     same study comes back with the same terms query after query (an image hit's terms are its
     own findings; a typed query's terms repeat with the query). The result is a pure function
     of its inputs, so a cached answer is the answer."""
-    return _highlight(text or "", tuple(sorted({t for t in terms if t and t.strip()}, key=lambda t: (-len(t), t))))
+    return highlight_words(text or "", tuple(sorted({t for t in terms if t and t.strip()}, key=lambda t: (-len(t), t))))
 
 
 @lru_cache(maxsize=HIGHLIGHT_CACHE)
-def _highlight(text: str, words: tuple[str, ...]) -> str:
+def highlight_words(text: str, words: tuple[str, ...]) -> str:
     if not words:
         return html.escape(text)
     # Match on the raw text and escape each piece: matching escaped text could split an

@@ -206,7 +206,7 @@ def served_examples(paths: Sequence[str]) -> list[str]:
 
 
 GALLERY_DIR = "gallery"  # under the app's temp folder: the staged copies of result images, and nothing else
-_staged: OrderedDict[tuple[str, int, int], str] = OrderedDict()  # (source, mtime_ns, size) -> staged copy
+staged_copies: OrderedDict[tuple[str, int, int], str] = OrderedDict()  # (source, mtime_ns, size) -> staged copy
 _staged_lock = threading.Lock()
 STAGED_MAX = 5_000  # copies kept (a few hundred MB of films at most); the least recently shown go first
 
@@ -243,21 +243,21 @@ def stage_file(path: str) -> str:
     if st is None or not stat.S_ISREG(st.st_mode):
         return path
     key = (str(path), st.st_mtime_ns, st.st_size)
-    staged = _staged.get(key)
+    staged = staged_copies.get(key)
     if staged and os.path.exists(staged):
         with _staged_lock:
-            if key in _staged:
-                _staged.move_to_end(key)
+            if key in staged_copies:
+                staged_copies.move_to_end(key)
         return staged
     folder = gallery_dir()
     if Path(path).resolve().is_relative_to(folder.resolve()):
         return path
     staged = processing_utils.save_file_to_cache(path, cache_dir=str(folder))
     with _staged_lock:
-        _staged[key] = staged
-        while len(_staged) > STAGED_MAX:  # bounded disk: the copy shown longest ago is removed
-            _, old = _staged.popitem(last=False)
-            if old not in _staged.values():
+        staged_copies[key] = staged
+        while len(staged_copies) > STAGED_MAX:  # bounded disk: the copy shown longest ago is removed
+            _, old = staged_copies.popitem(last=False)
+            if old not in staged_copies.values():
                 Path(old).unlink(missing_ok=True)
     return staged
 
