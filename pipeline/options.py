@@ -19,6 +19,7 @@ DESCRIPTION = "Train the projector head on frozen-backbone features, evaluate it
 DEFAULT_SUPCON_LABELS = "findings"
 DEFAULT_W_FINDINGS = 0.0
 DEFAULT_W_SIDE = 0.0
+DEFAULT_W_PHRASE = 0.0
 # Options naming files or folders: left out of config.json (a run folder says nothing about where it was made).
 PATH_ARGS = ("out", "backbone_path", "cache_dir", "features", "index", "data", "iu_reports", "iu_images", "mimic",
              "mimic_reports", "manifest")
@@ -51,6 +52,9 @@ def parse_training_args(argv: list[str] | None = None, prog: str | None = None) 
                    help="SupCon positives: same normal/abnormal label (the paper) or graded finding+side overlap")
     g.add_argument("--w-side", type=float, default=DEFAULT_W_SIDE,
                    help="weight of the side-swap term: an image vs its report with left/right swapped (0 = off)")
+    g.add_argument("--w-phrase", type=float, default=DEFAULT_W_PHRASE,
+                   help="weight of the phrase-view term: phrases generated from each training study's findings "
+                        "as extra text views of its image (model.phrase_views; 0 = off, the paper)")
     g.add_argument("--w-findings", type=float, default=DEFAULT_W_FINDINGS,
                    help="weight of the auxiliary finding x side BCE probe (0 = off, the paper)")
     g = p.add_argument_group("optimisation")

@@ -39,6 +39,7 @@ from model.factory import create_backbone
 from model.features import cached_frozen_features
 from model.findings_training import study_codes
 from model.phrase_benchmark import phrase_texts
+from model.phrase_other_wording import OTHER_PHRASES
 from model.runtime_option import apply_runtime_argument
 from model.training import TrainedHead, train_head
 from pipeline.options import PATH_ARGS
@@ -128,8 +129,10 @@ def evaluate(backbone: Any, trained: TrainedHead, Xi: torch.Tensor, Xt: torch.Te
     """Step 4: eval.json's report on the held-out test split (frozen baselines vs the head, chance
     and ceiling, the findings-phrase benchmark, calibration), and the calibration for config.json."""
     phrase_feats = backbone.encode_texts(phrase_texts()).numpy().astype(np.float32)
+    other_feats = backbone.encode_texts([p.text for p in OTHER_PHRASES]).numpy().astype(np.float32)
     report = evaluate_models(backbone, trained.head, Xi, Xt, data.labels, data.rows, data.codes,
-                             [s.structured_findings for s in data.studies], n_bootstrap, phrase_feats=phrase_feats)
+                             [s.structured_findings for s in data.studies], n_bootstrap, phrase_feats=phrase_feats,
+                             other_phrase_feats=other_feats)
     calibration, report["calibration"] = calibrate_head(trained.head, Xi, data.labels, data.rows)
     report.update({"n_test": int(len(data.rows["test"])), "split_hash": split_hash(data.split),
                    "split_level": data.level, "data": data.source.name, "best_epoch": trained.best_epoch})
@@ -234,8 +237,16 @@ def train_run(args: argparse.Namespace) -> Path:
         feats, mask = swapped_text_features(backbone, data.studies)
         swapped = (torch.from_numpy(feats), mask)
 
+    views = None
+    if args.w_phrase > 0:  # phrases from the training studies' findings; their features cached beside the studies'
+        from model.phrase_views import PhraseViews, phrase_view_features
+
+        t1 = time.time()
+        views = PhraseViews.build(data.studies, data.rows["train"])
+        phrase_view_features(backbone, views, data.studies)
+        log.info("phrase views: %d distinct phrases (%.1fs)", len(views.texts), time.time() - t1)
     trained = train_head(args, backbone.image_dim, backbone.text_dim, Xi, Xt, torch.from_numpy(data.labels).float(),
-                         data.rows, data.labels, data.codes, swapped=swapped)
+                         data.rows, data.labels, data.codes, swapped=swapped, views=views)
 
     report, calibration = evaluate(backbone, trained, Xi, Xt, data, args.bootstrap)
     report["timings_s"] = {"embed": round(t_embed, 1), "train_head": round(trained.seconds, 1)}
