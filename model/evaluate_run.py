@@ -67,7 +67,8 @@ def evaluate_models(
         npi, npt = Xi.numpy(), Xt.numpy()
         ridge = fit_on_train(npt, npi, rows["train"], rows["val"], _val_ndcg(codes))
         baseline = f"{name} (frozen) + ridge text->image"
-        per_query[baseline] = evaluate_per_query(ridge.encode_image(frozen_i), ridge.encode_text(frozen_t), y, tc, i2i=False)
+        ridge_i, ridge_t = ridge.encode_image(frozen_i), ridge.encode_text(frozen_t)
+        per_query[baseline] = evaluate_per_query(ridge_i, ridge_t, y, tc, i2i=False)
         notes[baseline] = (f"a linear map from frozen text to frozen (standardised) image features, fitted in closed "
                            f"form on the training split only (ridge, lambda={ridge.lam:g} chosen on validation)")
         if phrase_feats is not None:
@@ -80,7 +81,9 @@ def evaluate_models(
                                    per_phrase=keep_per_query)
     models = {m: {d: summarize(v, n_bootstrap) for d, v in dirs.items()} for m, dirs in per_query.items()}
     add_side_swap(models[tuned], zi, zt, tc)  # image queries' side errors (model.side_metrics)
-    add_side_swap(models[frozen], frozen_i, None, tc)
+    add_side_swap(models[frozen], frozen_i, frozen_t if backbone.shared_space else None, tc)
+    if baseline != frozen:
+        add_side_swap(models[baseline], ridge_i, ridge_t, tc)
     with torch.no_grad():
         prob = torch.sigmoid(head.classify(torch.from_numpy(zi))).numpy()
     if len(set(y.tolist())) == 2:
@@ -97,8 +100,7 @@ def evaluate_models(
         report["phrase_benchmark_other_wording"] = {
             tuned: benchmark(project(head, torch.from_numpy(other_phrase_feats), "text"), zi, test_findings, OTHER_PHRASES),
             **({frozen: benchmark(other_phrase_feats, frozen_i, test_findings, OTHER_PHRASES)} if backbone.shared_space
-               else {baseline: benchmark(ridge.encode_text(other_phrase_feats), ridge.encode_image(frozen_i),
-                                         test_findings, OTHER_PHRASES)})}
+               else {baseline: benchmark(ridge.encode_text(other_phrase_feats), ridge_i, test_findings, OTHER_PHRASES)})}
     if keep_per_query:
         report["_per_query"] = per_query
     return report

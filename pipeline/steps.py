@@ -161,7 +161,8 @@ def write_run(out: Path, trained: TrainedHead, config: dict[str, Any], report: d
     """The run folder: head.safetensors + config.json, eval.json/.md, split.json, history.json, curves.png."""
     save_checkpoint(out, trained.head, config)
     atomic_write_json(out / "eval.json", report)
-    atomic_write_bytes(out / "eval.md", (format_table(report) + "\n\n" + format_phrase_table(report) + "\n").encode())
+    atomic_write_bytes(out / "eval.md", (format_table(report) + "\n\n" + format_phrase_table(report) + "\n\n"
+                                         + format_phrase_table(report, "phrase_benchmark_other_wording") + "\n").encode())
     atomic_write_json(out / "split.json", split)
     atomic_write_json(out / "history.json", trained.history)
     plot_curves(trained.history, out / "curves.png")
