@@ -3,6 +3,7 @@
     python -m bench.ablation                    # full grid, 2 worker processes -> bench/results/ablation.{json,md}
     python -m bench.ablation --seeds 0 --variants paper findings   # a quick subset
     python -m bench.ablation --variants findings side side5 --out bench/results/side_swap   # the side-swap term
+    python -m bench.ablation --variants paper findings phrases+side phrases+side5 phrases3+side5   # phrase views (#23)
 
 Every run is ``model.training.train_head`` exactly as ``python train.py`` runs it, on the offline backbone's
 cached features of the full demo and the default (seed-0) patient split, so all runs share the
@@ -12,13 +13,18 @@ over seeds, and a paired bootstrap 95% CI of its difference to the paper's recip
 (clip+supcon+bce, binary SupCon) on the same test queries (per-query values averaged over seeds
 first). The default of train.py is the variant with the best *validation* nDCG@10 (mean of i2t
 and t2i over seeds) among those that train the abnormality classifier (BCE: the app shows its
-probability); test figures are never used to choose. Prints the wall time of the grid.
+probability) and whose *validation* phrase side-swap is <= 0.10 (else the lowest validation
+side-swap; issue #23, :func:`choose_default`); test figures are never used to choose. Also
+per variant: the second wording set (test only), i2t/i2i side-swap, and a paired bootstrap CI of
+the phrase finding_P@10 and t2i nDCG@10 gains over the previous default (clip+supcon[findings]+bce).
+Prints the wall time of the grid.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import multiprocessing
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -301,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pool.shutdown()
     agg = aggregate(runs)
     agg.update({"wall_s": round(time.time() - t0, 1), "workers": args.workers, "machine": machine(),
-                "command": "python -m bench.ablation " + " ".join(argv or [])})
+                "command": "python -m bench.ablation " + " ".join(sys.argv[1:] if argv is None else argv)})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ablation.json").write_text(json.dumps(
         {**agg, "runs": [{k: v for k, v in r.items() if k not in ("per_query", "per_phrase")} for r in runs]}, indent=1))
