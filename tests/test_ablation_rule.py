@@ -20,3 +20,17 @@ def test_lowest_validation_side_swap_when_none_qualifies():
     rows = {PAPER: _row(0.53, 0.24), PREVIOUS_DEFAULT: _row(0.57, 0.22),
             "clip+supcon[findings]+bce+phrases+side x5": _row(0.50, 0.12)}
     assert choose_default(rows) == "clip+supcon[findings]+bce+phrases+side x5"
+
+
+def test_paper_flag_is_the_ablation_paper_row_whatever_the_defaults():
+    from bench.ablation import VARIANTS
+    from model.training import loss_weights
+    from pipeline.options import parse_training_args
+
+    loss, labels, w_findings, w_side, w_phrase = VARIANTS[PAPER]
+    explicit = parse_training_args(["--loss", loss, "--supcon-labels", labels, "--w-findings", str(w_findings),
+                                    "--w-side", str(w_side), "--w-phrase", str(w_phrase)])
+    flag = parse_training_args(["--paper", "--w-phrase", "3", "--supcon-labels", "findings"])
+    assert loss_weights(flag) == loss_weights(explicit) == {"w_clip": 1.0, "w_supcon": 1.0, "w_bce": 1.0,
+                                                            "w_findings": 0.0, "w_side": 0.0, "w_phrase": 0.0}
+    assert flag.supcon_labels == explicit.supcon_labels == "binary"
