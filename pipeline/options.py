@@ -14,8 +14,8 @@ from model.loss import LOSS_PRESETS
 from model.runtime_option import add_runtime_argument
 
 DESCRIPTION = "Train the projector head on frozen-backbone features, evaluate it, write a run folder."
-# Chosen on the validation split (bench/results/ablation.md; never on test). The paper's recipe:
-# --loss clip+supcon+bce --supcon-labels binary --w-findings 0.
+# Chosen on the validation split (bench/results/ablation.md; never on test) by the rule of
+# bench.ablation.choose_default. The paper's recipe: --paper (PAPER_RECIPE below).
 DEFAULT_SUPCON_LABELS = "findings"
 DEFAULT_W_FINDINGS = 0.0
 DEFAULT_W_SIDE = 0.0
