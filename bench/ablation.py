@@ -26,13 +26,14 @@ import json
 import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.common import log, machine, setup_environment
+from data.atomic_io import atomic_write_json
 
 # name -> (loss preset, supcon labels, finding-probe weight, side-swap weight, phrase-view weight)
 VARIANTS: dict[str, tuple[str, str, float, float, float]] = {
@@ -277,6 +278,10 @@ def phrase_markdown(agg: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _run_file(folder: Path, variant: str, seed: int) -> Path:
+    return folder / f"{''.join(c if c.isalnum() else '_' for c in variant)}-seed{seed}.json"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -284,27 +289,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--workers", type=int, default=2, help="parallel training processes (1 torch thread each)")
     p.add_argument("--epochs", type=int, help="override the maximum epochs (quick checks only)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--resume", type=Path, metavar="DIR",
+                   help="keep each finished run here as JSON and skip the runs already there (an interrupted grid resumes)")
     args = p.parse_args(argv)
     setup_environment()
     variants = [SHORT.get(v, v) for v in (args.variants or VARIANTS)]
     t0 = time.time()
     data = load_data()
     jobs = [(v, s) for s in args.seeds for v in variants]
-    log(f"ablation: {len(jobs)} runs on {args.workers} worker(s)")
     runs: list[dict[str, Any]] = []
+    if args.resume:
+        args.resume.mkdir(parents=True, exist_ok=True)
+        done = [(v, s) for v, s in jobs if _run_file(args.resume, v, s).is_file()]
+        runs = [json.loads(_run_file(args.resume, v, s).read_text()) for v, s in done]
+        jobs = [j for j in jobs if j not in done]
+    log(f"ablation: {len(jobs)} runs on {args.workers} worker(s) ({len(runs)} already done)")
     if args.workers <= 1:  # in this process
         _init_worker(data)
         results = (run_one(v, s, args.epochs) for v, s in jobs)
     else:  # spawn, not fork: a forked child inherits the parent's torch/tokenizer thread pools and can hang
         pool = ProcessPoolExecutor(max_workers=args.workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init_worker, initargs=(data,))
-        results = (f.result() for f in [pool.submit(run_one, v, s, args.epochs) for v, s in jobs])
+        results = (f.result() for f in as_completed([pool.submit(run_one, v, s, args.epochs) for v, s in jobs]))
     for r in results:
         runs.append(r)
+        if args.resume:
+            atomic_write_json(_run_file(args.resume, r["variant"], r["seed"]), r)
         log(f"  {r['variant']:<34} seed {r['seed']}  val {r['val_nDCG@10']:.4f}  test t2i nDCG {r['test']['t2i']['nDCG@10']:.4f}"
             f"  ({r['seconds']:.0f}s, {r['epochs_run']} epochs)")
     if args.workers > 1:
         pool.shutdown()
+    runs.sort(key=lambda r: (variants.index(r["variant"]), r["seed"]))  # finished in any order; tables in a fixed one
     agg = aggregate(runs)
     agg.update({"wall_s": round(time.time() - t0, 1), "workers": args.workers, "machine": machine(),
                 "command": "python -m bench.ablation " + " ".join(sys.argv[1:] if argv is None else argv)})
