@@ -18,8 +18,8 @@ DESCRIPTION = "Train the projector head on frozen-backbone features, evaluate it
 # bench.ablation.choose_default. The paper's recipe: --paper (PAPER_RECIPE below).
 DEFAULT_SUPCON_LABELS = "findings"
 DEFAULT_W_FINDINGS = 0.0
-DEFAULT_W_SIDE = 0.0
-DEFAULT_W_PHRASE = 0.0
+DEFAULT_W_SIDE = 5.0
+DEFAULT_W_PHRASE = 1.0  # clip+supcon[findings]+bce+phrases+side x5
 # The paper's recipe, kept reproducible as defaults move (``--paper`` sets exactly these).
 PAPER_RECIPE = {"loss": "clip+supcon+bce", "w_clip": None, "w_supcon": None, "w_bce": None, "supcon_labels": "binary",
                 "w_findings": 0.0, "w_side": 0.0, "w_phrase": 0.0}
