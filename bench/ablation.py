@@ -3,6 +3,7 @@
     python -m bench.ablation                    # full grid, 2 worker processes -> bench/results/ablation.{json,md}
     python -m bench.ablation --seeds 0 --variants paper findings   # a quick subset
     python -m bench.ablation --variants findings side side5 --out bench/results/side_swap   # the side-swap term
+    python -m bench.ablation --variants paper findings phrases+side phrases+side5 phrases3+side5   # phrase views (#23)
 
 Every run is ``model.training.train_head`` exactly as ``python train.py`` runs it, on the offline backbone's
 cached features of the full demo and the default (seed-0) patient split, so all runs share the
@@ -12,36 +13,51 @@ over seeds, and a paired bootstrap 95% CI of its difference to the paper's recip
 (clip+supcon+bce, binary SupCon) on the same test queries (per-query values averaged over seeds
 first). The default of train.py is the variant with the best *validation* nDCG@10 (mean of i2t
 and t2i over seeds) among those that train the abnormality classifier (BCE: the app shows its
-probability); test figures are never used to choose. Prints the wall time of the grid.
+probability) and whose *validation* phrase side-swap is <= 0.10 (else the lowest validation
+side-swap; issue #23, :func:`choose_default`); test figures are never used to choose. Also
+per variant: the second wording set (test only), i2t/i2i side-swap, and a paired bootstrap CI of
+the phrase finding_P@10 and t2i nDCG@10 gains over the previous default (clip+supcon[findings]+bce).
+Prints the wall time of the grid.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import multiprocessing
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.common import log, machine, setup_environment
+from data.atomic_io import atomic_write_json
 
-# name -> (loss preset, supcon labels, finding-probe weight, side-swap weight)
-VARIANTS: dict[str, tuple[str, str, float, float]] = {
-    "clip": ("clip", "binary", 0.0, 0.0),
-    "clip+supcon": ("clip+supcon", "binary", 0.0, 0.0),
-    "clip+supcon[findings]": ("clip+supcon", "findings", 0.0, 0.0),
-    "paper: clip+supcon+bce": ("clip+supcon+bce", "binary", 0.0, 0.0),
-    "clip+supcon[findings]+bce": ("clip+supcon+bce", "findings", 0.0, 0.0),
-    "clip+supcon[findings]+bce+probe": ("clip+supcon+bce", "findings", 1.0, 0.0),
-    "clip+supcon[findings]+bce+side": ("clip+supcon+bce", "findings", 0.0, 1.0),
-    "clip+supcon[findings]+bce+side x5": ("clip+supcon+bce", "findings", 0.0, 5.0),
+# name -> (loss preset, supcon labels, finding-probe weight, side-swap weight, phrase-view weight)
+VARIANTS: dict[str, tuple[str, str, float, float, float]] = {
+    "clip": ("clip", "binary", 0.0, 0.0, 0.0),
+    "clip+supcon": ("clip+supcon", "binary", 0.0, 0.0, 0.0),
+    "clip+supcon[findings]": ("clip+supcon", "findings", 0.0, 0.0, 0.0),
+    "paper: clip+supcon+bce": ("clip+supcon+bce", "binary", 0.0, 0.0, 0.0),
+    "clip+supcon[findings]+bce": ("clip+supcon+bce", "findings", 0.0, 0.0, 0.0),
+    "clip+supcon[findings]+bce+probe": ("clip+supcon+bce", "findings", 1.0, 0.0, 0.0),
+    "clip+supcon[findings]+bce+side": ("clip+supcon+bce", "findings", 0.0, 1.0, 0.0),
+    "clip+supcon[findings]+bce+side x5": ("clip+supcon+bce", "findings", 0.0, 5.0, 0.0),
+    "clip+supcon[findings]+bce+phrases": ("clip+supcon+bce", "findings", 0.0, 0.0, 1.0),
+    "clip+supcon[findings]+bce+phrases+side": ("clip+supcon+bce", "findings", 0.0, 1.0, 1.0),
+    "clip+supcon[findings]+bce+phrases+side x5": ("clip+supcon+bce", "findings", 0.0, 5.0, 1.0),
+    "clip+supcon[findings]+bce+phrases x3+side x5": ("clip+supcon+bce", "findings", 0.0, 5.0, 3.0),
 }
 PAPER = "paper: clip+supcon+bce"
-SHORT = {"paper": PAPER, "findings": "clip+supcon[findings]+bce", "probe": "clip+supcon[findings]+bce+probe",
-         "side": "clip+supcon[findings]+bce+side", "side5": "clip+supcon[findings]+bce+side x5"}
+PREVIOUS_DEFAULT = "clip+supcon[findings]+bce"  # train.py's default before phrase views (issue #23)
+SIDE_SWAP_LIMIT = 0.10  # the rule, stated before looking: validation phrase side-swap <= this
+SHORT = {"paper": PAPER, "findings": PREVIOUS_DEFAULT, "probe": "clip+supcon[findings]+bce+probe",
+         "side": "clip+supcon[findings]+bce+side", "side5": "clip+supcon[findings]+bce+side x5",
+         "phrases": "clip+supcon[findings]+bce+phrases", "phrases+side": "clip+supcon[findings]+bce+phrases+side",
+         "phrases+side5": "clip+supcon[findings]+bce+phrases+side x5",
+         "phrases3+side5": "clip+supcon[findings]+bce+phrases x3+side x5"}
 METRICS = ("nDCG@10", "finding_P@10", "R@10", "P@10", "mAP")
 PHRASE_METRICS = ("nDCG@10", "finding_P@10", "side_swap_rate")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -56,6 +72,8 @@ def load_data() -> dict[str, Any]:
     from model.factory import create_backbone
     from model.findings_training import study_codes
     from model.phrase_benchmark import phrase_texts
+    from model.phrase_other_wording import OTHER_PHRASES
+    from model.phrase_views import PhraseViews, phrase_view_features
     from model.side_swap import swapped_text_features
 
     found = cached_demo_features(offline_backbone_identity())
@@ -68,7 +86,10 @@ def load_data() -> dict[str, Any]:
     backbone = create_backbone("offline")
     phrase = backbone.encode_texts(phrase_texts()).numpy().astype(np.float32)
     swapped, swap_mask = swapped_text_features(backbone, studies)  # cached beside the features
-    return {"swapped": swapped, "swap_mask": swap_mask,"studies": studies, "image": image, "text": text, "rows": rows, "codes": study_codes(studies)[0],
+    views = PhraseViews.build(studies, rows["train"])
+    phrase_view_features(backbone, views, studies)  # cached beside the features
+    other = backbone.encode_texts([p.text for p in OTHER_PHRASES]).numpy().astype(np.float32)
+    return {"swapped": swapped, "swap_mask": swap_mask, "views": views, "other_phrase": other, "studies": studies, "image": image, "text": text, "rows": rows, "codes": study_codes(studies)[0],
             "labels": np.array([s.label for s in studies], dtype=np.int64), "phrase": phrase,
             "findings": [s.structured_findings for s in studies]}
 
@@ -83,9 +104,9 @@ def run_one(variant: str, seed: int, epochs: int | None = None) -> dict[str, Any
     from pipeline.options import parse_training_args
 
     d = _DATA
-    loss, supcon_labels, w_findings, w_side = VARIANTS[variant]
+    loss, supcon_labels, w_findings, w_side, w_phrase = VARIANTS[variant]
     argv = ["--quiet", "--loss", loss, "--supcon-labels", supcon_labels, "--w-findings", str(w_findings),
-            "--w-side", str(w_side), "--seed", str(seed)] + (["--epochs", str(epochs)] if epochs else [])
+            "--w-side", str(w_side), "--w-phrase", str(w_phrase), "--seed", str(seed)] + (["--epochs", str(epochs)] if epochs else [])
     args = parse_training_args(argv)
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -93,24 +114,29 @@ def run_one(variant: str, seed: int, epochs: int | None = None) -> dict[str, Any
     y = torch.from_numpy(d["labels"]).float()
     t0 = time.time()
     trained = train_head(args, d["image"].shape[1], d["text"].shape[1], Xi, Xt, y, d["rows"], d["labels"], d["codes"],
-                         swapped=(torch.from_numpy(d["swapped"]), d["swap_mask"]) if w_side else None)
+                         swapped=(torch.from_numpy(d["swapped"]), d["swap_mask"]) if w_side else None,
+                         views=d["views"] if w_phrase else None)
     seconds = time.time() - t0
     backbone = type("B", (), {"name": "offline", "shared_space": False})()
     report = evaluate_models(backbone, trained.head, Xi, Xt, d["labels"], d["rows"], d["codes"], d["findings"], 0,
-                             phrase_feats=d["phrase"], keep_per_query=True)
+                             phrase_feats=d["phrase"], keep_per_query=True, other_phrase_feats=d["other_phrase"])
     tuned = "offline + head (fine-tuned)"
     val = d["rows"]["val"]
     val_phrase = benchmark(project(trained.head, torch.from_numpy(d["phrase"]), "text"),
                            project(trained.head, Xi[val], "image"), [d["findings"][i] for i in val])
     per_query = report.pop("_per_query")
+    per_phrase = report["phrase_benchmark"][tuned].pop("_per_phrase")
     return {
         "variant": variant, "seed": seed, "seconds": round(seconds, 1), "best_epoch": trained.best_epoch,
         "epochs_run": len(trained.history), "val_nDCG@10": max(h["val_score"] for h in trained.history),
         "val_phrase": val_phrase, "test": report["models"][tuned], "test_phrase": report["phrase_benchmark"][tuned],
+        "test_phrase_other": report["phrase_benchmark_other_wording"][tuned],
+        "per_phrase": {m: v.tolist() for m, v in per_phrase.items()},
         "per_query": {dr: {m: per_query[tuned][dr][m].tolist() for m in ("nDCG@10", "finding_P@10")}
                       for dr in ("i2t", "t2i", "i2i")},
         "baselines": {k: v for k, v in report["models"].items() if k != tuned},
         "baseline_phrase": {k: v for k, v in report["phrase_benchmark"].items() if k != tuned},
+        "baseline_phrase_other": {k: v for k, v in report["phrase_benchmark_other_wording"].items() if k != tuned},
         "chance": report["chance"], "ceiling": report["ceiling"], "comparisons": report["comparisons"],
     }
 
@@ -124,39 +150,65 @@ def _mean_sd(values: list[float]) -> dict[str, float]:
     return {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if len(a) > 1 else 0.0}
 
 
-def aggregate(runs: list[dict[str, Any]], n_bootstrap: int = 2000) -> dict[str, Any]:
+def _paired(rs: list[dict[str, Any]], ref: dict[int, dict[str, Any]], get, n_bootstrap: int) -> dict[str, Any]:
+    """Paired bootstrap CI of (variant - reference) on the same queries, per-query values averaged over seeds."""
     from model.relevance_metrics import paired_bootstrap_diff
 
+    paired = [r for r in rs if r["seed"] in ref]
+    return paired_bootstrap_diff(np.mean([get(r) for r in paired], axis=0),
+                                 np.mean([get(ref[r["seed"]]) for r in paired], axis=0), n_bootstrap)
+
+
+def choose_default(rows: dict[str, Any]) -> str:
+    """The rule stated before looking (issue #23): the best VALIDATION nDCG@10 among the variants
+    that train the classifier (BCE: the app shows its probability) and whose VALIDATION phrase
+    side-swap is <= SIDE_SWAP_LIMIT; if none qualifies, the lowest validation side-swap."""
+    eligible = [v for v in rows if VARIANTS[v][0].endswith("+bce")] or list(rows)
+    safe = [v for v in eligible if rows[v]["val_phrase"]["side_swap_rate"]["mean"] <= SIDE_SWAP_LIMIT]
+    if safe:
+        return max(safe, key=lambda v: rows[v]["val_nDCG@10"]["mean"])
+    return min(eligible, key=lambda v: rows[v]["val_phrase"]["side_swap_rate"]["mean"])
+
+
+def aggregate(runs: list[dict[str, Any]], n_bootstrap: int = 2000) -> dict[str, Any]:
     by_variant: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
         by_variant.setdefault(r["variant"], []).append(r)
     out: dict[str, Any] = {}
     paper = {r["seed"]: r for r in by_variant.get(PAPER, [])}
+    previous = {r["seed"]: r for r in by_variant.get(PREVIOUS_DEFAULT, [])}
     for variant, rs in by_variant.items():
         rs = sorted(rs, key=lambda r: r["seed"])
         row: dict[str, Any] = {"seeds": [r["seed"] for r in rs], "seconds": _mean_sd([r["seconds"] for r in rs]),
                                "best_epoch": _mean_sd([r["best_epoch"] for r in rs]),
                                "val_nDCG@10": _mean_sd([r["val_nDCG@10"] for r in rs]),
                                "val_phrase": {m: _mean_sd([r["val_phrase"][m] for r in rs]) for m in PHRASE_METRICS},
-                               "test": {dr: {m: _mean_sd([r["test"][dr][m] for r in rs]) for m in METRICS if m in rs[0]["test"][dr]}
+                               "test": {dr: {m: _mean_sd([r["test"][dr][m] for r in rs])
+                                             for m in METRICS + ("side_swap_rate",) if m in rs[0]["test"][dr]}
                                         for dr in ("i2t", "t2i", "i2i")},
-                               "test_phrase": {m: _mean_sd([r["test_phrase"][m] for r in rs]) for m in PHRASE_METRICS}}
-        paired = [r for r in rs if r["seed"] in paper]
-        if variant != PAPER and paired:
-            row["diff_vs_paper"] = {
-                dr: {m: paired_bootstrap_diff(np.mean([r["per_query"][dr][m] for r in paired], axis=0),
-                                              np.mean([paper[r["seed"]]["per_query"][dr][m] for r in paired], axis=0),
-                                              n_bootstrap)
-                     for m in ("nDCG@10", "finding_P@10")}
-                for dr in ("i2t", "t2i", "i2i")}
+                               "test_phrase": {m: _mean_sd([r["test_phrase"][m] for r in rs]) for m in PHRASE_METRICS},
+                               "test_phrase_other_wording": {m: _mean_sd([r["test_phrase_other"][m] for r in rs])
+                                                             for m in PHRASE_METRICS}}
+        if variant != PAPER and paper:
+            row["diff_vs_paper"] = {dr: {m: _paired(rs, paper, lambda r, dr=dr, m=m: r["per_query"][dr][m], n_bootstrap)
+                                         for m in ("nDCG@10", "finding_P@10")} for dr in ("i2t", "t2i", "i2i")}
+        if variant != PREVIOUS_DEFAULT and previous:
+            row["diff_vs_previous_default"] = {
+                "phrase finding_P@10": _paired(rs, previous, lambda r: r["per_phrase"]["finding_P@10"], n_bootstrap),
+                "t2i nDCG@10": _paired(rs, previous, lambda r: r["per_query"]["t2i"]["nDCG@10"], n_bootstrap)}
         out[variant] = row
-    # the app shows the head's abnormal probability, so the default must train the classifier (BCE)
-    eligible = [v for v in out if VARIANTS[v][0].endswith("+bce")] or list(out)
-    winner = max(eligible, key=lambda v: out[v]["val_nDCG@10"]["mean"])
     first = runs[0]
-    return {"variants": out, "winner_on_validation": winner, "paper": PAPER,
+    return {"variants": out, "winner_on_validation": choose_default(out), "paper": PAPER,
+            "previous_default": PREVIOUS_DEFAULT, "rule": f"best validation nDCG@10 among +bce variants with validation "
+            f"phrase side-swap <= {SIDE_SWAP_LIMIT}; else the lowest validation side-swap",
             "baselines": first["baselines"], "baseline_phrase": first["baseline_phrase"],
-            "chance": first["chance"], "ceiling": first["ceiling"]}
+            "baseline_phrase_other_wording": first["baseline_phrase_other"],
+            "chance": first["chance"], "ceiling": first["ceiling"],
+            "chance_side_swap": {dr: first["test"][dr].get("chance_side_swap_rate") for dr in ("i2t", "i2i")},
+            "chance_phrase": {k: first["test_phrase"][k] for k in ("chance_finding_P@10", "ceiling_finding_P@10",
+                                                                   "chance_side_swap_rate")},
+            "chance_phrase_other_wording": {k: first["test_phrase_other"][k] for k in (
+                "chance_finding_P@10", "ceiling_finding_P@10", "chance_side_swap_rate")}}
 
 
 def _fmt(ms: dict[str, float]) -> str:
@@ -193,6 +245,43 @@ def to_markdown(agg: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _ci(dd: dict[str, Any] | None) -> str:
+    return f"{dd['diff']:+.3f} [{dd['ci95'][0]:+.3f}, {dd['ci95'][1]:+.3f}]" if dd else "—"
+
+
+def phrase_markdown(agg: dict[str, Any]) -> str:
+    """Typed phrases and sides: what the default rule reads (validation) beside the test figures."""
+    lines = ["| variant | val phrase side-swap | val nDCG@10 | phrase finding_P@10 | phrase side-swap | other-wording "
+             "finding_P@10 | other-wording side-swap | i2t side-swap | i2i side-swap | Δ phrase finding_P@10 vs "
+             "previous default [95% CI] | Δ t2i nDCG@10 vs previous default [95% CI] |", "|---|" + "---|" * 10]
+    for v, row in agg["variants"].items():
+        t, ph, ot = row["test"], row["test_phrase"], row["test_phrase_other_wording"]
+        dd = row.get("diff_vs_previous_default", {})
+        mark = " **(default)**" if v == agg["winner_on_validation"] else ""
+        sides = [_fmt(t[dr]["side_swap_rate"]) if "side_swap_rate" in t[dr] else "—" for dr in ("i2t", "i2i")]
+        lines.append(f"| {v}{mark} | {_fmt(row['val_phrase']['side_swap_rate'])} | {_fmt(row['val_nDCG@10'])} "
+                     f"| {_fmt(ph['finding_P@10'])} | {_fmt(ph['side_swap_rate'])} | {_fmt(ot['finding_P@10'])} "
+                     f"| {_fmt(ot['side_swap_rate'])} | {' | '.join(sides)} | {_ci(dd.get('phrase finding_P@10'))} "
+                     f"| {_ci(dd.get('t2i nDCG@10'))} |")
+    for name, ph in agg["baseline_phrase"].items():
+        ot = agg["baseline_phrase_other_wording"].get(name, {})
+        lines.append(f"| {name} | — | — | {ph['finding_P@10']:.3f} | {ph['side_swap_rate']:.3f} "
+                     f"| {ot.get('finding_P@10', float('nan')):.3f} | {ot.get('side_swap_rate', float('nan')):.3f} "
+                     f"| — | — | — | — |")
+    c, o, cs = agg["chance_phrase"], agg["chance_phrase_other_wording"], agg["chance_side_swap"]
+    fmt = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
+    lines.append(f"| *chance* | — | — | {fmt(c['chance_finding_P@10'])} | {fmt(c['chance_side_swap_rate'])} "
+                 f"| {fmt(o['chance_finding_P@10'])} | {fmt(o['chance_side_swap_rate'])} | {fmt(cs['i2t'])} "
+                 f"| {fmt(cs['i2i'])} | — | — |")
+    lines.append(f"| *ceiling* | — | — | {fmt(c['ceiling_finding_P@10'])} | 0.000 | {fmt(o['ceiling_finding_P@10'])} "
+                 f"| 0.000 | 0.000 | 0.000 | — | — |")
+    return "\n".join(lines)
+
+
+def _run_file(folder: Path, variant: str, seed: int) -> Path:
+    return folder / f"{''.join(c if c.isalnum() else '_' for c in variant)}-seed{seed}.json"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -200,37 +289,50 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--workers", type=int, default=2, help="parallel training processes (1 torch thread each)")
     p.add_argument("--epochs", type=int, help="override the maximum epochs (quick checks only)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--resume", type=Path, metavar="DIR",
+                   help="keep each finished run here as JSON and skip the runs already there (an interrupted grid resumes)")
     args = p.parse_args(argv)
     setup_environment()
     variants = [SHORT.get(v, v) for v in (args.variants or VARIANTS)]
     t0 = time.time()
     data = load_data()
     jobs = [(v, s) for s in args.seeds for v in variants]
-    log(f"ablation: {len(jobs)} runs on {args.workers} worker(s)")
     runs: list[dict[str, Any]] = []
+    if args.resume:
+        args.resume.mkdir(parents=True, exist_ok=True)
+        done = [(v, s) for v, s in jobs if _run_file(args.resume, v, s).is_file()]
+        runs = [json.loads(_run_file(args.resume, v, s).read_text()) for v, s in done]
+        jobs = [j for j in jobs if j not in done]
+    log(f"ablation: {len(jobs)} runs on {args.workers} worker(s) ({len(runs)} already done)")
     if args.workers <= 1:  # in this process
         _init_worker(data)
         results = (run_one(v, s, args.epochs) for v, s in jobs)
     else:  # spawn, not fork: a forked child inherits the parent's torch/tokenizer thread pools and can hang
         pool = ProcessPoolExecutor(max_workers=args.workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init_worker, initargs=(data,))
-        results = (f.result() for f in [pool.submit(run_one, v, s, args.epochs) for v, s in jobs])
+        results = (f.result() for f in as_completed([pool.submit(run_one, v, s, args.epochs) for v, s in jobs]))
     for r in results:
         runs.append(r)
+        if args.resume:
+            atomic_write_json(_run_file(args.resume, r["variant"], r["seed"]), r)
         log(f"  {r['variant']:<34} seed {r['seed']}  val {r['val_nDCG@10']:.4f}  test t2i nDCG {r['test']['t2i']['nDCG@10']:.4f}"
             f"  ({r['seconds']:.0f}s, {r['epochs_run']} epochs)")
     if args.workers > 1:
         pool.shutdown()
+    runs.sort(key=lambda r: (variants.index(r["variant"]), r["seed"]))  # finished in any order; tables in a fixed one
     agg = aggregate(runs)
     agg.update({"wall_s": round(time.time() - t0, 1), "workers": args.workers, "machine": machine(),
-                "command": "python -m bench.ablation " + " ".join(argv or [])})
+                "command": "python -m bench.ablation " + " ".join(sys.argv[1:] if argv is None else argv)})
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ablation.json").write_text(json.dumps({**agg, "runs": [{k: v for k, v in r.items() if k != "per_query"}
-                                                                          for r in runs]}, indent=1))
+    (args.out / "ablation.json").write_text(json.dumps(
+        {**agg, "runs": [{k: v for k, v in r.items() if k not in ("per_query", "per_phrase")} for r in runs]}, indent=1))
     md = to_markdown(agg)
     (args.out / "ablation.md").write_text(
         f"# Ablation ({len(args.seeds)} seeds per variant, test split; default chosen on validation)\n\n{md}\n\n"
-        f"Grid wall time: {agg['wall_s']:.0f} s on {args.workers} worker(s).\n")
+        f"## Typed phrases and sides\n\nDefault rule (stated before looking): {agg['rule']}.\n\n"
+        f"{phrase_markdown(agg)}\n\n"
+        f"Grid wall time: {agg['wall_s']:.0f} s on {args.workers} worker(s) (`{agg['command']}`; "
+        f"load average at the end {agg['machine'].get('load_average')}).\n")
     print(md)
     print(json.dumps({"ablation_wall_s": agg["wall_s"], "winner_on_validation": agg["winner_on_validation"]}))
     return agg

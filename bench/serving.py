@@ -74,7 +74,7 @@ def query_files(folder: Path) -> dict[str, Path]:
 def service_times(files: dict[str, str], reps: int = 30) -> dict[str, Any]:
     """p50 ms of the app's handlers in process (a spawned child: its own threads and caches)."""
     setup_environment()
-    from index.vector_store import open_engine
+    from index.engine import SearchEngine
     from model.retrieval_model import RetrievalModel
     from model.threads import configure_serving
     from pipeline.demo import ensure_demo
@@ -87,7 +87,7 @@ def service_times(files: dict[str, str], reps: int = 30) -> dict[str, Any]:
 
     threadpool_limits(1)  # numpy's BLAS on the calling thread too
     run_dir, index_dir = ensure_demo()
-    engine = open_engine(index_dir, RetrievalModel.from_run(run_dir))
+    engine = SearchEngine.load(index_dir, RetrievalModel.from_run(run_dir))
     service = SearchService(engine, RunInfo.load(run_dir), None)
     extras = ExtrasService(service)
     tmp = scratch_dir("bench-serving-")

@@ -153,12 +153,14 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_phrase_table(report: dict[str, Any]) -> str:
-    """The findings-phrase benchmark (model.phrase_benchmark) per model, beside its chance and ceiling."""
-    rows = report.get("phrase_benchmark") or {}
+def format_phrase_table(report: dict[str, Any], key: str = "phrase_benchmark") -> str:
+    """The findings-phrase benchmark (model.phrase_benchmark) per model, beside its chance and ceiling;
+    ``key="phrase_benchmark_other_wording"``: the second wording set (model.phrase_other_wording)."""
+    rows = report.get(key) or {}
     if not rows:
         return ""
-    lines = ["| model (phrase -> image, test split) | phrases | nDCG@10 | finding_P@10 (chance / ceiling) | side-swap rate (chance) |",
+    what = "phrase" if key == "phrase_benchmark" else "other-wording phrase"
+    lines = [f"| model ({what} -> image, test split) | phrases | nDCG@10 | finding_P@10 (chance / ceiling) | side-swap rate (chance) |",
              "|---|---|---|---|---|"]
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     for name, m in rows.items():

@@ -42,10 +42,11 @@ def _val_ndcg(codes: np.ndarray):
 def evaluate_models(
     backbone, head: RetrievalHead, Xi: torch.Tensor, Xt: torch.Tensor, labels: np.ndarray,
     rows: dict[str, np.ndarray], codes: np.ndarray, study_findings: Sequence, n_bootstrap: int,
-    phrase_feats: np.ndarray | None = None, keep_per_query: bool = False,
+    phrase_feats: np.ndarray | None = None, keep_per_query: bool = False, other_phrase_feats: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """eval.json's content (minus run bookkeeping). ``study_findings[i]`` = findings of study row i;
-    ``phrase_feats`` = frozen text features of :data:`model.phrase_benchmark.PHRASES`."""
+    ``phrase_feats`` = frozen text features of :data:`model.phrase_benchmark.PHRASES`,
+    ``other_phrase_feats`` of :data:`model.phrase_other_wording.OTHER_PHRASES` (the second wording set)."""
     name = backbone.name
     test = rows["test"]
     y, tc = labels[test], codes[test]
@@ -66,7 +67,8 @@ def evaluate_models(
         npi, npt = Xi.numpy(), Xt.numpy()
         ridge = fit_on_train(npt, npi, rows["train"], rows["val"], _val_ndcg(codes))
         baseline = f"{name} (frozen) + ridge text->image"
-        per_query[baseline] = evaluate_per_query(ridge.encode_image(frozen_i), ridge.encode_text(frozen_t), y, tc, i2i=False)
+        ridge_i, ridge_t = ridge.encode_image(frozen_i), ridge.encode_text(frozen_t)
+        per_query[baseline] = evaluate_per_query(ridge_i, ridge_t, y, tc, i2i=False)
         notes[baseline] = (f"a linear map from frozen text to frozen (standardised) image features, fitted in closed "
                            f"form on the training split only (ridge, lambda={ridge.lam:g} chosen on validation)")
         if phrase_feats is not None:
@@ -75,8 +77,13 @@ def evaluate_models(
     zi, zt = project(head, Xi[test], "image"), project(head, Xt[test], "text")
     per_query[tuned] = evaluate_per_query(zi, zt, y, tc)
     if phrase_feats is not None:
-        phrases[tuned] = benchmark(project(head, torch.from_numpy(phrase_feats), "text"), zi, test_findings)
+        phrases[tuned] = benchmark(project(head, torch.from_numpy(phrase_feats), "text"), zi, test_findings,
+                                   per_phrase=keep_per_query)
     models = {m: {d: summarize(v, n_bootstrap) for d, v in dirs.items()} for m, dirs in per_query.items()}
+    add_side_swap(models[tuned], zi, zt, tc)  # image queries' side errors (model.side_metrics)
+    add_side_swap(models[frozen], frozen_i, frozen_t if backbone.shared_space else None, tc)
+    if baseline != frozen:
+        add_side_swap(models[baseline], ridge_i, ridge_t, tc)
     with torch.no_grad():
         prob = torch.sigmoid(head.classify(torch.from_numpy(zi))).numpy()
     if len(set(y.tolist())) == 2:
@@ -87,9 +94,26 @@ def evaluate_models(
         comparisons[f"{tuned} - {frozen}"] = _diffs(per_query[tuned], per_query[frozen], n_bootstrap)
     report: dict[str, Any] = {"models": models, "notes": notes, "chance": refs["chance"], "ceiling": refs["ceiling"],
                               "phrase_benchmark": phrases, "comparisons": comparisons}
+    if other_phrase_feats is not None:  # the second wording set: test only, the same rows and keys
+        from model.phrase_other_wording import OTHER_PHRASES
+
+        report["phrase_benchmark_other_wording"] = {
+            tuned: benchmark(project(head, torch.from_numpy(other_phrase_feats), "text"), zi, test_findings, OTHER_PHRASES),
+            **({frozen: benchmark(other_phrase_feats, frozen_i, test_findings, OTHER_PHRASES)} if backbone.shared_space
+               else {baseline: benchmark(ridge.encode_text(other_phrase_feats), ridge_i, test_findings, OTHER_PHRASES)})}
     if keep_per_query:
         report["_per_query"] = per_query
     return report
+
+
+def add_side_swap(row: dict[str, Any], image: np.ndarray, text: np.ndarray | None, codes: np.ndarray) -> None:
+    """``side_swap_rate`` (+ its chance and count) into the i2t and i2i entries of one model row."""
+    from model.side_metrics import side_swap_rate
+
+    if text is not None and "i2t" in row:
+        row["i2t"].update(side_swap_rate(image @ text.T, codes, codes))
+    if "i2i" in row:
+        row["i2i"].update(side_swap_rate(image @ image.T, codes, codes, exclude_self=True))
 
 
 def _diffs(a: dict[str, dict[str, np.ndarray]], b: dict[str, dict[str, np.ndarray]], n_bootstrap: int) -> dict:

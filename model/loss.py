@@ -12,7 +12,9 @@
   shared space predicts which findings a study has and on which side (trained, never saved).
 * Optional side-swap term (``w_side``, :func:`side_swap_loss`): each image with a one-sided
   finding must be closer to its report than to the same report with left and right swapped
-  (``model.side_swap``).
+  (``model.side_swap``); with phrase views on, the phrases' side-swapped twins join it.
+* Optional phrase-view term (``w_phrase``, :func:`phrase_view_loss`): short phrases generated from
+  each study's findings (``model.phrase_views``) as extra text views of its image, multi-positive.
 
 ``LOSS_PRESETS`` name the ablations of the ``--loss`` switch (the paper's three).
 """
@@ -105,6 +107,25 @@ def side_swap_loss(image_emb: Tensor, text_emb: Tensor, swapped_emb: Tensor, log
     return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
 
+def phrase_view_loss(image_emb: Tensor, phrase_emb: Tensor, targets: Tensor, logit_scale: Tensor | float) -> Tensor:
+    """Multi-positive InfoNCE between P phrases and the batch's B images, both directions.
+
+    ``targets`` (P, B) >= 0: how true phrase p is of image b (two studies with the same findings
+    give the same phrases, so every such image is a target, not a false negative). Each row (and
+    column) with a positive is normalised to a target distribution; soft-target cross-entropy."""
+    if phrase_emb.shape[0] != targets.shape[0] or image_emb.shape[0] != targets.shape[1]:
+        raise ValueError(f"targets must be (phrases, images), got {tuple(targets.shape)}")
+    scale = torch.as_tensor(logit_scale, dtype=image_emb.dtype, device=image_emb.device).clamp(max=MAX_LOGIT_SCALE).exp()
+    logits = scale * phrase_emb @ image_emb.T
+    terms = []
+    for lg, t in ((logits, targets), (logits.T, targets.T)):
+        mass = t.sum(dim=1)
+        keep = mass > 0
+        if bool(keep.any()):
+            terms.append(-(F.log_softmax(lg[keep], dim=1) * (t[keep] / mass[keep, None])).sum(dim=1).mean())
+    return torch.stack(terms).mean() if terms else image_emb.sum() * 0.0
+
+
 class CompositeLoss(nn.Module):
     """w_clip * InfoNCE + w_supcon * SupCon(images ++ texts) + w_bce * BCE(image & text logits).
 
@@ -112,14 +133,14 @@ class CompositeLoss(nn.Module):
     """
 
     def __init__(self, w_clip: float = 1.0, w_supcon: float = 1.0, w_bce: float = 1.0, supcon_temperature: float = 0.1,
-                 w_findings: float = 0.0, n_findings: int = 0, embed_dim: int = 0, w_side: float = 0.0) -> None:
+                 w_findings: float = 0.0, n_findings: int = 0, embed_dim: int = 0, w_side: float = 0.0, w_phrase: float = 0.0) -> None:
         super().__init__()
-        weights = (float(w_clip), float(w_supcon), float(w_bce), float(w_findings), float(w_side))
+        weights = (float(w_clip), float(w_supcon), float(w_bce), float(w_findings), float(w_side), float(w_phrase))
         if any(w < 0 or not math.isfinite(w) for w in weights):
             raise ValueError(f"loss weights must be finite and >= 0, got {weights}")
         if not any(weights):
             raise ValueError("all loss weights are 0: nothing to train")
-        self.w_clip, self.w_supcon, self.w_bce, self.w_findings, self.w_side = weights
+        self.w_clip, self.w_supcon, self.w_bce, self.w_findings, self.w_side, self.w_phrase = weights
         self.supcon_temperature = float(supcon_temperature)
         # the auxiliary finding x side probe (its own parameters: the optimiser must see them)
         self.finding_head = nn.Linear(embed_dim, n_findings) if self.w_findings and n_findings and embed_dim else None
@@ -140,6 +161,8 @@ class CompositeLoss(nn.Module):
         pos_weights: Tensor | None = None,
         finding_targets: Tensor | None = None,
         side_swap: tuple[Tensor, Tensor] | None = None,
+        phrases: tuple[Tensor, Tensor] | None = None,
+        phrase_swap: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """``outputs`` is ``RetrievalHead.forward(image_feats, text_feats)``: image_emb, text_emb,
         logit_scale, image_logit and (optionally) text_logit. ``labels`` are 0/1 (normal/abnormal)
@@ -147,6 +170,9 @@ class CompositeLoss(nn.Module):
         ``pos_weights`` (B, B) graded study-to-study positives for SupCon (finding-aware SupCon;
         tiled over images ++ texts); ``finding_targets`` (B, n_findings) 0/1 for the finding probe;
         ``side_swap`` = (batch positions of studies with a one-sided finding, their swapped reports' embeddings).
+        ``phrases`` = (P sampled phrases' embeddings, (P, B) targets) for the phrase-view term;
+        ``phrase_swap`` = (batch positions, those studies' one-sided phrases' embeddings, their twins')
+        joins the side-swap term.
 
         Returns the differentiable total and a dict of the computed terms (unweighted) and total.
         """
@@ -180,9 +206,17 @@ class CompositeLoss(nn.Module):
                           + F.binary_cross_entropy_with_logits(self.finding_head(text_emb), target))
             parts["findings"] = float(term.detach())
             total = total + self.w_findings * term
-        if self.w_side and side_swap is not None:
-            rows, swapped_emb = side_swap
-            term = side_swap_loss(image_emb[rows], text_emb[rows], swapped_emb, outputs["logit_scale"])
+        if self.w_phrase and phrases is not None:
+            term = phrase_view_loss(image_emb, phrases[0], phrases[1], outputs["logit_scale"])
+            parts["phrase"] = float(term.detach())
+            total = total + self.w_phrase * term
+        if self.w_side and (side_swap is not None or phrase_swap is not None):
+            img, own, other = [], [], []
+            if side_swap is not None:
+                img.append(image_emb[side_swap[0]]), own.append(text_emb[side_swap[0]]), other.append(side_swap[1])
+            if phrase_swap is not None:
+                img.append(image_emb[phrase_swap[0]]), own.append(phrase_swap[1]), other.append(phrase_swap[2])
+            term = side_swap_loss(torch.cat(img), torch.cat(own), torch.cat(other), outputs["logit_scale"])
             parts["side"] = float(term.detach())
             total = total + self.w_side * term
         parts["total"] = float(total.detach())

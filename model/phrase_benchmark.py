@@ -123,12 +123,14 @@ def phrase_texts() -> list[str]:
 
 def benchmark(
     phrase_emb: np.ndarray, image_emb: np.ndarray, study_findings: Sequence[Sequence[Finding]],
-    phrases: Sequence[Phrase] = PHRASES, k: int = K,
+    phrases: Sequence[Phrase] = PHRASES, k: int = K, per_phrase: bool = False,
 ) -> dict[str, float]:
-    """t2i over the gallery ``image_emb`` (row-aligned with ``study_findings``) for every phrase.
+    """t2i over the gallery ``image_emb`` (row-aligned with ``study_findings``) for every phrase
+    of ``phrases`` (any list: the second wording set runs through here too).
 
     Phrases with no relevant study in the gallery cannot be scored and are left out
-    (``n_phrases`` counts those scored). Also returns the chance and ceiling of the two precisions.
+    (``n_phrases`` counts those scored). Also returns the chance and ceiling of the two precisions;
+    ``per_phrase`` adds ``_per_phrase`` (finding_P@10 and nDCG@10 of each scored phrase, for paired CIs).
     """
     gains = np.array([[p.gain(f) for f in study_findings] for p in phrases], dtype=np.float64).reshape(len(phrases), -1)
     rel = np.array([[p.hit(f) for f in study_findings] for p in phrases], dtype=bool).reshape(len(phrases), -1)
@@ -154,7 +156,7 @@ def benchmark(
     if not scored.any():  # a tiny gallery: no phrase has a relevant study
         return {"nDCG@10": None, "finding_P@10": None, "side_swap_rate": None, "n_sided_hits": 0, "n_phrases": 0,
                 "chance_finding_P@10": None, "ceiling_finding_P@10": None, "chance_side_swap_rate": None}
-    return {
+    out = {
         "nDCG@10": float(ndcg[scored].mean()),
         "finding_P@10": float(hits[scored].mean(axis=1).mean()),
         "side_swap_rate": swaps / n_sided if n_sided else 0.0,
@@ -164,3 +166,6 @@ def benchmark(
         "ceiling_finding_P@10": float(np.minimum(rel[scored].sum(axis=1), min(k, rel.shape[1])).mean() / min(k, rel.shape[1])),
         "chance_side_swap_rate": all_swaps / all_sided if all_sided else None,
     }
+    if per_phrase:
+        out["_per_phrase"] = {"finding_P@10": hits[scored].mean(axis=1), "nDCG@10": np.asarray(ndcg)[scored]}
+    return out

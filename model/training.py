@@ -35,6 +35,7 @@ def loss_weights(args: argparse.Namespace) -> dict[str, float]:
         "w_bce": w_bce if args.w_bce is None else args.w_bce,
         "w_findings": float(args.w_findings),
         "w_side": float(getattr(args, "w_side", 0.0)),
+        "w_phrase": float(getattr(args, "w_phrase", 0.0)),
     }
 
 
@@ -61,6 +62,7 @@ def train_head(
     labels: np.ndarray,
     codes: np.ndarray | None = None,
     swapped: tuple[torch.Tensor, np.ndarray] | None = None,
+    views=None,
 ) -> TrainedHead:
     """Step 2: the projector head on cached frozen features (row-aligned ``Xi``, ``Xt``, float
     labels ``y``), AdamW with warm-up + cosine schedule, early stopping on the validation split.
@@ -71,6 +73,8 @@ def train_head(
     finding-aware SupCon, the finding probe and the nDCG early-stopping score. ``swapped`` = (frozen
     features of every study's side-swapped report, mask of studies that have one), row-aligned
     (:func:`model.side_swap.swapped_text_features`): needed by the side-swap term (``--w-side``).
+    ``views`` (:class:`model.phrase_views.PhraseViews` with its features): needed by ``--w-phrase``;
+    one phrase per study and batch, drawn from its own generator (the batch order is unchanged).
     """
     weights = loss_weights(args)
     needs_codes = args.supcon_labels == "findings" or weights["w_findings"] > 0 or args.val_metric == "ndcg"
@@ -78,7 +82,11 @@ def train_head(
         raise ValueError("finding-aware training/validation needs the studies' finding codes")
     if weights["w_side"] > 0 and swapped is None:
         raise ValueError("the side-swap term (w_side > 0) needs the side-swapped reports' features")
+    if weights["w_phrase"] > 0 and (views is None or views.features is None):
+        raise ValueError("the phrase-view term (w_phrase > 0) needs the phrase views and their features")
     Xs, swap_mask = (swapped[0], torch.from_numpy(np.asarray(swapped[1], bool))) if weights["w_side"] > 0 else (None, None)
+    Xp = torch.from_numpy(views.features) if weights["w_phrase"] > 0 else None
+    phrase_generator = torch.Generator().manual_seed(args.seed + 7919)
     head = RetrievalHead(image_dim, text_dim, embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
                          dropout=args.dropout, residual=not args.no_residual)
     untrained = {k: v.clone() for k, v in head.state_dict().items()}
@@ -118,6 +126,8 @@ def train_head(
                 if Xs is not None:  # positions in the batch of studies with a one-sided finding
                     at = torch.nonzero(swap_mask[batch]).squeeze(1)
                     extra["side_swap"] = (at, head.encode_text(Xs[batch[at]]))
+                if Xp is not None:
+                    extra.update(phrase_batch(head, views, Xp, batch, phrase_generator, Xs is not None))
                 loss, parts = criterion(head(Xi[batch], Xt[batch]), y[batch], **extra)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -146,6 +156,20 @@ def train_head(
     head.load_state_dict(best_state)
     head.eval()
     return TrainedHead(head, untrained, history, best_epoch, t_train, weights)
+
+
+def phrase_batch(head: RetrievalHead, views, Xp: torch.Tensor, batch: torch.Tensor, generator: torch.Generator,
+                 with_twins: bool) -> dict[str, tuple]:
+    """The phrase-view inputs of one batch: a phrase per study, its targets over the batch's
+    images, and (``with_twins``) the one-sided phrases with their side-swapped twins."""
+    at, ids = views.sample(batch, generator)
+    emb = head.encode_text(Xp[ids])
+    out: dict[str, tuple] = {"phrases": (emb, torch.from_numpy(views.targets(ids.numpy(), batch.numpy())))}
+    twin = torch.from_numpy(views.twin[ids.numpy()])
+    has = twin >= 0
+    if with_twins and bool(has.any()):
+        out["phrase_swap"] = (at[has], emb[has], head.encode_text(Xp[twin[has]]))
+    return out
 
 
 def cosine_with_warmup(step: int, warmup: int, total: int) -> float:

@@ -14,11 +14,17 @@ from model.loss import LOSS_PRESETS
 from model.runtime_option import add_runtime_argument
 
 DESCRIPTION = "Train the projector head on frozen-backbone features, evaluate it, write a run folder."
-# Chosen on the validation split (bench/results/ablation.md; never on test). The paper's recipe:
-# --loss clip+supcon+bce --supcon-labels binary --w-findings 0.
+# Chosen on the validation split (bench/results/ablation.md; never on test) by the rule of
+# bench.ablation.choose_default. The paper's recipe: --paper (PAPER_RECIPE below).
 DEFAULT_SUPCON_LABELS = "findings"
 DEFAULT_W_FINDINGS = 0.0
-DEFAULT_W_SIDE = 0.0
+DEFAULT_W_SIDE = 5.0
+DEFAULT_W_PHRASE = 1.0  # clip+supcon[findings]+bce+phrases+side x5
+# The paper's recipe, kept reproducible as defaults move (``--paper`` sets exactly these).
+PAPER_RECIPE = {"loss": "clip+supcon+bce", "w_clip": None, "w_supcon": None, "w_bce": None, "supcon_labels": "binary",
+                "w_findings": 0.0, "w_side": 0.0, "w_phrase": 0.0}
+PAPER_RECIPE_ARGS = ("--loss", "clip+supcon+bce", "--supcon-labels", "binary", "--w-findings", "0", "--w-side", "0",
+                     "--w-phrase", "0")
 # Options naming files or folders: left out of config.json (a run folder says nothing about where it was made).
 PATH_ARGS = ("out", "backbone_path", "cache_dir", "features", "index", "data", "iu_reports", "iu_images", "mimic",
              "mimic_reports", "manifest")
@@ -43,6 +49,8 @@ def parse_training_args(argv: list[str] | None = None, prog: str | None = None) 
     g.add_argument("--no-residual", action="store_true", help="drop the linear skip path of the projector")
     g = p.add_argument_group("loss")
     g.add_argument("--loss", default="clip+supcon+bce", choices=sorted(LOSS_PRESETS), help="ablation preset")
+    g.add_argument("--paper", action="store_true",
+                   help=f"the paper's recipe, whatever the defaults: {' '.join(PAPER_RECIPE_ARGS)}")
     g.add_argument("--w-clip", type=float, help="override the preset's InfoNCE weight")
     g.add_argument("--w-supcon", type=float, help="override the preset's SupCon weight")
     g.add_argument("--w-bce", type=float, help="override the preset's BCE weight")
@@ -51,6 +59,9 @@ def parse_training_args(argv: list[str] | None = None, prog: str | None = None) 
                    help="SupCon positives: same normal/abnormal label (the paper) or graded finding+side overlap")
     g.add_argument("--w-side", type=float, default=DEFAULT_W_SIDE,
                    help="weight of the side-swap term: an image vs its report with left/right swapped (0 = off)")
+    g.add_argument("--w-phrase", type=float, default=DEFAULT_W_PHRASE,
+                   help="weight of the phrase-view term: phrases generated from each training study's findings "
+                        "as extra text views of its image (model.phrase_views; 0 = off, the paper)")
     g.add_argument("--w-findings", type=float, default=DEFAULT_W_FINDINGS,
                    help="weight of the auxiliary finding x side BCE probe (0 = off, the paper)")
     g = p.add_argument_group("optimisation")
@@ -69,6 +80,8 @@ def parse_training_args(argv: list[str] | None = None, prog: str | None = None) 
     p.add_argument("--index", metavar="DIR", help="also build the run's search index here (as `python -m index build`)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    if args.paper:
+        vars(args).update(PAPER_RECIPE)
     if args.epochs < 1:
         p.error(f"--epochs must be >= 1 (got {args.epochs}): the head needs at least one epoch to train")
     if args.patience < 1:

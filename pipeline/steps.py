@@ -38,7 +38,8 @@ from model.evaluate_run import calibrate_head, evaluate_models, project
 from model.factory import create_backbone
 from model.features import cached_frozen_features
 from model.findings_training import study_codes
-from model.phrase_benchmark import phrase_texts
+from model.phrase_benchmark import PHRASES, Phrase, phrase_texts
+from model.phrase_other_wording import OTHER_PHRASES
 from model.runtime_option import apply_runtime_argument
 from model.training import TrainedHead, train_head
 from pipeline.options import PATH_ARGS
@@ -127,9 +128,12 @@ def evaluate(backbone: Any, trained: TrainedHead, Xi: torch.Tensor, Xt: torch.Te
     """Step 4: eval.json's report on the held-out test split (frozen baselines vs the head, chance
     and ceiling, the findings-phrase benchmark, calibration), and the calibration for config.json."""
     phrase_feats = backbone.encode_texts(phrase_texts()).numpy().astype(np.float32)
+    other_feats = backbone.encode_texts([p.text for p in OTHER_PHRASES]).numpy().astype(np.float32)
     report = evaluate_models(backbone, trained.head, Xi, Xt, data.labels, data.rows, data.codes,
-                             [s.structured_findings for s in data.studies], n_bootstrap, phrase_feats=phrase_feats)
+                             [s.structured_findings for s in data.studies], n_bootstrap, phrase_feats=phrase_feats,
+                             other_phrase_feats=other_feats)
     report["phrase_benchmark"].update(hybrid_phrase_rows(trained, Xi, phrase_feats, data))
+    report["phrase_benchmark_other_wording"].update(hybrid_phrase_rows(trained, Xi, other_feats, data, OTHER_PHRASES))
     calibration, report["calibration"] = calibrate_head(trained.head, Xi, data.labels, data.rows)
     report.update({"n_test": int(len(data.rows["test"])), "split_hash": split_hash(data.split),
                    "split_level": data.level, "data": data.source.name, "best_epoch": trained.best_epoch})
@@ -137,14 +141,14 @@ def evaluate(backbone: Any, trained: TrainedHead, Xi: torch.Tensor, Xt: torch.Te
 
 
 def hybrid_phrase_rows(trained: TrainedHead, Xi: torch.Tensor, phrase_feats: np.ndarray,
-                       data: Collection) -> dict[str, Any]:
+                       data: Collection, phrases: Sequence[Phrase] = PHRASES) -> dict[str, Any]:
     """eval.json's ``phrase_benchmark["hybrid"]`` and ``["reports only"]`` (index.hybrid_benchmark): the
     head's phrase and test-image embeddings fused with the test studies' own reports."""
     from index.hybrid_benchmark import hybrid_rows
 
     test = data.rows["test"]
     return hybrid_rows(project(trained.head, torch.from_numpy(phrase_feats), "text"),
-                       project(trained.head, Xi[test], "image"), [data.studies[i] for i in test])
+                       project(trained.head, Xi[test], "image"), [data.studies[i] for i in test], phrases)
 
 
 def run_config(args: argparse.Namespace, backbone: Any, trained: TrainedHead, data: Collection,
@@ -168,7 +172,8 @@ def write_run(out: Path, trained: TrainedHead, config: dict[str, Any], report: d
     """The run folder: head.safetensors + config.json, eval.json/.md, split.json, history.json, curves.png."""
     save_checkpoint(out, trained.head, config)
     atomic_write_json(out / "eval.json", report)
-    atomic_write_bytes(out / "eval.md", (format_table(report) + "\n\n" + format_phrase_table(report) + "\n").encode())
+    atomic_write_bytes(out / "eval.md", (format_table(report) + "\n\n" + format_phrase_table(report) + "\n\n"
+                                         + format_phrase_table(report, "phrase_benchmark_other_wording") + "\n").encode())
     atomic_write_json(out / "split.json", split)
     atomic_write_json(out / "history.json", trained.history)
     plot_curves(trained.history, out / "curves.png")
@@ -244,8 +249,16 @@ def train_run(args: argparse.Namespace) -> Path:
         feats, mask = swapped_text_features(backbone, data.studies)
         swapped = (torch.from_numpy(feats), mask)
 
+    views = None
+    if args.w_phrase > 0:  # phrases from the training studies' findings; their features cached beside the studies'
+        from model.phrase_views import PhraseViews, phrase_view_features
+
+        t1 = time.time()
+        views = PhraseViews.build(data.studies, data.rows["train"])
+        phrase_view_features(backbone, views, data.studies)
+        log.info("phrase views: %d distinct phrases (%.1fs)", len(views.texts), time.time() - t1)
     trained = train_head(args, backbone.image_dim, backbone.text_dim, Xi, Xt, torch.from_numpy(data.labels).float(),
-                         data.rows, data.labels, data.codes, swapped=swapped)
+                         data.rows, data.labels, data.codes, swapped=swapped, views=views)
 
     report, calibration = evaluate(backbone, trained, Xi, Xt, data, args.bootstrap)
     report["timings_s"] = {"embed": round(t_embed, 1), "train_head": round(trained.seconds, 1)}

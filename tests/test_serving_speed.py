@@ -25,13 +25,13 @@ PHRASES = ["large right pleural effusion", "small left pleural effusion", "cardi
 
 @pytest.fixture(scope="module")
 def demo_service(demo_built, tmp_path_factory):
-    from index.vector_store import open_engine
+    from index.engine import SearchEngine
     from model.retrieval_model import RetrievalModel
     from webapp.service import RunInfo, SearchService
 
     os.environ["GRADIO_TEMP_DIR"] = str(tmp_path_factory.mktemp("gradio-temp"))
     run_dir, index_dir = demo_built
-    engine = open_engine(index_dir, RetrievalModel.from_run(run_dir))
+    engine = SearchEngine.load(index_dir, RetrievalModel.from_run(run_dir))
     return SearchService(engine, RunInfo.load(run_dir), None)
 
 
