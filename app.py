@@ -20,7 +20,7 @@ from pathlib import Path
 
 from data.errors import LOAD_ERRORS, REPORTED, InputError, one_line
 from webapp import hosting, serving
-from model.runtime_option import add_runtime_argument, apply_runtime_argument
+from runtime.option import add_runtime_argument, apply_runtime_argument
 
 log = logging.getLogger("app")
 
@@ -249,7 +249,7 @@ def pacs_options(args: argparse.Namespace) -> tuple:
 
 def model_card(service) -> str:
     from model.checkpoint import run_option
-    from model.evaluate import format_table
+    from evaluation.tables import format_table
 
     cfg = service.run.config
     weights = cfg.get("loss_weights", {})
@@ -273,7 +273,7 @@ def model_card(service) -> str:
                   "report/image is in the top K. P@K and mAP: the normal/abnormal label only. Chance = random "
                   "ranking; ceiling = ranking by true relevance."]
         if report.get("phrase_benchmark"):
-            from model.evaluate import format_phrase_table
+            from evaluation.tables import format_phrase_table
 
             lines += ["", "### Findings-phrase benchmark (typed phrase -> test images)", "", format_phrase_table(report)]
         for name, note in report.get("notes", {}).items():
@@ -313,10 +313,10 @@ def main(argv: list[str] | None = None) -> None:
 
     # First start of the demo: a progress page at once, search when the index is ready, maps after.
     progress = ProgressServer.start(args.host, args.port) if first_start(args) else None
-    from model.threads import configure_serving
+    from runtime.threads import configure_serving
 
     apply_runtime_argument(args)
-    configure_serving(args.concurrency)  # then each query takes its share of the cores (model.threads.query_threads)
+    configure_serving(args.concurrency)  # then each query takes its share of the cores (runtime.threads.query_threads)
     try:
         service = load_service(args, train_args=["--no-maps"] if progress else None)
     except LOAD_ERRORS as exc:  # bad or mismatched run/index folders, unavailable weights: one line

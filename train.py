@@ -15,7 +15,7 @@ app's first start):
      (``--val-metric``). When early stopping fires first, the best epoch's LR was not yet annealed
      (history.json records the LR of every epoch). The loop: ``model.training.train_head``;
   4. evaluation: frozen baselines vs fine-tuned on the test split, graded metrics beside chance and
-     ceiling, the findings-phrase benchmark (``model.phrase_benchmark``), calibration;
+     ceiling, the findings-phrase benchmark (``evaluation.phrase_benchmark``), calibration;
   5. index (with ``--index DIR``): hnswlib graphs + study records + familiarity model;
   6. maps: t-SNE/UMAP of the frozen and fine-tuned spaces (``--no-maps`` skips them).
 

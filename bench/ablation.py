@@ -8,7 +8,7 @@
 Every run is ``model.training.train_head`` exactly as ``python train.py`` runs it, on the offline backbone's
 cached features of the full demo and the default (seed-0) patient split, so all runs share the
 same validation and test queries; the seed changes the head's init, dropout and batch order.
-Test rows come from ``model.evaluate_run.evaluate_models`` (as eval.json). Per variant: mean +- sd
+Test rows come from ``pipeline.run_report.evaluate_models`` (as eval.json). Per variant: mean +- sd
 over seeds, and a paired bootstrap 95% CI of its difference to the paper's recipe
 (clip+supcon+bce, binary SupCon) on the same test queries (per-query values averaged over seeds
 first). The default of train.py is the variant with the best *validation* nDCG@10 (mean of i2t
@@ -71,8 +71,8 @@ def load_data() -> dict[str, Any]:
     from data.split import patient_split
     from model.factory import create_backbone
     from model.findings_training import study_codes
-    from model.phrase_benchmark import phrase_texts
-    from model.phrase_other_wording import OTHER_PHRASES
+    from evaluation.phrase_benchmark import phrase_texts
+    from evaluation.phrase_other_wording import OTHER_PHRASES
     from model.phrase_views import PhraseViews, phrase_view_features
     from model.side_swap import swapped_text_features
 
@@ -98,8 +98,8 @@ def run_one(variant: str, seed: int, epochs: int | None = None) -> dict[str, Any
     """One training run + its test evaluation and its validation scores (for choosing)."""
     import torch
 
-    from model.evaluate_run import evaluate_models, project
-    from model.phrase_benchmark import benchmark
+    from pipeline.run_report import evaluate_models, project
+    from evaluation.phrase_benchmark import benchmark
     from model.training import train_head
     from pipeline.options import parse_training_args
 
@@ -152,7 +152,7 @@ def _mean_sd(values: list[float]) -> dict[str, float]:
 
 def _paired(rs: list[dict[str, Any]], ref: dict[int, dict[str, Any]], get, n_bootstrap: int) -> dict[str, Any]:
     """Paired bootstrap CI of (variant - reference) on the same queries, per-query values averaged over seeds."""
-    from model.relevance_metrics import paired_bootstrap_diff
+    from evaluation.relevance_metrics import paired_bootstrap_diff
 
     paired = [r for r in rs if r["seed"] in ref]
     return paired_bootstrap_diff(np.mean([get(r) for r in paired], axis=0),

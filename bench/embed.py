@@ -8,7 +8,7 @@
 * full: ``model.features.cached_frozen_features`` into a fresh cache folder: decode PNG -> preprocess ->
   embed images and reports -> write the cache chunks.
 
-Same images, same batch size, same parallelism (``model.threads.map_bulk``: one worker per
+Same images, same batch size, same parallelism (``runtime.threads.map_bulk``: one worker per
 core, one torch thread each; bare runs cached_frozen_features' own jobs on pre-made tensors), measured
 alternately (bare, full, bare, full) so drift in machine load hits both; the medians give the
 overhead ratio (target: full <= 1.5x bare). Side-by-side extras: bare image throughput with 1
@@ -39,7 +39,7 @@ def run(n: int = 96, batch_size: int = 32, backbone_name: str = "offline", reps:
     from data.images import load_radiograph
     from model.factory import create_backbone
     from model.features import CHUNK, cached_frozen_features
-    from model.threads import bulk_thread_count, map_bulk, torch_threads
+    from runtime.threads import bulk_thread_count, map_bulk, torch_threads
 
     tmp = scratch_dir("bench-embed-")
     with stopwatch() as t_render:
@@ -153,7 +153,7 @@ def _legacy_embed_studies(backbone, studies, folder: Path, batch_size: int) -> N
     from data.images import load_radiograph
     from model.backbones import OFFLINE_GRID
     from model.features import CHUNK
-    from model.threads import available_cores, torch_threads
+    from runtime.threads import available_cores, torch_threads
 
     model = backbone.image_model
     folder.mkdir(parents=True, exist_ok=True)
@@ -205,7 +205,7 @@ def _layout_comparison(backbone, batches) -> dict[str, Any]:
     """Offline image tower, 1 thread: NCHW (the code before) vs channels_last (now), same batches."""
     import torch
 
-    from model.threads import torch_threads
+    from runtime.threads import torch_threads
 
     from model.backbones import OFFLINE_GRID
 

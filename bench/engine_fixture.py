@@ -12,7 +12,7 @@ from bench.common import stopwatch
 
 def build_engine(backbone_name: str, folder: Path, n_gallery: int = 4000, runtime: str = "torch"):
     """Untrained head + index of random unit vectors, loaded as the app loads one; the towers
-    run in ``runtime`` (``model.runtime``)."""
+    run in ``runtime`` (``runtime.inference``)."""
     import torch
 
     from bench.search import synthetic_studies

@@ -41,7 +41,7 @@ def split_rows(run_dir: Path, studies) -> dict[str, np.ndarray]:
 def false_alarms(run_dir: Path, studies, backbone) -> dict[str, Any]:
     """Fit on train+val (frozen features from the cache), assess every test study with its pixels."""
     from data.images import load_radiograph
-    from index.familiarity import FAMILIAR, FamiliarityModel
+    from trust.familiarity import FAMILIAR, FamiliarityModel
     from model.features import cached_frozen_features
 
     image_feats, _ = cached_frozen_features(backbone, studies, progress=False)
@@ -81,7 +81,7 @@ def text_verdicts(engine, phrases) -> dict[str, str]:
 
 def cost_ms(engine, image, text: str, repeats: int = 200) -> dict[str, Any]:
     """Time of the familiarity work alone, on features computed once (what a query adds)."""
-    from index.familiarity import pixel_check
+    from trust.familiarity import pixel_check
 
     fam = engine.familiarity
     feats, _ = engine.encoder.embed_images_with_features([image])
@@ -121,8 +121,8 @@ def film_indexes(model, studies, films, copies: int = 8) -> dict[str, Any]:
     from data.split import patient_split
     from index.build import build_from_encoder
     from index.engine import SearchEngine
-    from index.familiarity import NOT_RADIOGRAPH, FamiliarityModel
-    from index.trust_report import trust_report
+    from trust.familiarity import NOT_RADIOGRAPH, FamiliarityModel
+    from trust.report import trust_report
     from PIL import Image
 
     held = [next(f for f in films if "NORMAL" in f.name), next(f for f in films if "NORMAL" not in f.name)]
@@ -177,9 +177,9 @@ def run(part: str = "all") -> dict[str, Any]:
     from data.pediatric import fetch_pediatric_films
     from data.probes import FINDING_PHRASES, NON_CLINICAL_PHRASES, non_radiographs
     from index.engine import SearchEngine
-    from index.familiarity import FAMILIAR, NOT_RADIOGRAPH, UNLIKE_INDEX
+    from trust.familiarity import FAMILIAR, NOT_RADIOGRAPH, UNLIKE_INDEX
     from model.retrieval_model import RetrievalModel
-    from model.threads import torch_threads
+    from runtime.threads import torch_threads
     from pipeline.demo import ensure_demo
 
     run_dir, index_dir = ensure_demo()

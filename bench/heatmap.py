@@ -28,7 +28,7 @@ def run(run_dir: Path | None = None, n: int = 8, grid: int = 7, threads: int = 2
     from data.images import load_radiograph
     from model.attribution import occlusion_maps, overlay
     from model.retrieval_model import RetrievalModel
-    from model.threads import torch_threads
+    from runtime.threads import torch_threads
     from pipeline.demo import default_run_dir
 
     run_dir = Path(run_dir or default_run_dir())

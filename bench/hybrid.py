@@ -31,7 +31,7 @@ BROWSER_QUERY = "small left pleural effusion"
 
 def phrase_rows(engine: Any, split: dict[str, list[str]]) -> dict[str, Any]:
     from index.hybrid_benchmark import hybrid_rows
-    from model.phrase_benchmark import PHRASES, benchmark
+    from evaluation.phrase_benchmark import PHRASES, benchmark
 
     metas = engine.store.all()
     by_id = {m.study_id: m.row_id for m in metas}
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     setup_environment()
     from index.engine import SearchEngine
-    from model.phrase_benchmark import phrase_texts
+    from evaluation.phrase_benchmark import phrase_texts
     from model.retrieval_model import RetrievalModel
     from pipeline.demo import ensure_demo
 

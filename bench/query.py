@@ -13,7 +13,7 @@ For each backbone: an untrained ``RetrievalHead`` and an index of 4,000 random g
   (the LRU cache of ``RetrievalModel.embed_texts``), and the code before (padded text pass,
   no cache) side by side;
 * thread policy: the same image queries pinned to 1 or 2 intra-op threads and with the
-  adaptive policy of ``model.threads.query_threads`` (what the app runs), one at a time and
+  adaptive policy of ``runtime.threads.query_threads`` (what the app runs), one at a time and
   two at once (gradio concurrency 2);
 * for ``+int8``: the cosine between its image features and the float32 ones (same weights);
 * for float32 ViT-B/16: its FLOPs over this host's dense-GEMM rate, the floor under its forward time;
@@ -22,7 +22,7 @@ For each backbone: an untrained ``RetrievalHead`` and an index of 4,000 random g
   and ``runtime_vs_floor`` (the runtime ``auto`` picks: image p50 / floor; target <= 1.2x), with
   OpenVINO's per-op profile of the ViT-B/16 forward.
 
-All in the serving setting of ``model.threads.configure_serving(2)`` and ``query_threads``
+All in the serving setting of ``runtime.threads.configure_serving(2)`` and ``query_threads``
 unless stated. Latency is wall-clock median / p95, with the process CPU time per call beside
 it (~threads x wall when the query had its cores). Targets (ViT-B/16 on 2 cores): image p50
 < 300 ms, text p50 < 100 ms.
@@ -42,7 +42,7 @@ from bench.common import emit, log, machine, scratch_dir, setup_environment, sto
 from bench.engine_fixture import build_engine, image_query
 
 VIT = "openclip-random:ViT-B-16"
-VIT_INT8 = VIT + "+int8"  # same weights, image tower's linear layers in dynamic int8 (model.quantize)
+VIT_INT8 = VIT + "+int8"  # same weights, image tower's linear layers in dynamic int8 (runtime.quantize)
 PHRASES = [
     "large right pleural effusion", "small left pleural effusion", "cardiomegaly", "right upper lobe opacity",
     "left lower lobe atelectasis", "right pneumothorax", "calcified granuloma", "no acute cardiopulmonary abnormality",
@@ -76,7 +76,7 @@ def stage_breakdown(engine, data: bytes, reps: int = 5) -> dict[str, Any]:
     """Median ms of each stage of one image query (decode, preprocess, forward, the rest)."""
     from data.images import load_radiograph
     from index.ann import normalise
-    from model.threads import query_threads
+    from runtime.threads import query_threads
 
     backbone, model = engine.encoder.backbone, engine.encoder
     times: dict[str, list[float]] = {"decode": [], "preprocess": [], "forward": [], "head_and_search": []}
@@ -137,7 +137,7 @@ def thread_policy(engine, uploads: list[bytes], n_each: int) -> dict[str, Any]:
     pinned to 1 or 2 intra-op threads and with the adaptive policy the app uses."""
     from contextlib import nullcontext
 
-    from model.threads import query_threads
+    from runtime.threads import query_threads
 
     out: dict[str, Any] = {}
     for name, policy in (("1_thread", lambda: query_threads.pinned(1)), ("2_thread", lambda: query_threads.pinned(2)),
@@ -167,7 +167,7 @@ def int8_agreement(engine, uploads: list[bytes], rounds: int = 4) -> dict[str, A
 
     from data.images import load_radiograph
     from model.factory import create_backbone
-    from model.threads import query_threads
+    from runtime.threads import query_threads
 
     quantized = engine.encoder.backbone
     reference = create_backbone(quantized.name.removesuffix("+int8"))
@@ -199,8 +199,8 @@ def float32_floor(backbone, threads: int = 2, size: int = 2048, reps: int = 10) 
     from PIL import Image
     from torch.utils.flop_counter import FlopCounterMode
 
-    from model.quantize import split_open_clip_attention
-    from model.threads import torch_threads
+    from runtime.quantize import split_open_clip_attention
+    from runtime.threads import torch_threads
 
     tower = split_open_clip_attention(copy.deepcopy(backbone.model.visual)).eval()
     side = backbone.preprocess(Image.new("L", (8, 8))).shape[-1]
@@ -225,7 +225,7 @@ def float32_floor(backbone, threads: int = 2, size: int = 2048, reps: int = 10) 
 
 
 def run_backbone(name: str, uploads: dict[str, list[bytes]], tmp: Path, n_image: int, n_policy: int) -> dict[str, Any]:
-    from model.threads import configure_serving
+    from runtime.threads import configure_serving
 
     threads = configure_serving(2)
     engine, load_s = build_engine(name, tmp / f"index-{name.replace(':', '-')}")

@@ -43,7 +43,7 @@ def side_swap_table(docs: Docs) -> str:
 
 
 def eval_table(docs: Docs) -> str:
-    from model.evaluate import format_phrase_table, format_table
+    from evaluation.tables import format_phrase_table, format_table
 
     report = docs[0]
     head = (f"Test split: {report['n_test']} studies ({report.get('split_level', 'study')}-level, split "

@@ -1,4 +1,4 @@
-"""torch vs the inference runtimes (``model.runtime``), side by side in one process.
+"""torch vs the inference runtimes (``runtime.inference``), side by side in one process.
 
 Used by ``bench.query`` (image query latency through the engine, ViT-B/16 and the offline
 tower, and ``runtime_vs_floor``) and ``bench.embed`` (bulk ingest throughput). Every runtime
@@ -43,7 +43,7 @@ def query_runtimes(name: str, uploads: list[bytes], tmp: Path, rounds: int = 4, 
     import torch
 
     from bench.engine_fixture import build_engine, image_query
-    from model.threads import configure_serving
+    from runtime.threads import configure_serving
 
     configure_serving(2)
     engines, actual = {}, {}
@@ -84,7 +84,7 @@ def _image(data: bytes):
 def runtime_vs_floor(comparison: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
     """``{"runtime", "image_p50_ms", "floor_ms", "ratio"}`` for the runtime ``auto`` picks, plus
     every timed runtime's own figures: the float32 image query p50 over the float32 floor."""
-    from model.runtime_option import resolve_runtime
+    from runtime.option import resolve_runtime
 
     floor_ms = floor["forward_floor_ms_at_best_gemm"]
     each = {r: {"image_p50_ms": v["image_query"]["median_ms"], "ratio": round(v["image_query"]["median_ms"] / floor_ms, 2)}
@@ -104,7 +104,7 @@ def runtime_int8(name: str, float_backbone, uploads: list[bytes], rounds: int = 
     import torch
 
     from model.factory import create_backbone
-    from model.threads import torch_threads
+    from runtime.threads import torch_threads
 
     int8 = create_backbone(name + "+ortint8", runtime=float_backbone.runtime)
     pixels = torch.stack([float_backbone.preprocess(_image(b)) for b in uploads[:4]])
@@ -179,7 +179,7 @@ def ingest_runtimes(studies, batch_size: int, runtimes=RUNTIMES, reps: int = 2) 
         cosine = (reference[runtime] * reference["torch"]).sum(1).min()
         out[runtime] = {"seconds_median": round(median, 2), "images_per_s": round(n / median, 2),
                         "all_runs_s": [round(x, 2) for x in values], "feature_cosine_min_to_torch": round(float(cosine), 6)}
-    from model.runtime_option import resolve_runtime
+    from runtime.option import resolve_runtime
 
     chosen = resolve_runtime("auto")
     if chosen in out and "torch" in out:

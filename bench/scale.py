@@ -4,7 +4,7 @@
     python -m bench.scale --quick       # smaller sizes, for a smoke run
 
 Parts (each figure says what it measured):
-* ``ray``: demo phantoms through ``index.ray_ingest`` with the offline backbone on 1 and 2
+* ``ray``: demo phantoms through ``scale.ray_ingest`` with the offline backbone on 1 and 2
   embedding workers, and the single-process path (``model.features.cached_frozen_features``, same
   number of bulk workers) on the same studies: throughput, scaling efficiency, overhead.
 * ``slice``: a >= 50k slice of small synthetic images through the same Ray pipeline with a
@@ -85,7 +85,7 @@ def _demo_studies(n: int, folder: Path) -> list:
 
 def ray_case(n: int, shard_size: int, tmp: Path) -> dict[str, Any]:
     """Offline backbone: Ray with 1 and 2 workers vs the single-process path at equal workers."""
-    from index import ray_ingest
+    from scale import ray_ingest
     from model.factory import create_backbone
     from model.features import cached_frozen_features
 
@@ -144,7 +144,7 @@ def _synthetic_images(n: int, folder: Path) -> list:
 
 def slice_case(n: int, shard_size: int, tmp: Path, workers: int = 2) -> dict[str, Any]:
     """The Ray pipeline's own per-item cost over ``n`` small synthetic images (tiny backbone)."""
-    from index import ray_ingest
+    from scale import ray_ingest
 
     with stopwatch() as t_make:
         studies = _synthetic_images(n, tmp / "slice-images")
@@ -170,7 +170,7 @@ def forward_costs(tmp: Path) -> dict[str, Any]:
 
     from data.images import load_radiograph
     from model.factory import create_backbone
-    from model.threads import torch_threads
+    from runtime.threads import torch_threads
 
     out: dict[str, Any] = {}
     big = tmp / "full-size.jpg"

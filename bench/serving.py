@@ -76,7 +76,7 @@ def service_times(files: dict[str, str], reps: int = 30) -> dict[str, Any]:
     setup_environment()
     from index.engine import SearchEngine
     from model.retrieval_model import RetrievalModel
-    from model.threads import configure_serving
+    from runtime.threads import configure_serving
     from pipeline.demo import ensure_demo
     from webapp.extras import ExtrasService
     from webapp.service import RunInfo, SearchService

@@ -15,7 +15,7 @@ default options, on the offline backbone's features of the full demo dataset:
   the measured time per epoch.
 
 Also compares 1 thread with every core (seconds per epoch over 4 epochs, alternately) and the
-per-epoch validation score before (through model.evaluate) and after (model.training.validation_score).
+per-epoch validation score before (through evaluation.tables) and after (model.training.validation_score).
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def run(threads_compare: bool = True) -> dict[str, Any]:
     from model.training import train_head
     from pipeline.options import parse_training_args
     from model.findings_training import study_codes
-    from model.threads import TRAIN_THREADS_ENV, available_cores, training_threads
+    from runtime.threads import TRAIN_THREADS_ENV, available_cores, training_threads
 
     backbone = offline_backbone_identity()
     found = cached_demo_features(backbone)
@@ -142,7 +142,7 @@ def run(threads_compare: bool = True) -> dict[str, Any]:
                 "best_val_score": round(max(h["val_score"] for h in trained.history), 4)}
 
     cores = available_cores()
-    default = once()  # the thread policy of model.threads (what train.py does)
+    default = once()  # the thread policy of runtime.threads (what train.py does)
     val = rows["val"]
     from model.head import RetrievalHead
 
@@ -173,12 +173,12 @@ def run(threads_compare: bool = True) -> dict[str, Any]:
 
 
 def _validation_before_after(head, xi, xt, labels, reps: int = 3) -> dict[str, Any]:
-    """The per-epoch validation score: through model.evaluate (the code before: it also
+    """The per-epoch validation score: through evaluation.tables (the code before: it also
     computes mAP with one sklearn call per query, and i2i) vs model.training.validation_score now."""
     import time
 
-    from model.evaluate import evaluate_embeddings
-    from model.evaluate_run import project
+    from evaluation.tables import evaluate_embeddings
+    from pipeline.run_report import project
     from model.training import validation_score
 
     def before() -> float:

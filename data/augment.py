@@ -1,6 +1,6 @@
 """Plausible re-acquisitions of one image: crop, exposure, rotation, resampling, JPEG.
 
-Why: the radiograph check (``model.radiograph_check``) must accept a film however it was
+Why: the radiograph check (``trust.radiograph_check``) must accept a film however it was
 exported, and the tests need an index of real films that is not a copy of 16 files. Each
 variant is drawn from a seeded generator, so the same (image, seed) gives the same bytes.
 """

@@ -46,7 +46,7 @@ class StoreSchemaError(IndexLoadError):
 
 
 class IndexRefusedError(InputError, ValueError):
-    """The index's own films would fail its trust checks (index.trust_report): not published."""
+    """The index's own films would fail its trust checks (trust.report): not published."""
 
 
 class ShardMismatchError(InputError, ValueError):

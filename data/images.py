@@ -32,7 +32,7 @@ class LoadedImage:
     source_format: str  # "PNG", "JPEG", "DICOM", ...
     view: str = ""  # from DICOM ViewPosition when present
     notes: list[str] = field(default_factory=list)
-    colourfulness: float = 0.0  # of the file before the grey conversion (index.familiarity: photos are colourful)
+    colourfulness: float = 0.0  # of the file before the grey conversion (trust.familiarity: photos are colourful)
 
 
 def load_radiograph(source: str | Path | bytes) -> LoadedImage:

@@ -1,7 +1,7 @@
 """Command line: build an index for a trained run, add new studies to one, or describe one.
 
     python -m index build --run RUN_DIR --out INDEX_DIR [--data DATA_DIR] [--batch-size 64]
-    python -m index build ... --engine ray | --out milvus://...   (index.scale_cli: Ray ingest, Milvus)
+    python -m index build ... --engine ray | --out milvus://...   (scale.cli: Ray ingest, Milvus)
     python -m index embed --backbone NAME --shards DIR [--workers N] (features once, for train.py --features)
     python -m index add   --index INDEX_DIR --data DATA_DIR [--run RUN_DIR]
     python -m index info  --index INDEX_DIR
@@ -23,7 +23,7 @@ from typing import Sequence
 
 from data.errors import LOAD_ERRORS, InputError, one_line
 from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M
-from model.runtime_option import add_runtime_argument, apply_runtime_argument
+from runtime.option import add_runtime_argument, apply_runtime_argument
 
 
 def _load_encoder(run_dir: str, backbone_path: str | None = None):
@@ -34,7 +34,8 @@ def _load_encoder(run_dir: str, backbone_path: str | None = None):
 
 def _parser() -> argparse.ArgumentParser:
     from data.sources import add_data_arguments
-    from index import pacs_cli, scale_cli
+    from index import pacs_cli
+    from scale import cli as scale_cli
 
     parser = argparse.ArgumentParser(prog="python -m index", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     if pacs_cli.wants_pacs(args):  # build/add/sync --dicomweb URL (issue 27)
         return pacs_cli.run(args, _load_encoder)
     from data.sources import load_source
-    from index import scale_cli
+    from scale import cli as scale_cli
     from pipeline.steps import data_root_for, index_run
 
     source = load_source(args)

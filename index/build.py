@@ -74,7 +74,7 @@ def build_index(
 
     ``frozen_image_feats`` (the backbone's features before the head, row-aligned) are kept in
     the folder for the frozen-vs-fine-tuned view (``index.frozen``); ``familiarity`` (an
-    ``index.familiarity.FamiliarityModel`` fitted on the same studies) is stored beside them.
+    ``trust.familiarity.FamiliarityModel`` fitted on the same studies) is stored beside them.
     Both are covered by the manifest's checksums.
 
     ``identity`` is ``{"backbone_id", "head_checksum", "embed_dim"}`` of the encoder that
@@ -211,9 +211,9 @@ def frozen_features(encoder: Encoder, studies: Sequence[Study], shards: Path | s
 
 def fit_familiarity(encoder: Encoder, studies: Sequence[Study], image_feats: np.ndarray) -> Any:
     """The familiarity model of an index of ``studies`` from their frozen image features (the
-    report sentences are the only texts it embeds: ``index.familiarity.fit_for_studies``)."""
-    from index.familiarity import fit_for_studies
-    from index.trust_report import attach  # calibration report; refuses an index its own films fail
+    report sentences are the only texts it embeds: ``trust.familiarity.fit_for_studies``)."""
+    from trust.familiarity import fit_for_studies
+    from trust.report import attach  # calibration report; refuses an index its own films fail
 
     familiarity = fit_for_studies(encoder.backbone, image_feats, [s.report_text for s in studies])
     return attach(familiarity, encoder.backbone, studies, image_feats)

@@ -22,7 +22,7 @@ from PIL import Image
 from data.records import Study
 from index.ann import EXACT_THRESHOLD, FILTER_EXACT_FRACTION, ExactIndex, Neighbours, normalise
 from index.encoder import Encoder, encoder_identity
-from index.familiarity import FamiliarityModel, Familiarity, NOT_RADIOGRAPH
+from trust.familiarity import FamiliarityModel, Familiarity, NOT_RADIOGRAPH
 from index.filters import Filters
 from index.frozen import FrozenGallery
 from index.hybrid import check_mode, hybrid_search
@@ -38,7 +38,7 @@ from index.manifest import (
 )
 from index.store import ItemMeta, MetadataStore, StudyFields
 from index.vector_store import VectorStore, artifacts_dir, open_vectors
-from model.threads import query_threads
+from runtime.threads import query_threads
 
 __all__ = ["Filters", "Hit", "RELEVANCE_FLOOR", "SearchEngine", "SearchResult", "TARGETS", "Target"]
 

@@ -1,7 +1,7 @@
 """The findings-phrase benchmark's "hybrid" and "reports only" rows (eval.json ``phrase_benchmark``).
 
 Why here and not in model/: the rows need the report channels (index layer). They are scored by
-the same :func:`model.phrase_benchmark.benchmark` as the dense rows, over the same gallery (the
+the same :func:`evaluation.phrase_benchmark.benchmark` as the dense rows, over the same gallery (the
 test images with their reports), so the rows compare like for like: the fused order is handed to
 it as a score matrix against an identity gallery (``scores @ I = scores``), which keeps this
 module out of that file (owned by the phrase-training work). Relevance comes from the tags, which
@@ -24,8 +24,8 @@ from data.records import Study
 from index.fusion import Ranking
 from index.hybrid import DENSE_DEPTH, fuse, understood
 from index.store import MetadataStore, write_store
-from model.phrase_benchmark import PHRASES, Phrase, benchmark
-from model.relevance_metrics import K
+from evaluation.phrase_benchmark import PHRASES, Phrase, benchmark
+from evaluation.relevance_metrics import K
 
 ROWS = ("hybrid", "reports only")
 

@@ -34,7 +34,7 @@ META = "meta.sqlite"
 DATA_FILES = (IMAGES, REPORTS, META)
 # A Milvus index keeps its vectors in Milvus; its folder (``index.vector_store.artifacts_dir``) holds the rest.
 HNSWLIB, MILVUS = "hnswlib", "milvus"
-FAMILIARITY = "familiarity.safetensors"  # optional (index.familiarity); checksummed when present
+FAMILIARITY = "familiarity.safetensors"  # optional (trust.familiarity); checksummed when present
 OPTIONAL_FILES = (FAMILIARITY,)
 
 _STAGING = "staging"

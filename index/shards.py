@@ -1,6 +1,6 @@
 """Embedding shards: frozen backbone features of a collection as Parquet files, one per slice.
 
-The Ray ingest (``index.ray_ingest``) writes them; ``train.py --features DIR`` and
+The Ray ingest (``scale.ray_ingest``) writes them; ``train.py --features DIR`` and
 ``python -m index build --engine ray`` read them, so a collection is embedded once for both.
 
 A shard folder holds ``shards.json`` (backbone id, preprocessing, data version, shard size)

@@ -27,11 +27,11 @@ from PIL import Image
 from data.errors import BackboneUnavailableError  # noqa: F401 (defined in data.errors, re-exported)
 from model.transform import IMAGENET_MEAN, IMAGENET_STD, PreprocessCfg
 
-# Appended to a backbone's name and id when its towers run in dynamic int8 (model.quantize):
+# Appended to a backbone's name and id when its towers run in dynamic int8 (runtime.quantize):
 # the features differ slightly from float32, so caches, checkpoints and indexes of the two
 # never mix, and "clip+int8" in a checkpoint recreates the quantised backbone.
 INT8_SUFFIX = "+int8"
-# The same, with the image tower in ONNX Runtime's dynamic int8 (model.runtime.quantize_onnx):
+# The same, with the image tower in ONNX Runtime's dynamic int8 (runtime.inference.quantize_onnx):
 # another set of features, so another identity.
 ORT_INT8_SUFFIX = "+ortint8"
 
@@ -57,7 +57,7 @@ class Backbone(abc.ABC):
     shared_space: bool  # True when image and text features are comparable zero-shot
     context_length: int  # max text tokens the text tower sees (longer text is truncated)
     preprocess_id: str  # describes image preprocessing; part of embedding-cache keys
-    # Inference runtime of the towers (model.runtime): same features as torch, so not part of
+    # Inference runtime of the towers (runtime.inference): same features as torch, so not part of
     # the id. The runners replace the _image_features / _text_features hooks when set.
     runtime: str = "torch"
     _image_runner: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -87,7 +87,7 @@ class Backbone(abc.ABC):
 
     # --- public API ------------------------------------------------------------------
     def quantize_int8(self) -> "Backbone":
-        """Run the image tower's linear layers in dynamic int8 (``model.quantize``): ~1.6-2x
+        """Run the image tower's linear layers in dynamic int8 (``runtime.quantize``): ~1.6-2x
         faster ViT image queries on CPU. Renames the backbone (``+int8``); returns ``self``."""
         if self.name.endswith(INT8_SUFFIX):
             return self
@@ -344,7 +344,7 @@ class OpenClipBackbone(Backbone):
         # Only the image tower: it is the slow query (~35 GFLOP for ViT-B/16 vs a trimmed
         # ~10-token text pass), and open_clip's text path reads float weight dtypes
         # (``get_cast_dtype``) that quantised layers no longer have.
-        from model.quantize import quantize_int8
+        from runtime.quantize import quantize_int8
 
         self.model.visual = quantize_int8(self.model.visual)
 

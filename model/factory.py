@@ -13,10 +13,10 @@ Registry names (``available_backbones()``):
   tests and timing only (its ``backbone_id`` says so).
 
 Any open_clip name may end in ``+int8`` (``clip+int8``, ``biomedclip+int8``): the same weights
-with the image tower's linear layers in dynamic int8 (``model.quantize``; opt-in, check it on
+with the image tower's linear layers in dynamic int8 (``runtime.quantize``; opt-in, check it on
 the real model first), ~1.7x faster ViT image queries on CPU, and a separate identity, so a run
 and its index are built and queried at one precision. ``+ortint8`` instead runs the image tower
-in ONNX Runtime's dynamic int8 (``model.runtime.quantize_onnx``; any backbone with linear
+in ONNX Runtime's dynamic int8 (``runtime.inference.quantize_onnx``; any backbone with linear
 layers; on the real MiniLM it keeps more of float32 than ``+int8``, ``tests/test_runtime_int8.py``).
 
 Hub models are loaded from the Hugging Face cache by resolving it to a snapshot folder and
@@ -402,7 +402,7 @@ def create_backbone(
     runtime: str | None = None,
 ) -> Backbone:
     """Build the named frozen backbone (see the module docstring for names and ``path``),
-    its towers run in ``runtime`` (default: ``model.runtime_option.default_runtime()``, torch unless
+    its towers run in ``runtime`` (default: ``runtime.option.default_runtime()``, torch unless
     a CLI's ``--runtime`` set it; same features either way).
 
     Raises :class:`BackboneUnavailableError` when the weights cannot be had here, and
@@ -423,7 +423,7 @@ def create_backbone(
             raise ValueError(f"{name!r}: choose one int8 variant, {INT8_SUFFIX} or {ORT_INT8_SUFFIX}")
         backbone.name += ORT_INT8_SUFFIX
         backbone.backbone_id += ORT_INT8_SUFFIX
-    from model.runtime_option import default_runtime
+    from runtime.option import default_runtime
     from model.towers import attach_runtime  # compiles the towers in an inference runtime; torch stays when one cannot
 
     runtime = runtime or default_runtime()

@@ -22,7 +22,7 @@ from data.dataset import studies_fingerprint
 from data.images import load_radiograph
 from data.paths import cache_root
 from data.records import Study
-from model.threads import map_bulk
+from runtime.threads import map_bulk
 
 CHUNK = 256  # studies per cache chunk
 
@@ -85,7 +85,7 @@ def cached_frozen_features(
 
 def _embed_chunk(backbone, chunk: Sequence[Study], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Image and report features of one chunk as independent jobs on the bulk workers
-    (``model.threads.map_bulk``: one per core, one torch thread each): the chunk's reports as
+    (``runtime.threads.map_bulk``: one per core, one torch thread each): the chunk's reports as
     one job, given first (the longest; and a Hugging Face fast tokenizer must not be used by
     two threads at once), and its image batches (decode -> preprocess -> forward)."""
     jobs = [("text", [s.report_text for s in chunk])]

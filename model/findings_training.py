@@ -2,7 +2,7 @@
 
 Why here: the training loop (``model.training``) stays plain; this module turns
 ``Study.structured_findings`` into (1) the integer profile codes the graded metrics use
-(:mod:`model.relevance_metrics`), (2) the graded positives of finding-aware SupCon for each batch
+(:mod:`evaluation.relevance_metrics`), (2) the graded positives of finding-aware SupCon for each batch
 (:class:`PairRelevance`) and (3) the 0/1 finding x side targets of the auxiliary probe (``--w-findings``).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from data.findings import profile
-from model.relevance_metrics import encode_profiles, relevance_matrix
+from evaluation.relevance_metrics import encode_profiles, relevance_matrix
 
 SUPCON_LABELS = ("binary", "findings")
 MIN_PROBE_COUNT = 20  # a finding needs this many positive training studies to get probe targets
@@ -25,7 +25,7 @@ def study_codes(studies: Sequence) -> tuple[np.ndarray, list[str]]:
 
 
 class PairRelevance:
-    """Graded relevance (:func:`model.relevance_metrics.relevance_matrix`) of any two studies, read from
+    """Graded relevance (:func:`evaluation.relevance_metrics.relevance_matrix`) of any two studies, read from
     a table over their distinct finding profiles that is computed once. Finding-aware SupCon needs it
     for every batch; computing it per batch was half of each training epoch (1.17 of 2.3 s on the full
     demo), the table takes ~1.5 s once (1,321 distinct profiles among 3,955 studies)."""

@@ -111,3 +111,10 @@ class RetrievalHead(nn.Module):
             "text_logit": self.classify_text(text_emb),
             "logit_scale": self.logit_scale,
         }
+
+
+def project(head: RetrievalHead, feats: torch.Tensor, modality: str) -> "np.ndarray":
+    """Frozen features through the head (eval mode) into the shared space, as numpy."""
+    head.eval()
+    fn = head.encode_image if modality == "image" else head.encode_text
+    return fn(feats).numpy()

@@ -8,7 +8,7 @@ training one of them is a text view of the study's image (:func:`model.loss.phra
 multi-positive: every batch study the phrase is true of is a target, graded by side), and its
 side-swapped twin ("right-sided effusion") is a hard negative in the side-swap term.
 
-Independent of the benchmark's phrase list (``model.phrase_benchmark``): no shared code and no
+Independent of the benchmark's phrase list (``evaluation.phrase_benchmark``): no shared code and no
 shared template (tests check it); the share of benchmark phrases produced verbatim is reported
 by :func:`verbatim_share`. The distinct texts' frozen features are embedded once and cached
 beside the study features (:func:`phrase_view_features`).
@@ -137,7 +137,7 @@ class PhraseViews:
     twin: np.ndarray  # (T,) row of the side-swapped twin, -1 none
     offsets: np.ndarray  # (N+1,) study i's phrases are ids[offsets[i]:offsets[i+1]]
     ids: np.ndarray
-    codes: np.ndarray  # (N, F) study profile codes (model.relevance_metrics)
+    codes: np.ndarray  # (N, F) study profile codes (evaluation.relevance_metrics)
     features: np.ndarray | None = None  # (T, text_dim) frozen text features, once embedded
 
     @classmethod

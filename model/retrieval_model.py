@@ -96,7 +96,7 @@ class RetrievalModel:
 
     def embed_images_with_features(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         """(frozen backbone features, head embeddings) of images in one backbone pass: the
-        familiarity check (``index.familiarity``) reads the first, the search the second."""
+        familiarity check (``trust.familiarity``) reads the first, the search the second."""
         feats = np.asarray(self.backbone.encode_images(images), np.float32)
         return feats, self.project_image_features(feats)
 
@@ -122,8 +122,8 @@ class RetrievalModel:
 
     def abnormal_probability(self, image_emb: np.ndarray) -> np.ndarray:
         """Calibrated P(abnormal) per row of projected image embeddings -> (N,) float32 in [0,1]:
-        the classifier's logit through the run's validation-fitted ``model.calibration``."""
-        from model.calibration import calibrated_probability
+        the classifier's logit through the run's validation-fitted ``evaluation.calibration``."""
+        from evaluation.calibration import calibrated_probability
 
         x = _as_tensor(image_emb, self.embed_dim, "image embeddings")
         with torch.inference_mode():

@@ -1,11 +1,11 @@
 """Which module of each backbone a runtime exports, with which inputs, and how its runner is called.
 
 ``attach_runtime(backbone, "openvino")`` compiles the backbone's image and text towers
-(``model.runtime``) and sets them as the backbone's runners; tokenisation, preprocessing and
+(``runtime.inference``) and sets them as the backbone's runners; tokenisation, preprocessing and
 the final L2 normalisation stay in Python, exactly as on the torch path.
 
 * open_clip image tower: ``model.encode_image`` with open_clip's ``nn.MultiheadAttention`` split
-  into plain linear layers (``model.quantize.SelfAttention``: the same computation; torch's
+  into plain linear layers (``runtime.quantize.SelfAttention``: the same computation; torch's
   fused inference kernel for it has no ONNX export).
 * open_clip text tower: ``encode_trimmed_text`` on tokens cut after the batch's last non-pad
   token, as the torch path does (CLIP's causal transformer, BiomedCLIP's PubMedBERT).
@@ -13,7 +13,7 @@ the final L2 normalisation stay in Python, exactly as on the torch path.
   MiniLM with sentence-transformers' mean pooling on its tokenizer's ids and attention mask.
 
 A backbone whose image tower runs torch's dynamic int8 (``+int8``) keeps that tower on torch. One
-named ``+ortint8`` runs its image tower in ONNX Runtime's dynamic int8 (``model.runtime.quantize_onnx``),
+named ``+ortint8`` runs its image tower in ONNX Runtime's dynamic int8 (``runtime.inference.quantize_onnx``),
 whatever the runtime of its text tower; it has no torch fallback (its features are int8's), so
 it fails with :class:`BackboneUnavailableError` where ONNX Runtime cannot run it.
 """
@@ -37,8 +37,8 @@ from model.backbones import (
     text_trim_pad_id,
     unpadded_length,
 )
-from model.runtime import TowerSpec, compile_tower
-from model.runtime_option import resolve_runtime
+from runtime.inference import TowerSpec, compile_tower
+from runtime.option import resolve_runtime
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def image_spec(backbone: Backbone) -> TowerSpec:
             return _Call(backbone.image_model, _offline_image), _pixels_example(backbone)
     else:
         def build():
-            from model.quantize import split_open_clip_attention
+            from runtime.quantize import split_open_clip_attention
 
             # a copy: the split attention must not change the model torch serves with
             model = split_open_clip_attention(copy.deepcopy(backbone.model)).eval()
@@ -116,7 +116,7 @@ def text_spec(backbone: Backbone) -> TowerSpec:
                          {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}}, build)
 
     def build_open_clip():
-        from model.quantize import split_open_clip_attention
+        from runtime.quantize import split_open_clip_attention
 
         model = split_open_clip_attention(copy.deepcopy(backbone.model)).eval()
         tokens = backbone.tokenizer(["a short one", "a longer example sentence with more tokens"],
@@ -154,7 +154,7 @@ def offline_text_runner(backbone: OfflineBackbone, tower):
 
 
 def attach_runtime(backbone: Backbone, runtime: str) -> Backbone:
-    """Compile ``backbone``'s towers in ``runtime`` (``auto`` resolved by ``model.runtime``) and
+    """Compile ``backbone``'s towers in ``runtime`` (``auto`` resolved by ``runtime.inference``) and
     make them its runners; ``torch`` detaches them. Returns ``backbone``."""
     runtime = resolve_runtime(runtime)
     ort_int8 = backbone.name.endswith(ORT_INT8_SUFFIX)

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.evaluate_run import project
 from model.findings_training import PairRelevance, probe_targets
-from model.head import MAX_LOGIT_SCALE, RetrievalHead
+from model.head import MAX_LOGIT_SCALE, RetrievalHead, project
 from model.loss import LOSS_PRESETS, CompositeLoss
-from model.relevance_metrics import ndcg_at_k, relevance_matrix
-from model.threads import torch_threads, training_threads
+from evaluation.relevance_metrics import ndcg_at_k, relevance_matrix
+from runtime.threads import torch_threads, training_threads
 
 log = logging.getLogger("train")
 
@@ -109,7 +108,7 @@ def train_head(
     history: list[dict[str, float]] = []
     best_score, best_state, best_epoch, bad_epochs = -1.0, None, 0, 0
     t0 = time.time()
-    with torch_threads(training_threads()):  # see model.threads: 1 unless CXR_TRAIN_THREADS says more
+    with torch_threads(training_threads()):  # see runtime.threads: 1 unless CXR_TRAIN_THREADS says more
         for epoch in range(args.epochs):
             head.train()
             epoch_parts: dict[str, float] = {}
@@ -192,11 +191,11 @@ def param_groups(modules: list[torch.nn.Module], weight_decay: float) -> list[di
 
 def validation_score(head: RetrievalHead, xi: torch.Tensor, xt: torch.Tensor, labels: np.ndarray,
                      codes: np.ndarray | None = None) -> float:
-    """What early stopping maximises: with ``codes``, the graded nDCG@10 (model.relevance_metrics)
+    """What early stopping maximises: with ``codes``, the graded nDCG@10 (evaluation.relevance_metrics)
     averaged over i2t and t2i - it sees findings and sides and still rewards the exact pair (gain 1);
     without, the old mean of R@10 and class-aware P@10 over both directions (``--val-metric r10p10``).
 
-    The same numbers as ``model.evaluate.evaluate_embeddings`` gives for these four metrics
+    The same numbers as ``evaluation.tables.evaluate_embeddings`` gives for these four metrics
     (same float64 similarity, same stable ranking), computed without the per-query mAP and
     i2i it also computes: those took ~3 s of every ~4 s epoch on 2 cores (bench.train_head).
     """
@@ -216,7 +215,7 @@ def validation_score(head: RetrievalHead, xi: torch.Tensor, xt: torch.Tensor, la
 
 def recall_and_precision_at_10(similarity: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """R@10 (the paired item in the top 10) and class-aware P@10 of a paired query x gallery
-    matrix, exactly as ``model.evaluate.per_query_metrics`` + ``summarize`` define them."""
+    matrix, exactly as ``evaluation.tables.per_query_metrics`` + ``summarize`` define them."""
     sim = np.asarray(similarity, dtype=np.float64)
     n_q, n_g = sim.shape
     order = np.argsort(-sim, axis=1, kind="stable")

@@ -55,7 +55,7 @@ def ensure_demo(run_dir: Path | None = None, index_dir: Path | None = None,
 
 def outdated_demo_index(index_dir: Path) -> bool:
     """The demo index was written by older code: another metadata schema, or no frozen vectors
-    (``index.frozen``) or familiarity model (``index.familiarity``). It is rebuilt from the cached
+    (``index.frozen``) or familiarity model (``trust.familiarity``). It is rebuilt from the cached
     features instead of failing; an index the user built is never rebuilt behind their back. A
     damaged index is left for the loader to report."""
     from index.frozen import FROZEN_IMAGES

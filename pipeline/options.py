@@ -11,7 +11,7 @@ from data.sources import add_data_arguments
 from model.factory import available_backbones
 from model.findings_training import SUPCON_LABELS
 from model.loss import LOSS_PRESETS
-from model.runtime_option import add_runtime_argument
+from runtime.option import add_runtime_argument
 
 DESCRIPTION = "Train the projector head on frozen-backbone features, evaluate it, write a run folder."
 # Chosen on the validation split (bench/results/ablation.md; never on test) by the rule of

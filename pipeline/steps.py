@@ -7,7 +7,7 @@ the frozen features through one on-disk cache (``model.features.cached_frozen_fe
 collection is embedded once, whichever of the three comes first.
 
 The work of each step lives where its job is: loaders in ``data``, the training loop in
-``model.training``, the metrics in ``model.evaluate_run``, the one index builder in ``index.build``,
+``model.training``, the metrics in ``pipeline.run_report``, the one index builder in ``index.build``,
 the t-SNE/UMAP export in ``model.embedding_map``. This module only wires them together.
 """
 from __future__ import annotations
@@ -33,14 +33,14 @@ from data.sources import DataSource, load_source
 from data.split import load_or_create_split, split_hash, split_level
 from model.checkpoint import run_option, save_checkpoint
 from model.embedding_map import build_embedding_maps
-from model.evaluate import format_phrase_table, format_table
-from model.evaluate_run import calibrate_head, evaluate_models, project
+from evaluation.tables import format_phrase_table, format_table
+from pipeline.run_report import calibrate_head, evaluate_models, project
 from model.factory import create_backbone
 from model.features import cached_frozen_features
 from model.findings_training import study_codes
-from model.phrase_benchmark import PHRASES, Phrase, phrase_texts
-from model.phrase_other_wording import OTHER_PHRASES
-from model.runtime_option import apply_runtime_argument
+from evaluation.phrase_benchmark import PHRASES, Phrase, phrase_texts
+from evaluation.phrase_other_wording import OTHER_PHRASES
+from runtime.option import apply_runtime_argument
 from model.training import TrainedHead, train_head
 from pipeline.options import PATH_ARGS
 from pipeline.curves import plot_curves

@@ -65,7 +65,7 @@ def small_demo_model(small_demo):
 @pytest.fixture(scope="module")
 def model(small_demo_model):
     """The small demo's RetrievalModel, on one torch thread like a serving worker (for this module's tests)."""
-    from model.threads import torch_threads
+    from runtime.threads import torch_threads
 
     with torch_threads(1):
         yield small_demo_model

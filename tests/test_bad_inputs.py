@@ -51,7 +51,7 @@ def _loads(run: Path, index: Path) -> bool:
         from model.checkpoint import load_checkpoint
 
         _, config = load_checkpoint(run, expected_backbone_id=OFFLINE_BACKBONE_ID)
-        from index.familiarity import FamiliarityModel
+        from trust.familiarity import FamiliarityModel
         from index.manifest import FAMILIARITY
 
         manifest = read_manifest(index)
@@ -132,7 +132,7 @@ def _jpeg(img: Image.Image) -> bytes:
 
 def _chest(seed=0) -> Image.Image:
     """A phantom of the small demo: a radiograph the index knows, so the trust checks
-    (index.familiarity) pass it and only the file's oddity is tested (noise would be refused)."""
+    (trust.familiarity) pass it and only the file's oddity is tested (noise would be refused)."""
     from data.paths import cache_root
 
     images = sorted((cache_root() / "tests" / f"small-demo-{SMALL_N}" / "data" / "images").glob("*.png"))

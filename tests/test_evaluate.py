@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.evaluate import evaluate_embeddings, per_query_metrics, summarize
+from evaluation.tables import evaluate_embeddings, per_query_metrics, summarize
 from model.embedding_map import place_query
 
 # 4 queries × 4 gallery items; query i is paired with item i. Labels: 0 0 1 1.

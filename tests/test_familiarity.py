@@ -15,7 +15,7 @@ import pytest
 
 from webapp.presenters import OK, WARNING
 from data.probes import FINDING_PHRASES, NON_CLINICAL_PHRASES, non_radiographs
-from index.familiarity import (
+from trust.familiarity import (
     FAMILIAR,
     FILE,
     NOT_RADIOGRAPH,
@@ -192,7 +192,7 @@ def test_filtered_search_cuts_hits_far_below_the_unfiltered_best(small_demo, tmp
 
 # ----------------------------------------------------------------------------- calibration
 def test_platt_scaling_fixes_an_overconfident_and_biased_estimate():
-    from model.calibration import calibration_report, fit_platt, fit_temperature, reliability
+    from evaluation.calibration import calibration_report, fit_platt, fit_temperature, reliability
 
     rng = np.random.default_rng(0)
     true_logit = rng.normal(0, 2, 4000)
@@ -211,7 +211,7 @@ def test_platt_scaling_fixes_an_overconfident_and_biased_estimate():
 def test_trained_run_stores_its_calibration_and_the_model_applies_it(small_demo, model):
     import torch
 
-    from model.calibration import calibrated_probability
+    from evaluation.calibration import calibrated_probability
 
     run = small_demo[1]
     config = json.loads((run / "config.json").read_text())
@@ -272,7 +272,7 @@ def test_at_least_98_percent_of_non_radiographs_are_refused(demo_engine):
 def test_finding_phrases_pass_and_non_clinical_phrases_are_warned(demo_engine):
     from bench.familiarity import text_verdicts
 
-    from model.phrase_benchmark import phrase_texts
+    from evaluation.phrase_benchmark import phrase_texts
 
     findings = text_verdicts(demo_engine, FINDING_PHRASES)
     assert len(findings) >= 60 and [p for p, v in findings.items() if v != FAMILIAR] == []

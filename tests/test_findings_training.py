@@ -11,8 +11,8 @@ from data.findings import Finding, relevance
 from model.findings_training import PairRelevance, probe_targets
 from model.head import MAX_LOGIT_SCALE, RetrievalHead
 from model.loss import CompositeLoss, supcon_loss
-from model.phrase_benchmark import PHRASES, Phrase, benchmark
-from model.relevance_metrics import encode_profiles
+from evaluation.phrase_benchmark import PHRASES, Phrase, benchmark
+from evaluation.relevance_metrics import encode_profiles
 
 L = frozenset({"left"})
 R = frozenset({"right"})
@@ -52,7 +52,7 @@ def test_finding_supcon_weights_positives_by_graded_relevance():
 
 def test_pair_relevance_table_equals_the_direct_computation():
     """The per-batch lookup gives exactly relevance_matrix of the batch's codes (duplicates, empty profiles)."""
-    from model.relevance_metrics import relevance_matrix
+    from evaluation.relevance_metrics import relevance_matrix
 
     rng = np.random.default_rng(0)
     codes = rng.choice(np.array([0, 1, 3, 5, 7], dtype=np.uint8), size=(300, 6), p=[0.7, 0.1, 0.1, 0.05, 0.05])

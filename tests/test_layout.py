@@ -2,7 +2,8 @@
 repeated blocks. Read from the source files (ast) and pylint's duplicate-code checker, so a
 change that breaks a rule fails here with the offending module named.
 
-Layers, lowest first: data -> model -> index -> pipeline -> webapp. A module may import its own
+Layers, lowest first: data -> runtime -> evaluation -> model -> trust -> index -> scale -> pipeline -> webapp
+(one room a job; README's layout table names them). A module may import its own
 layer and those below. Entry points (app.py, train.py, bench/, every ``__main__.py``) sit on top:
 they may import any layer, and nothing imports them.
 
@@ -19,7 +20,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = {"data": 0, "model": 1, "index": 2, "pipeline": 3, "webapp": 4}
+LAYERS = {"data": 0, "runtime": 1, "evaluation": 2, "model": 3, "trust": 4, "index": 5, "scale": 6, "pipeline": 7,
+          "webapp": 8}
 ENTRY_SCRIPTS = {"app", "train"}
 MAX_LINES = 500
 PROJECT = (*LAYERS, "bench", "tests", "app", "train")

@@ -24,10 +24,10 @@ pytest.importorskip("milvus_lite")
 from data.dataset import load_dataset  # noqa: E402
 from data.probes import non_radiographs  # noqa: E402
 from index.engine import SearchEngine  # noqa: E402
-from index.familiarity import FAMILIAR, NOT_RADIOGRAPH, UNLIKE_INDEX  # noqa: E402
+from trust.familiarity import FAMILIAR, NOT_RADIOGRAPH, UNLIKE_INDEX  # noqa: E402
 from index.frozen import FROZEN_IMAGES  # noqa: E402
 from index.manifest import FAMILIARITY, read_manifest, verify_files  # noqa: E402
-from index.trust_report import probe_inputs  # noqa: E402
+from trust.report import probe_inputs  # noqa: E402
 from index.vector_store import artifacts_dir  # noqa: E402
 
 PHRASES = ("cardiomegaly", "small left pleural effusion", "no acute cardiopulmonary abnormality")
@@ -82,7 +82,7 @@ def built(small_demo, model, tmp_path_factory):
     studies = load_dataset(data)
     tmp = tmp_path_factory.mktemp("parity")
     # The calibration report embeds the shipped non-radiograph probes once per backbone and process
-    # (index.trust_report.probe_inputs): warmed here so the count below is the studies' alone.
+    # (trust.report.probe_inputs): warmed here so the count below is the studies' alone.
     probe_inputs(str(model.backbone.backbone_id), model.backbone)
     counting = CountingBackbone(model.backbone, {s.report_text for s in studies})
     counting.install()

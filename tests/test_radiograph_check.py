@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from data.errors import IndexRefusedError
-from index.familiarity import (
+from trust.familiarity import (
     BY_INDEX_DISTANCE,
     BY_PIXELS,
     BY_RADIOGRAPH_MODEL,
@@ -26,7 +26,7 @@ from index.familiarity import (
     FamiliarityModel,
 )
 from model.backbones import OFFLINE_BACKBONE_ID
-from model.radiograph_check import SHIPPED, SHIPPED_DIR, RadiographModel, for_backbone, slug
+from trust.radiograph_check import SHIPPED, SHIPPED_DIR, RadiographModel, for_backbone, slug
 
 FILM_COPIES = 8  # 14 films x 8 = 112 studies: above the report's 100-study minimum to judge
 
@@ -42,7 +42,7 @@ def _cluster(n: int, centre: np.ndarray, spread: float, seed: int) -> np.ndarray
 
 # ----------------------------------------------------------------------------- the check alone
 def test_shipped_check_is_pinned_loads_and_refuses_a_changed_file(tmp_path, monkeypatch):
-    import model.radiograph_check as rc
+    import trust.radiograph_check as rc
 
     assert OFFLINE_BACKBONE_ID in SHIPPED
     model = for_backbone(OFFLINE_BACKBONE_ID)
@@ -124,7 +124,7 @@ def _fake_study(path: Path, i: int):
 
 
 def test_report_refuses_to_publish_an_index_its_own_films_fail(small_demo, tmp_path):
-    from index.trust_report import MIN_TO_JUDGE, attach, trust_report
+    from trust.report import MIN_TO_JUDGE, attach, trust_report
 
     image = sorted((small_demo[0] / "images").glob("*.png"))[0]
     studies = [_fake_study(image, i) for i in range(MIN_TO_JUDGE + 20)]
@@ -200,7 +200,7 @@ def _image_probes(engine, inputs):
 def test_non_radiographs_are_refused_with_no_hits_and_held_out_films_are_not(film_engines, pediatric_films, which):
     from data.augment import png_bytes, variants
     from data.probes import non_radiographs
-    from index.trust_report import trust_report
+    from trust.report import trust_report
     from PIL import Image
 
     engine = film_engines[which]
@@ -225,8 +225,8 @@ def test_non_radiographs_are_refused_with_no_hits_and_held_out_films_are_not(fil
 
 def test_film_index_report_is_kept_under_the_checksums(film_engines, tmp_path):
     from index.engine import SearchEngine
-    from index.familiarity import FILE
-    from index.trust_report import trust_report
+    from trust.familiarity import FILE
+    from trust.report import trust_report
 
     engine = film_engines["films"]
     copy = Path(shutil.copytree(engine.index_dir, tmp_path / "copy"))

@@ -1,4 +1,4 @@
-"""Ray Data ingest (index.ray_ingest) on a local Ray over a slice of the small demo.
+"""Ray Data ingest (scale.ray_ingest) on a local Ray over a slice of the small demo.
 
 One run is killed mid-way (SIGKILL to its process group) and rerun: only the missing
 shards are embedded. The shards' vectors, projected by the head, equal the single-process
@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("ray")
 
 from data.dataset import load_dataset, save_dataset  # noqa: E402
-from index import ray_ingest  # noqa: E402
+from scale import ray_ingest  # noqa: E402
 from index.shards import read_shards, shard_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

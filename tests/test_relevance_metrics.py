@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from data.findings import Finding, profile, relevance, shares_finding
-from model.evaluate import evaluate_embeddings, reference_rows
-from model.relevance_metrics import (ceiling_per_query, chance_per_query, encode_profiles, expected_ap_random,
+from evaluation.tables import evaluate_embeddings, reference_rows
+from evaluation.relevance_metrics import (ceiling_per_query, chance_per_query, encode_profiles, expected_ap_random,
                                      ndcg_at_k, ndcg_ir_measures, paired_bootstrap_diff, relevance_matrix,
                                      shares_matrix)
 

@@ -1,4 +1,4 @@
-"""Inference runtimes for the frozen towers (model.runtime, model.towers): the same features as
+"""Inference runtimes for the frozen towers (runtime.inference, model.towers): the same features as
 torch for every tower family, exports cached by backbone identity, and torch as the fallback
 when a runtime is missing or its export fails."""
 from __future__ import annotations
@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-import model.runtime as runtime_mod
+import runtime.inference as runtime_mod
 from model.factory import create_backbone
-import model.runtime_option as runtime_option
-from model.runtime import export_dir
-from model.runtime_option import add_runtime_argument, apply_runtime_argument, resolve_runtime
+import runtime.option as runtime_option
+from runtime.inference import export_dir
+from runtime.option import add_runtime_argument, apply_runtime_argument, resolve_runtime
 from tests.test_backbones import write_tiny_clip_folder, write_tiny_biomedclip_folder
 
 RUNTIMES = ["openvino", "onnxruntime"]
@@ -114,7 +114,7 @@ def test_missing_runtime_falls_back_to_torch_with_a_log_line(runtime, tmp_path, 
     monkeypatch.setitem(sys.modules, runtime, None)  # "import openvino" now raises ImportError
     write_tiny_clip_folder(tmp_path / "tiny", seed=1, weights_name="open_clip_model.safetensors")
     reference = create_backbone("clip", path=str(tmp_path / "tiny"), runtime="torch")
-    with caplog.at_level(logging.WARNING, logger="model.runtime"):
+    with caplog.at_level(logging.WARNING, logger="runtime.inference"):
         backbone = create_backbone("clip", path=str(tmp_path / "tiny"), runtime=runtime)
     assert backbone.runtime == "torch" and backbone.image_runner is None and backbone.text_runner is None
     assert any(f"runtime {runtime} unavailable" in r.getMessage() and "using torch" in r.getMessage()
@@ -128,7 +128,7 @@ def test_failed_export_falls_back_to_torch(tmp_path, monkeypatch, caplog):
 
     monkeypatch.setattr(runtime_mod, "export_onnx", broken_export)
     write_tiny_clip_folder(tmp_path / "tiny", seed=7, weights_name="open_clip_model.safetensors")  # not cached yet
-    with caplog.at_level(logging.WARNING, logger="model.runtime"):
+    with caplog.at_level(logging.WARNING, logger="runtime.inference"):
         backbone = create_backbone("clip", path=str(tmp_path / "tiny"), runtime="openvino")
     assert backbone.runtime == "torch"
     assert any("unsupported operator" in r.getMessage() for r in caplog.records)

@@ -15,7 +15,7 @@ from model.checkpoint import CheckpointError
 from model.factory import create_backbone
 from model.head import RetrievalHead
 from model.retrieval_model import RetrievalModel
-from model.runtime import compile_tower
+from runtime.inference import compile_tower
 from model.towers import image_spec, text_spec
 from tests.test_backbones import write_tiny_clip_folder
 

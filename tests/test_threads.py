@@ -1,4 +1,4 @@
-"""The serving thread policy (model.threads.query_threads): every core for a lone query, a
+"""The serving thread policy (runtime.threads.query_threads): every core for a lone query, a
 share each for concurrent ones, set per OS thread, and used by every engine query."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model.threads import QUERY_THREADS_ENV, QueryThreads, query_threads
+from runtime.threads import QUERY_THREADS_ENV, QueryThreads, query_threads
 
 
 def test_share_divides_the_cores_among_queries_in_flight():

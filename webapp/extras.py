@@ -17,7 +17,7 @@ import numpy as np
 from data.findings_text import parse_phrase
 from data.images import ImageLoadError
 from model.attribution import OcclusionMaps, occlusion_maps, overlay
-from model.threads import query_threads
+from runtime.threads import query_threads
 from webapp.composed import DEFAULT_WEIGHT, MAX_WEIGHT, MODES, NEUTRAL_PHRASE, compose, compose_findings
 from webapp.presenters import gallery_caption, hits_as_records, preview
 from webapp.queries import QueryError, clean_query, parse_k

@@ -1,11 +1,11 @@
-"""How the page shows a familiarity verdict (index.familiarity): the badge beside the query,
+"""How the page shows a familiarity verdict (trust.familiarity): the badge beside the query,
 the status line above the results, the star's label on the embedding map."""
 from __future__ import annotations
 
 import html
 from typing import Any
 
-from index.familiarity import FAMILIAR, NOT_RADIOGRAPH, UNLIKE_INDEX
+from trust.familiarity import FAMILIAR, NOT_RADIOGRAPH, UNLIKE_INDEX
 
 TITLES = {FAMILIAR: "Familiar input", UNLIKE_INDEX: "Unlike the indexed studies", NOT_RADIOGRAPH: "Not a chest radiograph"}
 DECIDED_BY = {"pixels": "the pixel checks", "radiograph_model": "the radiograph check",

@@ -4,7 +4,7 @@ Why: refusing "not a radiograph" by distance to the indexed studies depends on h
 the user's index is: a collection of real films from many hospitals let grey photos through
 (issue 25). This check reads only the query's frozen image features (the ones the familiarity
 check and the head already get: no second backbone pass) and a weight vector fitted once for
-the backbone by ``python -m model.radiograph_fit`` on radiographs (phantoms, real films, with
+the backbone by ``python -m trust.radiograph_fit`` on radiographs (phantoms, real films, with
 augmentation) against non-radiographs (photos, pages, screenshots, charts, noise). The model
 is shipped beside this module as safetensors (weights + JSON metadata), pinned by SHA-256 in
 :data:`SHIPPED`; a backbone without a shipped model can be fitted into the cache

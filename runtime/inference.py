@@ -8,7 +8,7 @@ How: each tower (:mod:`model.towers` says which module and inputs) is exported O
 cached under ``<cache>/runtimes/<key>/`` where the key hashes the backbone id (which carries
 the weights' SHA-256), the tower and the export recipe; OpenVINO and ONNX Runtime both read
 that file. The compiled model is built lazily per intra-op thread count (the caller's
-``torch.get_num_threads()``, which :mod:`model.threads` sets per query and per bulk worker),
+``torch.get_num_threads()``, which :mod:`runtime.threads` sets per query and per bulk worker),
 so the runtime follows the same thread policy as torch.
 
 Features stay float32 and equal to torch's (cosine >= 0.9999, ``tests/test_runtime.py``), so the
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from data.atomic_io import atomic_write_json
-from model.runtime_option import RUNTIME_MODULES, runtime_installed
+from runtime.option import RUNTIME_MODULES, runtime_installed
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class CompiledTower:
 
 
 def _compile_openvino(ov: Any, path: Path, threads: int) -> Any:
-    from model.threads import available_cores
+    from runtime.threads import available_cores
 
     # ``threads`` per request and as many streams as fit the cores: a lone query gets one
     # stream with every core; 1-thread callers (bulk workers, concurrent queries) get one

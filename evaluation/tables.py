@@ -7,9 +7,9 @@ Conventions (query row i is paired with gallery row i):
   ranking AP averaged over queries. ``MRR``: mean reciprocal rank of the paired item.
 - ``i2i`` (image->image, what "find similar studies" does) excludes the query itself and
   has no paired item, so it reports P@K and mAP only.
-- With findings (``codes`` from :func:`model.relevance_metrics.encode_profiles`) every direction
+- With findings (``codes`` from :func:`evaluation.relevance_metrics.encode_profiles`) every direction
   also gets the graded ``nDCG@10`` and ``finding_P@10``, and :func:`reference_rows` gives the
-  chance and ceiling of every metric (see :mod:`model.relevance_metrics`).
+  chance and ceiling of every metric (see :mod:`evaluation.relevance_metrics`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import label_ranking_average_precision_score
 
-from model.relevance_metrics import (ceiling_per_query, chance_per_query, graded_per_query, mean_rows,
+from evaluation.relevance_metrics import (ceiling_per_query, chance_per_query, graded_per_query, mean_rows,
                                      relevance_matrix, shares_matrix)
 
 KS = (1, 5, 10)
@@ -154,8 +154,8 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def format_phrase_table(report: dict[str, Any], key: str = "phrase_benchmark") -> str:
-    """The findings-phrase benchmark (model.phrase_benchmark) per model, beside its chance and ceiling;
-    ``key="phrase_benchmark_other_wording"``: the second wording set (model.phrase_other_wording)."""
+    """The findings-phrase benchmark (evaluation.phrase_benchmark) per model, beside its chance and ceiling;
+    ``key="phrase_benchmark_other_wording"``: the second wording set (evaluation.phrase_other_wording)."""
     rows = report.get(key) or {}
     if not rows:
         return ""

@@ -42,7 +42,7 @@ def probe_inputs(backbone_id: str, backbone: Any) -> tuple[tuple[str, Any, float
 
 
 def _rates(verdicts: Sequence[str]) -> dict[str, Any]:
-    from index.familiarity import VERDICTS
+    from trust.familiarity import VERDICTS
 
     n = max(len(verdicts), 1)
     return {"n": len(verdicts), **{v: round(sum(x == v for x in verdicts) / n, 4) for v in VERDICTS}}
@@ -51,7 +51,7 @@ def _rates(verdicts: Sequence[str]) -> dict[str, Any]:
 def held_out_report(familiarity: Any, studies: Sequence[Any], image_feats: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """Verdict rates of the indexed studies as held-out queries (see the module docstring)."""
     from data.images import load_radiograph
-    from index.familiarity import pixel_check
+    from trust.familiarity import pixel_check
 
     n = len(studies)
     rng = np.random.default_rng(seed)
@@ -80,7 +80,7 @@ def held_out_report(familiarity: Any, studies: Sequence[Any], image_feats: np.nd
 
 def probe_report(familiarity: Any, backbone: Any) -> dict[str, Any]:
     """The shipped non-radiograph probes through the full image check of this index."""
-    from index.familiarity import NOT_RADIOGRAPH
+    from trust.familiarity import NOT_RADIOGRAPH
 
     verdicts = {}
     for name, image, colour, feats in probe_inputs(str(backbone.backbone_id), backbone):
@@ -114,7 +114,7 @@ def attach(familiarity: Any, backbone: Any, studies: Sequence[Any], image_feats:
         raise IndexRefusedError(
             f"not publishing this index: {held['refused']:.1%} of its own {held['n']} studies would be refused as not "
             f"chest radiographs (limit {MAX_REFUSED:.0%}; pixel checks {held['refused_by_pixels']:.1%}, radiograph "
-            f"check {by_check:.1%}): check the images, or refit the check (python -m model.radiograph_fit)")
+            f"check {by_check:.1%}): check the images, or refit the check (python -m trust.radiograph_fit)")
     return familiarity
 
 

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from data.findings import BILATERAL, LEFT, RIGHT, Finding, profile, side_credit
-from model.relevance_metrics import K, ndcg_ir_measures
+from evaluation.relevance_metrics import K, ndcg_ir_measures
 
 
 @dataclass(frozen=True)

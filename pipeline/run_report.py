@@ -14,22 +14,16 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from model.evaluate import evaluate_per_query, reference_rows, summarize
-from model.head import RetrievalHead
-from model.linear_baseline import fit_on_train
-from model.phrase_benchmark import benchmark
-from model.relevance_metrics import ndcg_at_k, paired_bootstrap_diff, relevance_matrix
+from evaluation.tables import evaluate_per_query, reference_rows, summarize
+from model.head import RetrievalHead, project  # noqa: F401 (project: re-exported for the run's callers)
+from evaluation.linear_baseline import fit_on_train
+from evaluation.phrase_benchmark import benchmark
+from evaluation.relevance_metrics import ndcg_at_k, paired_bootstrap_diff, relevance_matrix
 
 GRADED = ("nDCG@10", "finding_P@10")
 
 
 @torch.no_grad()
-def project(head: RetrievalHead, feats: torch.Tensor, modality: str) -> np.ndarray:
-    head.eval()
-    fn = head.encode_image if modality == "image" else head.encode_text
-    return fn(feats).numpy()
-
-
 def _val_ndcg(codes: np.ndarray):
     """Score for choosing the ridge penalty on validation rows: mean nDCG@10 of i2t and t2i."""
     def score(zi: np.ndarray, zt: np.ndarray, rows: np.ndarray) -> float:
@@ -45,8 +39,8 @@ def evaluate_models(
     phrase_feats: np.ndarray | None = None, keep_per_query: bool = False, other_phrase_feats: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """eval.json's content (minus run bookkeeping). ``study_findings[i]`` = findings of study row i;
-    ``phrase_feats`` = frozen text features of :data:`model.phrase_benchmark.PHRASES`,
-    ``other_phrase_feats`` of :data:`model.phrase_other_wording.OTHER_PHRASES` (the second wording set)."""
+    ``phrase_feats`` = frozen text features of :data:`evaluation.phrase_benchmark.PHRASES`,
+    ``other_phrase_feats`` of :data:`evaluation.phrase_other_wording.OTHER_PHRASES` (the second wording set)."""
     name = backbone.name
     test = rows["test"]
     y, tc = labels[test], codes[test]
@@ -80,7 +74,7 @@ def evaluate_models(
         phrases[tuned] = benchmark(project(head, torch.from_numpy(phrase_feats), "text"), zi, test_findings,
                                    per_phrase=keep_per_query)
     models = {m: {d: summarize(v, n_bootstrap) for d, v in dirs.items()} for m, dirs in per_query.items()}
-    add_side_swap(models[tuned], zi, zt, tc)  # image queries' side errors (model.side_metrics)
+    add_side_swap(models[tuned], zi, zt, tc)  # image queries' side errors (evaluation.side_metrics)
     add_side_swap(models[frozen], frozen_i, frozen_t if backbone.shared_space else None, tc)
     if baseline != frozen:
         add_side_swap(models[baseline], ridge_i, ridge_t, tc)
@@ -95,7 +89,7 @@ def evaluate_models(
     report: dict[str, Any] = {"models": models, "notes": notes, "chance": refs["chance"], "ceiling": refs["ceiling"],
                               "phrase_benchmark": phrases, "comparisons": comparisons}
     if other_phrase_feats is not None:  # the second wording set: test only, the same rows and keys
-        from model.phrase_other_wording import OTHER_PHRASES
+        from evaluation.phrase_other_wording import OTHER_PHRASES
 
         report["phrase_benchmark_other_wording"] = {
             tuned: benchmark(project(head, torch.from_numpy(other_phrase_feats), "text"), zi, test_findings, OTHER_PHRASES),
@@ -108,7 +102,7 @@ def evaluate_models(
 
 def add_side_swap(row: dict[str, Any], image: np.ndarray, text: np.ndarray | None, codes: np.ndarray) -> None:
     """``side_swap_rate`` (+ its chance and count) into the i2t and i2i entries of one model row."""
-    from model.side_metrics import side_swap_rate
+    from evaluation.side_metrics import side_swap_rate
 
     if text is not None and "i2t" in row:
         row["i2t"].update(side_swap_rate(image @ text.T, codes, codes))
@@ -123,8 +117,8 @@ def _diffs(a: dict[str, dict[str, np.ndarray]], b: dict[str, dict[str, np.ndarra
 
 
 def calibrate_head(head: RetrievalHead, Xi: torch.Tensor, labels: np.ndarray, rows: dict) -> tuple[dict, dict]:
-    """Temperature of the abnormal estimate fitted on val, ECE/reliability on test (model.calibration)."""
-    from model.calibration import calibration_report, head_logits
+    """Temperature of the abnormal estimate fitted on val, ECE/reliability on test (evaluation.calibration)."""
+    from evaluation.calibration import calibration_report, head_logits
 
     logits = {k: head_logits(head, project(head, Xi[rows[k]], "image")) for k in ("val", "test")}
     return calibration_report(logits["val"], labels[rows["val"]], logits["test"], labels[rows["test"]])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.relevance_metrics import K
+from evaluation.relevance_metrics import K
 
 _PRESENT = 1
 

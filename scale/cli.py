@@ -17,7 +17,7 @@ from data.errors import InputError
 
 
 def _ray_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("Ray ingest (index.ray_ingest)")
+    g = parser.add_argument_group("Ray ingest (scale.ray_ingest)")
     g.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address (default: a local Ray)")
     g.add_argument("--workers", type=int, default=1, help="embedding actors (one backbone each)")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per embedding actor")
@@ -43,7 +43,7 @@ def add_embed_command(sub) -> None:
 
 
 def _ingest(args: argparse.Namespace, studies, backbone, shards: Path, backbone_path: str | None) -> None:
-    from index import ray_ingest
+    from scale import ray_ingest
 
     report = ray_ingest.ingest(
         studies, shards, backbone, ray_ingest.backbone_factory_for(backbone.name, backbone_path),
@@ -70,7 +70,7 @@ def shards_for_build(args: argparse.Namespace, studies, encoder) -> Path | None:
     backbone from ``--backbone-path`` too); ``--engine local``: None (the shared feature cache)."""
     if args.engine != "ray":
         return None
-    from index import ray_ingest
+    from scale import ray_ingest
 
     shards = Path(args.shards) if args.shards else ray_ingest.default_shards_dir(encoder, studies)
     _ingest(args, studies, encoder.backbone, shards, args.backbone_path)

@@ -5,7 +5,7 @@ says when those neighbours mean nothing:
 
 * ``not_radiograph``: the input fails a cheap pixel check (colour, a document, noise, a flat
   field or a smooth gradient, an odd aspect ratio), or the backbone's radiograph check
-  (``model.radiograph_check``: fitted once per backbone, independent of any index) refuses its
+  (``trust.radiograph_check``: fitted once per backbone, independent of any index) refuses its
   frozen features. Only for a backbone without such a check: its features are far beyond
   anything indexed. No results, no estimate, a plain message why.
 * ``unlike_index``: a radiograph-like input whose features are farther from the indexed
@@ -275,7 +275,7 @@ def _radiograph_check(backbone_id: str) -> Any:
     """The shipped (or cache-fitted) radiograph check of the backbone, None without one."""
     if not backbone_id:
         return None
-    from model.radiograph_check import for_backbone
+    from trust.radiograph_check import for_backbone
 
     return for_backbone(backbone_id)
 
@@ -302,7 +302,7 @@ class FamiliarityModel:
         self.image = image
         self.text = text
         self.meta = meta
-        # the backbone's index-independent radiograph check (model.radiograph_check), or None
+        # the backbone's index-independent radiograph check (trust.radiograph_check), or None
         self.radiograph = radiograph if radiograph is not None else _radiograph_check(meta.get("backbone_id", ""))
 
     @property

@@ -1,7 +1,7 @@
-"""Fit (and measure) the radiograph check of one backbone: ``python -m model.radiograph_fit``.
+"""Fit (and measure) the radiograph check of one backbone: ``python -m trust.radiograph_fit``.
 
-    python -m model.radiograph_fit --backbone offline --ship   # writes model/radiograph_models/
-    python -m model.radiograph_fit --backbone clip              # writes into the cache
+    python -m trust.radiograph_fit --backbone offline --ship   # writes model/radiograph_models/
+    python -m trust.radiograph_fit --backbone clip              # writes into the cache
 
 Training material, all local and seeded (nothing from any user's index):
 * radiographs: the offline demo's phantoms of its train+val split (frozen features from the
@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from model.radiograph_check import SHIPPED_DIR, RadiographModel, cache_path, slug
+from trust.radiograph_check import SHIPPED_DIR, RadiographModel, cache_path, slug
 
 N_PHANTOM_COPIES, N_FILM_COPIES, N_OTHER_COPIES = 240, 10, 5
 FOLDS = 5
@@ -195,7 +195,7 @@ def fit_and_measure(ts: TrainingSet, backbone_id: str) -> tuple[RadiographModel,
         "imagenet_head_alternative": imagenet_alternative(ts),
         "chance": "a constant answer refuses all non-radiographs and all radiographs (or neither)",
     }
-    meta = {"backbone_id": backbone_id, "fitted_by": "model.radiograph_fit", "n_rows": int(fit_rows.sum()),
+    meta = {"backbone_id": backbone_id, "fitted_by": "trust.radiograph_fit", "n_rows": int(fit_rows.sum()),
             "cv_film_refused": report["cross_validated"]["film"]["refused"],
             "cv_probe_refused_share": report["cross_validated"]["probe"]["refused_share"]}
     return RadiographModel(w, b, THRESHOLD, meta), report

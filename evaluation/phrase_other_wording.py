@@ -1,6 +1,6 @@
 """A second findings-phrase set, in other words than the benchmark and the training generator.
 
-Why: the phrase-view training (``model.phrase_views``) and the benchmark (``model.phrase_benchmark``)
+Why: the phrase-view training (``model.phrase_views``) and the benchmark (``evaluation.phrase_benchmark``)
 were written by the same hands; a head that learnt their wording could score well on one set and
 still miss "effusion of the left pleural space". These phrases use other words, other orders and
 other side wordings; each has its relevance rule (the benchmark's :class:`Phrase`). TEST ONLY:
@@ -9,7 +9,7 @@ nothing is chosen or tuned on them (eval.json ``phrase_benchmark_other_wording``
 from __future__ import annotations
 
 from data.findings import BILATERAL, LEFT, RIGHT
-from model.phrase_benchmark import Phrase
+from evaluation.phrase_benchmark import Phrase
 
 
 def _sides(name: str, *wordings: str) -> list[Phrase]:

@@ -1,7 +1,7 @@
 """``--runtime`` for every CLI (train.py, python -m index, app.py): one option, one meaning,
 and the process-wide default runtime it sets (read by ``model.factory.create_backbone``).
 
-Kept free of heavy imports so a CLI can build its parser before torch loads; ``model.runtime``
+Kept free of heavy imports so a CLI can build its parser before torch loads; ``runtime.inference``
 (export and compile, with torch) builds on this module, never the other way round.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 RUNTIMES = ("torch", "openvino", "onnxruntime")
 RUNTIME_CHOICES = ("auto", *RUNTIMES)
 RUNTIME_ENV = "CXR_RUNTIME"  # the option's default, e.g. CXR_RUNTIME=torch to keep eager torch
-AUTO_ORDER = ("openvino", "onnxruntime")  # fastest first, by measurement (model.runtime's docstring)
+AUTO_ORDER = ("openvino", "onnxruntime")  # fastest first, by measurement (runtime.inference's docstring)
 RUNTIME_MODULES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}  # runtime -> Python package
 
 log = logging.getLogger(__name__)

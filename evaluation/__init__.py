@@ -1,0 +1,1 @@
+"""evaluation/: see the layout table in README.md."""

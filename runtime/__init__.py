@@ -1,0 +1,1 @@
+"""runtime/: see the layout table in README.md."""

@@ -1,0 +1,1 @@
+"""trust/: see the layout table in README.md."""
