@@ -122,11 +122,28 @@ def headline_speed(docs: Docs) -> str:
     return bench_targets_table([{**docs[0], "summary": picked}]).split("\n\nOne ")[0]
 
 
+def text_search_table(docs: Docs) -> str:
+    """Typed phrases over the demo index: dense (the head alone), hybrid and reports only, per split,
+    beside chance and ceiling (``python -m bench.hybrid``)."""
+    bench = docs[0]["phrase_benchmark"]
+    rows = []
+    for split in ("val", "test"):
+        for name, row in bench[split].items():
+            rows.append([split, name, cell(row.get("finding_P@10")), cell(row.get("side_swap_rate")),
+                         cell(row.get("nDCG@10")), cell(row.get("negated_tag_rate")),
+                         f"{cell(row.get('chance_finding_P@10'))} / {cell(row.get('ceiling_finding_P@10'))}",
+                         cell(row.get("chance_side_swap_rate"))])
+    return rows_table(["split", "text search", "finding_P@10", "side-swap", "nDCG@10", "negated in tags",
+                       "finding_P@10 chance / ceiling", "side-swap chance"], rows)
+
+
 TABLES: list[Table] = [
     Table("headline", ("bench/results/ablation.json",), headline, "python -m bench.ablation", page="README.md",
           timing=False),
     Table("headline-speed", ("bench/results/bench.json",), headline_speed, "python -m bench > bench/results/bench.json",
           page="README.md"),
+    Table("text-search", ("bench/results/hybrid.json",), text_search_table, "python -m bench.hybrid --reps 3 --save "
+          "bench/results/hybrid.json", page="README.md", timing=False),
     Table("ablation", ("bench/results/ablation.json",), ablation_table, "python -m bench.ablation",
           page="docs/evaluation.md", timing=False),
     Table("side-swap", ("bench/results/side_swap/ablation.json",), side_swap_table,

@@ -113,6 +113,7 @@ class RetrievalHead(nn.Module):
         }
 
 
+@torch.no_grad()
 def project(head: RetrievalHead, feats: torch.Tensor, modality: str) -> "np.ndarray":
     """Frozen features through the head (eval mode) into the shared space, as numpy."""
     head.eval()

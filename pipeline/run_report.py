@@ -23,7 +23,6 @@ from evaluation.relevance_metrics import ndcg_at_k, paired_bootstrap_diff, relev
 GRADED = ("nDCG@10", "finding_P@10")
 
 
-@torch.no_grad()
 def _val_ndcg(codes: np.ndarray):
     """Score for choosing the ridge penalty on validation rows: mean nDCG@10 of i2t and t2i."""
     def score(zi: np.ndarray, zt: np.ndarray, rows: np.ndarray) -> float:

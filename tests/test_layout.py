@@ -13,6 +13,7 @@ another module of the project defines; it uses that module's public properties a
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -261,3 +262,19 @@ def test_the_private_name_check_catches_reads_writes_and_imports():
                                            "user.py:4: uses ._items of another module"]
     finally:
         PROJECT = saved
+
+
+def readme_layout_folders(text: str) -> list[str]:
+    """The folders named in the first column of the README's "## Layout" table."""
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `([\w]+)/` \|", section, re.M)
+
+
+def test_readme_layout_table_names_every_folder_in_import_order():
+    """The README's layout table is the map a newcomer reads: it names each room once, in the layer
+    order the import check enforces (bench and tests last), and no folder that is not there."""
+    folders = readme_layout_folders((ROOT / "README.md").read_text())
+    packages = sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file())
+    assert sorted(folders) == sorted({*packages, "tests"})
+    assert folders[:len(LAYERS)] == sorted(LAYERS, key=LAYERS.get)
+    assert folders[len(LAYERS):] == ["bench", "tests"]
