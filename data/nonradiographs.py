@@ -40,7 +40,7 @@ def shipped_pictures() -> list[tuple[str, Image.Image]]:
         for name in ("topobathy.npz", "jacksboro_fault_dem.npz"):
             path = os.path.join(folder, name)
             if os.path.isfile(path):
-                with np.load(path) as data:
+                with np.load(path, allow_pickle=False) as data:
                     key = "topo" if "topo" in data else "elevation"
                     out.append((f"mpl:{name}", _image(np.asarray(data[key], np.float64))))
     except ImportError:  # pragma: no cover - matplotlib is a runtime dependency

@@ -157,7 +157,9 @@ def test_the_offered_examples_and_a_searched_gallery_image_are_served(served):
         assert status == 200 and len(image) == value["size"] > 0
     offered = {value["orig_name"] for value in examples}
 
-    gallery, _, status_text, records, _ = _call(url, "search_text", ["small left pleural effusion", 3, "any", "any", "any"])
+    # raw HTTP sends every input (gradio requires it; gradio_client fills the added side and mode itself)
+    gallery, _, status_text, records, _ = _call(url, "search_text",
+                                                ["small left pleural effusion", 3, "any", "any", "any", "any", "hybrid"])
     assert status_text.startswith(OK) and len(gallery) == len(records["hits"]) == 3
     for item in gallery:
         staged = Path(item["image"]["path"])
