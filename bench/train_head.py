@@ -115,9 +115,20 @@ def run(threads_compare: bool = True) -> dict[str, Any]:
     Xi, Xt = torch.from_numpy(image_feats), torch.from_numpy(text_feats)
     y = torch.from_numpy(labels).float()
 
+    # The side-swap and phrase-view terms train on cached features of the real towers (pipeline.steps);
+    # on synthetic features there are none, so those two terms are off and the note says so.
+    extras: tuple = (None, None)
+    if found is not None:
+        from model.factory import create_backbone
+        from pipeline.steps import side_and_phrase_inputs
+
+        extras = side_and_phrase_inputs(args, create_backbone("offline"), studies, rows["train"])
+    else:
+        source += "; side-swap and phrase-view terms off (they need the real towers' features)"
+
     def once(threads: int | None = None, epochs: int | None = None, patience: int | None = None) -> dict[str, Any]:
         """train_head as train.py runs it; ``threads`` overrides the policy's count."""
-        run_args = parse_training_args(["--quiet"])
+        run_args = parse_training_args(["--quiet"] + ([] if found is not None else ["--w-side", "0", "--w-phrase", "0"]))
         if epochs is not None:
             run_args.epochs = epochs
         if patience is not None:
@@ -129,7 +140,8 @@ def run(threads_compare: bool = True) -> dict[str, Any]:
         try:
             used = training_threads()
             with stopwatch() as t:
-                trained = train_head(run_args, backbone.image_dim, backbone.text_dim, Xi, Xt, y, rows, labels, codes)
+                trained = train_head(run_args, backbone.image_dim, backbone.text_dim, Xi, Xt, y, rows, labels, codes,
+                                     swapped=extras[0], views=extras[1])
         finally:
             if saved is None:
                 os.environ.pop(TRAIN_THREADS_ENV, None)

@@ -140,6 +140,28 @@ def evaluate(backbone: Any, trained: TrainedHead, Xi: torch.Tensor, Xt: torch.Te
     return report, calibration
 
 
+def side_and_phrase_inputs(args: argparse.Namespace, backbone: Any, studies: Sequence[Study],
+                           train_rows: np.ndarray) -> tuple[tuple[torch.Tensor, np.ndarray] | None, Any]:
+    """What ``--w-side`` and ``--w-phrase`` train on: the side-swapped reports' features (with their mask)
+    and the training studies' phrase views with their features, both cached beside the studies' features;
+    None for a term that is off. train.py and ``bench.train_head`` train through this one function."""
+    swapped = None
+    if args.w_side > 0:
+        from model.side_swap import swapped_text_features
+
+        feats, mask = swapped_text_features(backbone, studies)
+        swapped = (torch.from_numpy(feats), mask)
+    views = None
+    if args.w_phrase > 0:
+        from model.phrase_views import PhraseViews, phrase_view_features
+
+        t1 = time.time()
+        views = PhraseViews.build(studies, train_rows)
+        phrase_view_features(backbone, views, studies)
+        log.info("phrase views: %d distinct phrases (%.1fs)", len(views.texts), time.time() - t1)
+    return swapped, views
+
+
 def hybrid_phrase_rows(trained: TrainedHead, Xi: torch.Tensor, phrase_feats: np.ndarray,
                        data: Collection, phrases: Sequence[Phrase] = PHRASES) -> dict[str, Any]:
     """eval.json's ``phrase_benchmark["hybrid"]`` and ``["reports only"]`` (index.hybrid_benchmark): the
@@ -242,21 +264,7 @@ def train_run(args: argparse.Namespace) -> Path:
     t_embed = time.time() - t0
     log.info("features: image %s, text %s (%.1fs)", image_feats.shape, text_feats.shape, t_embed)
     Xi, Xt = torch.from_numpy(image_feats), torch.from_numpy(text_feats)
-    swapped = None
-    if args.w_side > 0:  # the side-swapped reports' features, cached beside the studies'
-        from model.side_swap import swapped_text_features
-
-        feats, mask = swapped_text_features(backbone, data.studies)
-        swapped = (torch.from_numpy(feats), mask)
-
-    views = None
-    if args.w_phrase > 0:  # phrases from the training studies' findings; their features cached beside the studies'
-        from model.phrase_views import PhraseViews, phrase_view_features
-
-        t1 = time.time()
-        views = PhraseViews.build(data.studies, data.rows["train"])
-        phrase_view_features(backbone, views, data.studies)
-        log.info("phrase views: %d distinct phrases (%.1fs)", len(views.texts), time.time() - t1)
+    swapped, views = side_and_phrase_inputs(args, backbone, data.studies, data.rows["train"])
     trained = train_head(args, backbone.image_dim, backbone.text_dim, Xi, Xt, torch.from_numpy(data.labels).float(),
                          data.rows, data.labels, data.codes, swapped=swapped, views=views)
 
