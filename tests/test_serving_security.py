@@ -6,6 +6,7 @@ The app's TMPDIR is a separate folder, so nothing reaches the page merely by lyi
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -44,12 +45,20 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
 
 
 def _post(url: str, body: bytes | Iterator[bytes], content_type: str) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
+    """POST and read the answer, also when the server answers (413) and closes before the whole body is
+    sent: the write then fails with a broken pipe while the answer waits in the socket (a race urllib loses)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     try:
-        with urllib.request.urlopen(request, timeout=60) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        try:
+            conn.request("POST", parts.path + (f"?{parts.query}" if parts.query else ""), body=body,
+                         headers={"Content-Type": content_type})
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
 
 
 def _multipart(name: str, payload: bytes) -> tuple[bytes, str]:
