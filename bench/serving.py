@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from bench.common import ROOT, cpu_count, emit, log, machine, run_isolated, scratch_dir, setup_environment
+from bench.common import ROOT, cpu_count, emit, log, machine, run_isolated, scratch_dir, setup_environment, stop_process
 from bench.serving_load import Client, endpoint_defaults, run_level
 
 CLIENTS = (1, 4, 16)
@@ -153,12 +153,7 @@ def running_app(concurrency: int | None, query_threads: int | None, blas_threads
             time.sleep(0.5)
         yield port, proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def queries(port: int, files: dict[str, Path]) -> dict[str, Callable[[Client, int], None]]:

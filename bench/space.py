@@ -15,7 +15,6 @@ progress page first, then the app with its ``/search_text`` endpoint, which is c
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -25,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, emit, log, machine, scratch_dir
+from bench.common import ROOT, emit, log, machine, scratch_dir, stop_process
 
 SPACE_PORT = 7860
 
@@ -137,12 +136,7 @@ def start_space(py: Path, repo: Path, cache: Path, port: int, timeout: float) ->
                 out["rss_after_query_mb"] = tree_rss_mb(proc.pid)
         finally:
             out["exit_code_before_stop"] = proc.poll()
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
     out["log_tail"] = log_path.read_text()[-1500:]
     return out
 
