@@ -22,6 +22,7 @@ Prints the wall time of the grid.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import sys
@@ -35,20 +36,24 @@ import numpy as np
 from bench.common import log, machine, setup_environment
 from data.atomic_io import atomic_write_json
 
-# name -> (loss preset, supcon labels, finding-probe weight, side-swap weight, phrase-view weight)
-VARIANTS: dict[str, tuple[str, str, float, float, float]] = {
-    "clip": ("clip", "binary", 0.0, 0.0, 0.0),
-    "clip+supcon": ("clip+supcon", "binary", 0.0, 0.0, 0.0),
-    "clip+supcon[findings]": ("clip+supcon", "findings", 0.0, 0.0, 0.0),
-    "paper: clip+supcon+bce": ("clip+supcon+bce", "binary", 0.0, 0.0, 0.0),
-    "clip+supcon[findings]+bce": ("clip+supcon+bce", "findings", 0.0, 0.0, 0.0),
-    "clip+supcon[findings]+bce+probe": ("clip+supcon+bce", "findings", 1.0, 0.0, 0.0),
-    "clip+supcon[findings]+bce+side": ("clip+supcon+bce", "findings", 0.0, 1.0, 0.0),
-    "clip+supcon[findings]+bce+side x5": ("clip+supcon+bce", "findings", 0.0, 5.0, 0.0),
-    "clip+supcon[findings]+bce+phrases": ("clip+supcon+bce", "findings", 0.0, 0.0, 1.0),
-    "clip+supcon[findings]+bce+phrases+side": ("clip+supcon+bce", "findings", 0.0, 1.0, 1.0),
-    "clip+supcon[findings]+bce+phrases+side x5": ("clip+supcon+bce", "findings", 0.0, 5.0, 1.0),
-    "clip+supcon[findings]+bce+phrases x3+side x5": ("clip+supcon+bce", "findings", 0.0, 5.0, 3.0),
+# name -> (loss preset, supcon labels, finding-probe weight, side-swap weight, phrase-view weight, knowledge scale)
+VARIANTS: dict[str, tuple[str, str, float, float, float, float]] = {
+    "clip": ("clip", "binary", 0.0, 0.0, 0.0, 0.0),
+    "clip+supcon": ("clip+supcon", "binary", 0.0, 0.0, 0.0, 0.0),
+    "clip+supcon[findings]": ("clip+supcon", "findings", 0.0, 0.0, 0.0, 0.0),
+    "paper: clip+supcon+bce": ("clip+supcon+bce", "binary", 0.0, 0.0, 0.0, 0.0),
+    "clip+supcon[findings]+bce": ("clip+supcon+bce", "findings", 0.0, 0.0, 0.0, 0.0),
+    "clip+supcon[findings]+bce+probe": ("clip+supcon+bce", "findings", 1.0, 0.0, 0.0, 0.0),
+    "clip+supcon[findings]+bce+side": ("clip+supcon+bce", "findings", 0.0, 1.0, 0.0, 0.0),
+    "clip+supcon[findings]+bce+side x5": ("clip+supcon+bce", "findings", 0.0, 5.0, 0.0, 0.0),
+    "clip+supcon[findings]+bce+phrases": ("clip+supcon+bce", "findings", 0.0, 0.0, 1.0, 0.0),
+    "clip+supcon[findings]+bce+phrases+side": ("clip+supcon+bce", "findings", 0.0, 1.0, 1.0, 0.0),
+    "clip+supcon[findings]+bce+phrases+side x5": ("clip+supcon+bce", "findings", 0.0, 5.0, 1.0, 0.0),
+    "clip+supcon[findings]+bce+phrases x3+side x5": ("clip+supcon+bce", "findings", 0.0, 5.0, 3.0, 0.0),
+    "clip+supcon[findings]+bce+phrases x5+side x5": ("clip+supcon+bce", "findings", 0.0, 5.0, 5.0, 0.0),
+    # knowledge-enhanced text input (model.knowledge, --knowledge 2)
+    "clip+supcon[findings]+bce+phrases+side x5+knowledge": ("clip+supcon+bce", "findings", 0.0, 5.0, 1.0, 2.0),
+    "clip+supcon[findings]+bce+phrases x5+side x5+knowledge": ("clip+supcon+bce", "findings", 0.0, 5.0, 5.0, 2.0),
 }
 PAPER = "paper: clip+supcon+bce"
 PREVIOUS_DEFAULT = "clip+supcon[findings]+bce"  # train.py's default before phrase views (issue #23)
@@ -57,7 +62,10 @@ SHORT = {"paper": PAPER, "findings": PREVIOUS_DEFAULT, "probe": "clip+supcon[fin
          "side": "clip+supcon[findings]+bce+side", "side5": "clip+supcon[findings]+bce+side x5",
          "phrases": "clip+supcon[findings]+bce+phrases", "phrases+side": "clip+supcon[findings]+bce+phrases+side",
          "phrases+side5": "clip+supcon[findings]+bce+phrases+side x5",
-         "phrases3+side5": "clip+supcon[findings]+bce+phrases x3+side x5"}
+         "phrases3+side5": "clip+supcon[findings]+bce+phrases x3+side x5",
+         "phrases5+side5": "clip+supcon[findings]+bce+phrases x5+side x5",
+         "phrases+side5+k": "clip+supcon[findings]+bce+phrases+side x5+knowledge",
+         "phrases5+side5+k": "clip+supcon[findings]+bce+phrases x5+side x5+knowledge"}
 METRICS = ("nDCG@10", "finding_P@10", "R@10", "P@10", "mAP")
 PHRASE_METRICS = ("nDCG@10", "finding_P@10", "side_swap_rate")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -89,7 +97,10 @@ def load_data() -> dict[str, Any]:
     views = PhraseViews.build(studies, rows["train"])
     phrase_view_features(backbone, views, studies)  # cached beside the features
     other = backbone.encode_texts([p.text for p in OTHER_PHRASES]).numpy().astype(np.float32)
-    return {"swapped": swapped, "swap_mask": swap_mask, "views": views, "other_phrase": other, "studies": studies, "image": image, "text": text, "rows": rows, "codes": study_codes(studies)[0],
+    from model.side_swap import swap_sides
+
+    swapped_texts = [swap_sides(s.report_text) if m else "" for s, m in zip(studies, swap_mask)]
+    return {"swapped": swapped, "swap_mask": swap_mask, "swapped_texts": swapped_texts, "views": views, "other_phrase": other, "studies": studies, "image": image, "text": text, "rows": rows, "codes": study_codes(studies)[0],
             "labels": np.array([s.label for s in studies], dtype=np.int64), "phrase": phrase,
             "findings": [s.structured_findings for s in studies]}
 
@@ -99,38 +110,47 @@ def run_one(variant: str, seed: int, epochs: int | None = None) -> dict[str, Any
     import torch
 
     from pipeline.run_report import evaluate_models, project
-    from evaluation.phrase_benchmark import benchmark
+    from evaluation.phrase_benchmark import benchmark, phrase_texts
+    from model.knowledge import text_inputs, with_knowledge
     from model.training import train_head
     from pipeline.options import parse_training_args
 
     d = _DATA
-    loss, supcon_labels, w_findings, w_side, w_phrase = VARIANTS[variant]
+    loss, supcon_labels, w_findings, w_side, w_phrase, knowledge = VARIANTS[variant]
     argv = ["--quiet", "--loss", loss, "--supcon-labels", supcon_labels, "--w-findings", str(w_findings),
-            "--w-side", str(w_side), "--w-phrase", str(w_phrase), "--seed", str(seed)] + (["--epochs", str(epochs)] if epochs else [])
+            "--w-side", str(w_side), "--w-phrase", str(w_phrase), "--knowledge", str(knowledge),
+            "--seed", str(seed)] + (["--epochs", str(epochs)] if epochs else [])
     args = parse_training_args(argv)
     torch.manual_seed(seed)
     np.random.seed(seed)
     Xi, Xt = torch.from_numpy(d["image"]), torch.from_numpy(d["text"])
     y = torch.from_numpy(d["labels"]).float()
+    reports = [s.report_text for s in d["studies"]]
+    views = dataclasses.replace(d["views"], features=with_knowledge(d["views"].features, d["views"].texts, knowledge))
     t0 = time.time()
-    trained = train_head(args, d["image"].shape[1], d["text"].shape[1], Xi, Xt, y, d["rows"], d["labels"], d["codes"],
-                         swapped=(torch.from_numpy(d["swapped"]), d["swap_mask"]) if w_side else None,
-                         views=d["views"] if w_phrase else None)
+    trained = train_head(args, d["image"].shape[1], d["text"].shape[1], Xi,
+                         torch.from_numpy(with_knowledge(d["text"], reports, knowledge)), y, d["rows"], d["labels"],
+                         d["codes"], swapped=(torch.from_numpy(with_knowledge(d["swapped"], d["swapped_texts"], knowledge)),
+                                              d["swap_mask"]) if w_side else None,
+                         views=views if w_phrase else None)
     seconds = time.time() - t0
     backbone = type("B", (), {"name": "offline", "shared_space": False})()
     report = evaluate_models(backbone, trained.head, Xi, Xt, d["labels"], d["rows"], d["codes"], d["findings"], 0,
-                             phrase_feats=d["phrase"], keep_per_query=True, other_phrase_feats=d["other_phrase"])
+                             phrase_feats=d["phrase"], keep_per_query=True, other_phrase_feats=d["other_phrase"],
+                             report_texts=reports)
     tuned = "offline + head (fine-tuned)"
     val = d["rows"]["val"]
-    val_phrase = benchmark(project(trained.head, torch.from_numpy(d["phrase"]), "text"),
+    val_phrase = benchmark(project(trained.head, torch.from_numpy(text_inputs(trained.head, d["phrase"], phrase_texts())),
+                                   "text"),
                            project(trained.head, Xi[val], "image"), [d["findings"][i] for i in val])
+    hybrid = _hybrid(trained.head, project(trained.head, Xi[d["rows"]["test"]], "image"), d)
     per_query = report.pop("_per_query")
     per_phrase = report["phrase_benchmark"][tuned].pop("_per_phrase")
     return {
         "variant": variant, "seed": seed, "seconds": round(seconds, 1), "best_epoch": trained.best_epoch,
         "epochs_run": len(trained.history), "val_nDCG@10": max(h["val_score"] for h in trained.history),
         "val_phrase": val_phrase, "test": report["models"][tuned], "test_phrase": report["phrase_benchmark"][tuned],
-        "test_phrase_other": report["phrase_benchmark_other_wording"][tuned],
+        "test_phrase_other": report["phrase_benchmark_other_wording"][tuned], **hybrid,
         "per_phrase": {m: v.tolist() for m, v in per_phrase.items()},
         "per_query": {dr: {m: per_query[tuned][dr][m].tolist() for m in ("nDCG@10", "finding_P@10")}
                       for dr in ("i2t", "t2i", "i2i")},
@@ -139,6 +159,25 @@ def run_one(variant: str, seed: int, epochs: int | None = None) -> dict[str, Any
         "baseline_phrase_other": {k: v for k, v in report["phrase_benchmark_other_wording"].items() if k != tuned},
         "chance": report["chance"], "ceiling": report["ceiling"], "comparisons": report["comparisons"],
     }
+
+
+def _hybrid(head, test_image_emb: np.ndarray, d: dict[str, Any]) -> dict[str, Any]:
+    """The hybrid search's phrase rows (index.hybrid_benchmark) with this head's dense channel, both
+    wording sets, over the test studies' own reports (as eval.json's ``phrase_benchmark["hybrid"]``)."""
+    import torch
+
+    from evaluation.phrase_benchmark import PHRASES
+    from evaluation.phrase_other_wording import OTHER_PHRASES
+    from index.hybrid_benchmark import hybrid_rows
+    from model.knowledge import text_inputs
+    from pipeline.run_report import project
+
+    test = [d["studies"][i] for i in d["rows"]["test"]]
+    out = {}
+    for key, feats, phrases in (("test_hybrid", d["phrase"], PHRASES), ("test_hybrid_other", d["other_phrase"], OTHER_PHRASES)):
+        emb = project(head, torch.from_numpy(text_inputs(head, feats, [p.text for p in phrases])), "text")
+        out[key] = hybrid_rows(emb, test_image_emb, test, phrases)["hybrid"]
+    return out
 
 
 def _init_worker(data: dict[str, Any]) -> None:
@@ -189,6 +228,9 @@ def aggregate(runs: list[dict[str, Any]], n_bootstrap: int = 2000) -> dict[str, 
                                "test_phrase": {m: _mean_sd([r["test_phrase"][m] for r in rs]) for m in PHRASE_METRICS},
                                "test_phrase_other_wording": {m: _mean_sd([r["test_phrase_other"][m] for r in rs])
                                                              for m in PHRASE_METRICS}}
+        for key in ("test_hybrid", "test_hybrid_other"):  # runs made before the hybrid rows existed have none
+            if all(key in r for r in rs):
+                row[key] = {m: _mean_sd([r[key][m] for r in rs]) for m in PHRASE_METRICS + ("negated_tag_rate",)}
         if variant != PAPER and paper:
             row["diff_vs_paper"] = {dr: {m: _paired(rs, paper, lambda r, dr=dr, m=m: r["per_query"][dr][m], n_bootstrap)
                                          for m in ("nDCG@10", "finding_P@10")} for dr in ("i2t", "t2i", "i2i")}
@@ -278,6 +320,19 @@ def phrase_markdown(agg: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def hybrid_markdown(agg: dict[str, Any]) -> str:
+    """Hybrid search (dense channel = each variant's head; lexical + structured over the test reports)."""
+    lines = ["| variant (dense channel) | hybrid finding_P@10 | hybrid side-swap | negated finding in tags "
+             "| other-wording finding_P@10 | other-wording side-swap |", "|---|---|---|---|---|---|"]
+    for v, row in agg["variants"].items():
+        if "test_hybrid" in row:
+            h, o = row["test_hybrid"], row.get("test_hybrid_other", {})
+            cell = lambda r, m: _fmt(r[m]) if m in r else "—"  # noqa: E731
+            lines.append(f"| {v} | {cell(h, 'finding_P@10')} | {cell(h, 'side_swap_rate')} | {cell(h, 'negated_tag_rate')} "
+                         f"| {cell(o, 'finding_P@10')} | {cell(o, 'side_swap_rate')} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def _run_file(folder: Path, variant: str, seed: int) -> Path:
     return folder / f"{''.join(c if c.isalnum() else '_' for c in variant)}-seed{seed}.json"
 
@@ -331,6 +386,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"# Ablation ({len(args.seeds)} seeds per variant, test split; default chosen on validation)\n\n{md}\n\n"
         f"## Typed phrases and sides\n\nDefault rule (stated before looking): {agg['rule']}.\n\n"
         f"{phrase_markdown(agg)}\n\n"
+        + (f"## Hybrid search, dense channel of each variant ({len(args.seeds)} seeds, test)\n\n{hybrid_markdown(agg)}\n\n" if hybrid_markdown(agg) else "") +
         f"Grid wall time: {agg['wall_s']:.0f} s on {args.workers} worker(s) (`{agg['command']}`; "
         f"load average at the end {agg['machine'].get('load_average')}).\n")
     print(md)

@@ -120,15 +120,15 @@ def run(threads_compare: bool = True) -> dict[str, Any]:
     extras: tuple = (None, None)
     if found is not None:
         from model.factory import create_backbone
-        from pipeline.steps import side_and_phrase_inputs
+        from pipeline.steps import training_text_inputs
 
-        extras = side_and_phrase_inputs(args, create_backbone("offline"), studies, rows["train"])
+        Xt, *extras = training_text_inputs(args, create_backbone("offline"), studies, rows["train"], text_feats)
     else:
-        source += "; side-swap and phrase-view terms off (they need the real towers' features)"
+        source += "; side-swap, phrase-view and knowledge inputs off (they need the real towers' features)"
 
     def once(threads: int | None = None, epochs: int | None = None, patience: int | None = None) -> dict[str, Any]:
         """train_head as train.py runs it; ``threads`` overrides the policy's count."""
-        run_args = parse_training_args(["--quiet"] + ([] if found is not None else ["--w-side", "0", "--w-phrase", "0"]))
+        run_args = parse_training_args(["--quiet"] + ([] if found is not None else ["--w-side", "0", "--w-phrase", "0", "--knowledge", "0"]))
         if epochs is not None:
             run_args.epochs = epochs
         if patience is not None:
@@ -158,7 +158,8 @@ def run(threads_compare: bool = True) -> dict[str, Any]:
     val = rows["val"]
     from model.head import RetrievalHead
 
-    head = RetrievalHead(backbone.image_dim, backbone.text_dim)  # the cost does not depend on the weights
+    head = RetrievalHead(backbone.image_dim, backbone.text_dim,  # the cost does not depend on the weights
+                         knowledge_dim=Xt.shape[1] - backbone.text_dim, knowledge_scale=args.knowledge)
     log(f"train_head: {default['epochs_run']} epochs in {default['seconds']}s on {default['threads']} thread(s)")
     worst = round(default["seconds_per_epoch"] * args.epochs, 1)
     out: dict[str, Any] = {

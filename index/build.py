@@ -219,6 +219,11 @@ def fit_familiarity(encoder: Encoder, studies: Sequence[Study], image_feats: np.
     return attach(familiarity, encoder.backbone, studies, image_feats)
 
 
+def report_texts(studies: Sequence[Study]) -> list[str]:
+    """The texts the report features were embedded from (``model.features``), for a head that also reads them."""
+    return [s.report_text for s in studies]
+
+
 def build_from_features(
     out: Path | str,
     encoder: Encoder,
@@ -234,7 +239,7 @@ def build_from_features(
     frozen vectors -> ``out`` (a folder or ``milvus://``). ``familiarity=False`` leaves the model out
     (tests with synthetic images only)."""
     return build_index(
-        out, encoder.project_image_features(image_feats), encoder.project_text_features(text_feats), studies,
+        out, encoder.project_image_features(image_feats), encoder.project_text_features(text_feats, report_texts(studies)), studies,
         encoder_identity(encoder), data_root=data_root, run_dir=run_dir, frozen_image_feats=image_feats,
         familiarity=fit_familiarity(encoder, studies, image_feats) if familiarity else None, **hnsw)
 
@@ -279,7 +284,7 @@ def add_from_encoder(
         return manifest, 0
     fresh, image_feats, text_feats = frozen_features(encoder, fresh, None, batch_size, progress)
     manifest = add_studies(index, encoder.project_image_features(image_feats),
-                           encoder.project_text_features(text_feats), fresh, identity=encoder_identity(encoder),
+                           encoder.project_text_features(text_feats, report_texts(fresh)), fresh, identity=encoder_identity(encoder),
                            frozen_image_feats=image_feats)
     return manifest, len(fresh)
 

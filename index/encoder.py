@@ -44,8 +44,9 @@ class Encoder(Protocol):
     def project_image_features(self, feats: np.ndarray) -> np.ndarray:
         """(N, image_dim) frozen features -> (N, embed_dim) unit vectors (what the builder indexes)."""
 
-    def project_text_features(self, feats: np.ndarray) -> np.ndarray:
-        """(N, text_dim) frozen features -> (N, embed_dim) unit vectors."""
+    def project_text_features(self, feats: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
+        """(N, text_dim) frozen features of ``texts`` -> (N, embed_dim) unit vectors (the texts: for a head
+        that also reads their parsed findings, ``model.knowledge``)."""
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Images -> (N, embed_dim), straight from pixels."""

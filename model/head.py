@@ -56,6 +56,8 @@ class RetrievalHead(nn.Module):
         dropout: float = 0.1,
         residual: bool = True,
         init_temperature: float = 0.07,
+        knowledge_dim: int = 0,
+        knowledge_scale: float = 0.0,
     ) -> None:
         super().__init__()
         if init_temperature <= 0:
@@ -69,9 +71,12 @@ class RetrievalHead(nn.Module):
             "residual": bool(residual),
             "init_temperature": float(init_temperature),
         }
+        if knowledge_dim:  # model.knowledge: the parsed findings beside the frozen text features
+            self.config.update(knowledge_dim=int(knowledge_dim), knowledge_scale=float(knowledge_scale))
         self.image_dim, self.text_dim, self.embed_dim = int(image_dim), int(text_dim), int(embed_dim)
         self.image_proj = ProjectionHead(image_dim, embed_dim, hidden_dim, dropout, residual)
-        self.text_proj = ProjectionHead(text_dim, embed_dim, hidden_dim, dropout, residual)
+        self.text_input_dim = int(text_dim) + int(knowledge_dim)
+        self.text_proj = ProjectionHead(self.text_input_dim, embed_dim, hidden_dim, dropout, residual)
         self.classifier = nn.Linear(embed_dim, 1)
         # learnable log(1/temperature), as in CLIP; clamped to <= log(100) wherever it is used
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature), dtype=torch.float32))
@@ -81,7 +86,8 @@ class RetrievalHead(nn.Module):
         return self.image_proj(feats)
 
     def encode_text(self, feats: Tensor) -> Tensor:
-        """(N,text_dim) frozen text features -> (N,embed_dim) L2-normalised."""
+        """(N,text_input_dim) text inputs (frozen features [+ knowledge, ``model.knowledge.text_inputs``])
+        -> (N,embed_dim) L2-normalised."""
         return self.text_proj(feats)
 
     def classify(self, image_emb: Tensor) -> Tensor:

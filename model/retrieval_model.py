@@ -12,6 +12,7 @@ from PIL import Image
 from model.backbones import Backbone
 from model.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_config
 from model.head import RetrievalHead
+from model.knowledge import text_inputs
 
 TEXT_CACHE_SIZE = 1024  # text queries remembered per model (a few MB at 256-512 dims)
 
@@ -61,9 +62,12 @@ class RetrievalModel:
         with torch.inference_mode():
             return self.head.encode_image(x).numpy().astype(np.float32, copy=True)
 
-    def project_text_features(self, feats: np.ndarray) -> np.ndarray:
-        """(N,text_dim) backbone features -> (N,embed_dim)."""
-        x = _as_tensor(feats, self.head.text_dim, "text features")
+    def project_text_features(self, feats: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
+        """(N,text_dim) backbone features of ``texts`` -> (N,embed_dim). The texts are needed by a head
+        with knowledge input (``model.knowledge``: their parsed findings go in beside the features)."""
+        _as_tensor(feats, self.head.text_dim, "text features")  # the frozen part's width, checked first
+        x = _as_tensor(text_inputs(self.head, np.asarray(feats, np.float32), texts), self.head.text_input_dim,
+                       "text inputs")
         with torch.inference_mode():
             return self.head.encode_text(x).numpy().astype(np.float32, copy=True)
 
@@ -107,13 +111,13 @@ class RetrievalModel:
 
     def _text_pair_uncached(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         feats = np.asarray(self.backbone.encode_texts([text]), np.float32)
-        emb = self.project_text_features(feats)
+        emb = self.project_text_features(feats, [text])
         for a in (feats, emb):
             a.setflags(write=False)
         return feats[0], emb[0]
 
     def _embed_texts_uncached(self, texts: Sequence[str]) -> np.ndarray:
-        return self.project_text_features(self.backbone.encode_texts(texts))
+        return self.project_text_features(self.backbone.encode_texts(texts), texts)
 
     def _embed_one_text_uncached(self, text: str) -> np.ndarray:
         vector = self._embed_texts_uncached([text])[0]

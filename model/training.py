@@ -18,6 +18,7 @@ import torch
 
 from model.findings_training import PairRelevance, probe_targets
 from model.head import MAX_LOGIT_SCALE, RetrievalHead, project
+from model.knowledge import KNOWLEDGE_DIM
 from model.loss import LOSS_PRESETS, CompositeLoss
 from evaluation.relevance_metrics import ndcg_at_k, relevance_matrix
 from runtime.threads import torch_threads, training_threads
@@ -72,6 +73,8 @@ def train_head(
     finding-aware SupCon, the finding probe and the nDCG early-stopping score. ``swapped`` = (frozen
     features of every study's side-swapped report, mask of studies that have one), row-aligned
     (:func:`model.side_swap.swapped_text_features`): needed by the side-swap term (``--w-side``).
+    With ``--knowledge``, ``Xt``, the swapped reports' and the views' features are the head's text inputs
+    (frozen features + parsed findings, :func:`model.knowledge.with_knowledge`), not the frozen features alone.
     ``views`` (:class:`model.phrase_views.PhraseViews` with its features): needed by ``--w-phrase``;
     one phrase per study and batch, drawn from its own generator (the batch order is unchanged).
     """
@@ -86,8 +89,13 @@ def train_head(
     Xs, swap_mask = (swapped[0], torch.from_numpy(np.asarray(swapped[1], bool))) if weights["w_side"] > 0 else (None, None)
     Xp = torch.from_numpy(views.features) if weights["w_phrase"] > 0 else None
     phrase_generator = torch.Generator().manual_seed(args.seed + 7919)
+    knowledge = float(getattr(args, "knowledge", 0.0) or 0.0)
     head = RetrievalHead(image_dim, text_dim, embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
-                         dropout=args.dropout, residual=not args.no_residual)
+                         dropout=args.dropout, residual=not args.no_residual,
+                         knowledge_dim=KNOWLEDGE_DIM if knowledge > 0 else 0, knowledge_scale=knowledge)
+    if Xt.shape[1] != head.text_input_dim:
+        raise ValueError(f"the head reads {head.text_input_dim}-wide text inputs, got {Xt.shape[1]}: with --knowledge, "
+                         "give the texts' inputs (pipeline.steps.training_text_inputs)")
     untrained = {k: v.clone() for k, v in head.state_dict().items()}
     pair_relevance = PairRelevance(codes) if args.supcon_labels == "findings" else None  # computed once, read per batch
     targets = probe_targets(codes, rows["train"]) if weights["w_findings"] > 0 else None

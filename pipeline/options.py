@@ -20,11 +20,12 @@ DEFAULT_SUPCON_LABELS = "findings"
 DEFAULT_W_FINDINGS = 0.0
 DEFAULT_W_SIDE = 5.0
 DEFAULT_W_PHRASE = 1.0  # clip+supcon[findings]+bce+phrases+side x5
+DEFAULT_KNOWLEDGE = 0.0
 # The paper's recipe, kept reproducible as defaults move (``--paper`` sets exactly these).
 PAPER_RECIPE = {"loss": "clip+supcon+bce", "w_clip": None, "w_supcon": None, "w_bce": None, "supcon_labels": "binary",
-                "w_findings": 0.0, "w_side": 0.0, "w_phrase": 0.0}
+                "w_findings": 0.0, "w_side": 0.0, "w_phrase": 0.0, "knowledge": 0.0}
 PAPER_RECIPE_ARGS = ("--loss", "clip+supcon+bce", "--supcon-labels", "binary", "--w-findings", "0", "--w-side", "0",
-                     "--w-phrase", "0")
+                     "--w-phrase", "0", "--knowledge", "0")
 # Options naming files or folders: left out of config.json (a run folder says nothing about where it was made).
 PATH_ARGS = ("out", "backbone_path", "cache_dir", "features", "index", "data", "iu_reports", "iu_images", "mimic",
              "mimic_reports", "manifest")
@@ -62,6 +63,9 @@ def parse_training_args(argv: list[str] | None = None, prog: str | None = None) 
     g.add_argument("--w-phrase", type=float, default=DEFAULT_W_PHRASE,
                    help="weight of the phrase-view term: phrases generated from each training study's findings "
                         "as extra text views of its image (model.phrase_views; 0 = off, the paper)")
+    g.add_argument("--knowledge", type=float, default=DEFAULT_KNOWLEDGE, metavar="SCALE",
+                   help="knowledge-enhanced text input: each text's parsed findings (finding x side x negation, "
+                        "model.knowledge) beside its frozen features, at this scale (0 = off, the paper)")
     g.add_argument("--w-findings", type=float, default=DEFAULT_W_FINDINGS,
                    help="weight of the auxiliary finding x side BCE probe (0 = off, the paper)")
     g = p.add_argument_group("optimisation")

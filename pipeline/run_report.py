@@ -17,7 +17,8 @@ from sklearn.metrics import roc_auc_score
 from evaluation.tables import evaluate_per_query, reference_rows, summarize
 from model.head import RetrievalHead, project  # noqa: F401 (project: re-exported for the run's callers)
 from evaluation.linear_baseline import fit_on_train
-from evaluation.phrase_benchmark import benchmark
+from evaluation.phrase_benchmark import PHRASES, benchmark
+from model.knowledge import text_inputs
 from evaluation.relevance_metrics import ndcg_at_k, paired_bootstrap_diff, relevance_matrix
 
 GRADED = ("nDCG@10", "finding_P@10")
@@ -36,10 +37,13 @@ def evaluate_models(
     backbone, head: RetrievalHead, Xi: torch.Tensor, Xt: torch.Tensor, labels: np.ndarray,
     rows: dict[str, np.ndarray], codes: np.ndarray, study_findings: Sequence, n_bootstrap: int,
     phrase_feats: np.ndarray | None = None, keep_per_query: bool = False, other_phrase_feats: np.ndarray | None = None,
+    report_texts: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """eval.json's content (minus run bookkeeping). ``study_findings[i]`` = findings of study row i;
     ``phrase_feats`` = frozen text features of :data:`evaluation.phrase_benchmark.PHRASES`,
-    ``other_phrase_feats`` of :data:`evaluation.phrase_other_wording.OTHER_PHRASES` (the second wording set)."""
+    ``other_phrase_feats`` of :data:`evaluation.phrase_other_wording.OTHER_PHRASES` (the second wording set);
+    ``report_texts[i]`` = the report study row i's features were embedded from (needed by a head with
+    knowledge input, ``model.knowledge``; the frozen baselines read the features alone)."""
     name = backbone.name
     test = rows["test"]
     y, tc = labels[test], codes[test]
@@ -67,10 +71,12 @@ def evaluate_models(
         if phrase_feats is not None:
             phrases[baseline] = benchmark(ridge.encode_text(phrase_feats), ridge.encode_image(frozen_i), test_findings)
     tuned = f"{name} + head (fine-tuned)"
-    zi, zt = project(head, Xi[test], "image"), project(head, Xt[test], "text")
+    zi = project(head, Xi[test], "image")
+    zt = project(head, text_inputs(head, Xt[test], None if report_texts is None else [report_texts[i] for i in test]), "text")
     per_query[tuned] = evaluate_per_query(zi, zt, y, tc)
     if phrase_feats is not None:
-        phrases[tuned] = benchmark(project(head, torch.from_numpy(phrase_feats), "text"), zi, test_findings,
+        head_phrases = text_inputs(head, phrase_feats, [p.text for p in PHRASES])
+        phrases[tuned] = benchmark(project(head, torch.from_numpy(head_phrases), "text"), zi, test_findings,
                                    per_phrase=keep_per_query)
     models = {m: {d: summarize(v, n_bootstrap) for d, v in dirs.items()} for m, dirs in per_query.items()}
     add_side_swap(models[tuned], zi, zt, tc)  # image queries' side errors (evaluation.side_metrics)
@@ -91,7 +97,9 @@ def evaluate_models(
         from evaluation.phrase_other_wording import OTHER_PHRASES
 
         report["phrase_benchmark_other_wording"] = {
-            tuned: benchmark(project(head, torch.from_numpy(other_phrase_feats), "text"), zi, test_findings, OTHER_PHRASES),
+            tuned: benchmark(project(head, torch.from_numpy(text_inputs(head, other_phrase_feats,
+                                                                        [p.text for p in OTHER_PHRASES])), "text"),
+                             zi, test_findings, OTHER_PHRASES),
             **({frozen: benchmark(other_phrase_feats, frozen_i, test_findings, OTHER_PHRASES)} if backbone.shared_space
                else {baseline: benchmark(ridge.encode_text(other_phrase_feats), ridge_i, test_findings, OTHER_PHRASES)})}
     if keep_per_query:

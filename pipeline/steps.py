@@ -38,6 +38,7 @@ from pipeline.run_report import calibrate_head, evaluate_models, project
 from model.factory import create_backbone
 from model.features import cached_frozen_features
 from model.findings_training import study_codes
+from model.knowledge import text_inputs
 from evaluation.phrase_benchmark import PHRASES, Phrase, phrase_texts
 from evaluation.phrase_other_wording import OTHER_PHRASES
 from runtime.option import apply_runtime_argument
@@ -131,7 +132,7 @@ def evaluate(backbone: Any, trained: TrainedHead, Xi: torch.Tensor, Xt: torch.Te
     other_feats = backbone.encode_texts([p.text for p in OTHER_PHRASES]).numpy().astype(np.float32)
     report = evaluate_models(backbone, trained.head, Xi, Xt, data.labels, data.rows, data.codes,
                              [s.structured_findings for s in data.studies], n_bootstrap, phrase_feats=phrase_feats,
-                             other_phrase_feats=other_feats)
+                             other_phrase_feats=other_feats, report_texts=[s.report_text for s in data.studies])
     report["phrase_benchmark"].update(hybrid_phrase_rows(trained, Xi, phrase_feats, data))
     report["phrase_benchmark_other_wording"].update(hybrid_phrase_rows(trained, Xi, other_feats, data, OTHER_PHRASES))
     calibration, report["calibration"] = calibrate_head(trained.head, Xi, data.labels, data.rows)
@@ -140,16 +141,23 @@ def evaluate(backbone: Any, trained: TrainedHead, Xi: torch.Tensor, Xt: torch.Te
     return report, calibration
 
 
-def side_and_phrase_inputs(args: argparse.Namespace, backbone: Any, studies: Sequence[Study],
-                           train_rows: np.ndarray) -> tuple[tuple[torch.Tensor, np.ndarray] | None, Any]:
-    """What ``--w-side`` and ``--w-phrase`` train on: the side-swapped reports' features (with their mask)
-    and the training studies' phrase views with their features, both cached beside the studies' features;
-    None for a term that is off. train.py and ``bench.train_head`` train through this one function."""
+def training_text_inputs(args: argparse.Namespace, backbone: Any, studies: Sequence[Study], train_rows: np.ndarray,
+                         text_feats: np.ndarray) -> tuple[torch.Tensor, tuple[torch.Tensor, np.ndarray] | None, Any]:
+    """The head's text inputs for training: the reports' (row-aligned with ``studies``), the side-swapped
+    reports' with their mask (``--w-side``) and the training studies' phrase views with their features
+    (``--w-phrase``); the last two cached beside the studies' features, None for a term that is off. With
+    ``--knowledge`` each gets its texts' parsed findings beside its frozen features (model.knowledge).
+    train.py, ``bench.train_head`` and ``bench.ablation`` train through this one function."""
+    from model.knowledge import with_knowledge
+
+    scale = float(getattr(args, "knowledge", 0.0) or 0.0)
+    reports = torch.from_numpy(with_knowledge(text_feats, [s.report_text for s in studies], scale))
     swapped = None
     if args.w_side > 0:
-        from model.side_swap import swapped_text_features
+        from model.side_swap import swap_sides, swapped_text_features
 
         feats, mask = swapped_text_features(backbone, studies)
+        feats = with_knowledge(feats, [swap_sides(s.report_text) if m else "" for s, m in zip(studies, mask)], scale)
         swapped = (torch.from_numpy(feats), mask)
     views = None
     if args.w_phrase > 0:
@@ -157,9 +165,9 @@ def side_and_phrase_inputs(args: argparse.Namespace, backbone: Any, studies: Seq
 
         t1 = time.time()
         views = PhraseViews.build(studies, train_rows)
-        phrase_view_features(backbone, views, studies)
+        views.features = with_knowledge(phrase_view_features(backbone, views, studies), views.texts, scale)
         log.info("phrase views: %d distinct phrases (%.1fs)", len(views.texts), time.time() - t1)
-    return swapped, views
+    return reports, swapped, views
 
 
 def hybrid_phrase_rows(trained: TrainedHead, Xi: torch.Tensor, phrase_feats: np.ndarray,
@@ -169,7 +177,8 @@ def hybrid_phrase_rows(trained: TrainedHead, Xi: torch.Tensor, phrase_feats: np.
     from index.hybrid_benchmark import hybrid_rows
 
     test = data.rows["test"]
-    return hybrid_rows(project(trained.head, torch.from_numpy(phrase_feats), "text"),
+    head_input = text_inputs(trained.head, phrase_feats, [p.text for p in phrases])
+    return hybrid_rows(project(trained.head, torch.from_numpy(head_input), "text"),
                        project(trained.head, Xi[test], "image"), [data.studies[i] for i in test], phrases)
 
 
@@ -264,8 +273,8 @@ def train_run(args: argparse.Namespace) -> Path:
     t_embed = time.time() - t0
     log.info("features: image %s, text %s (%.1fs)", image_feats.shape, text_feats.shape, t_embed)
     Xi, Xt = torch.from_numpy(image_feats), torch.from_numpy(text_feats)
-    swapped, views = side_and_phrase_inputs(args, backbone, data.studies, data.rows["train"])
-    trained = train_head(args, backbone.image_dim, backbone.text_dim, Xi, Xt, torch.from_numpy(data.labels).float(),
+    Xt_head, swapped, views = training_text_inputs(args, backbone, data.studies, data.rows["train"], text_feats)
+    trained = train_head(args, backbone.image_dim, backbone.text_dim, Xi, Xt_head, torch.from_numpy(data.labels).float(),
                          data.rows, data.labels, data.codes, swapped=swapped, views=views)
 
     report, calibration = evaluate(backbone, trained, Xi, Xt, data, args.bootstrap)

@@ -83,7 +83,8 @@ class FakeEncoder:
         x = np.asarray(feats, np.float32)
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
-    project_text_features = project_image_features
+    def project_text_features(self, feats, texts=None):
+        return self.project_image_features(feats)
 
     def embed_images(self, images):
         return self.project_image_features(self.backbone.encode_images(images).numpy())
