@@ -49,6 +49,36 @@ def phrase_rows(engine: Any, split: dict[str, list[str]]) -> dict[str, Any]:
     return out
 
 
+WEIGHT_GRID = ((1, 1, 1), (1, 1, 2), (1, 1, 3), (1, 1, 5), (1, 0.5, 3), (1, 1, 8), (1, 1, 12), (0.5, 1, 5),
+               (1, 0.5, 8), (1, 2, 8))
+SIDE_SWAP_LIMIT = 0.03  # the rule, fixed before looking: best val nDCG@10 among weightings with val side-swap <= this
+
+
+def weight_grid(engine: Any, split: dict[str, list[str]]) -> dict[str, Any]:
+    """The channel weights (dense, lexical, structured) by the rule of ``index.hybrid.WEIGHTS``, on the
+    VALIDATION split only: best nDCG@10 among the weightings whose phrase side-swap is <= 0.03 (else the
+    lowest side-swap). Re-run when the head changes (the dense channel is the head's)."""
+    from index.hybrid import DENSE, LEXICAL, STRUCTURED
+    from index.hybrid_benchmark import hybrid_rows
+    from evaluation.phrase_benchmark import PHRASES
+
+    metas = engine.store.all()
+    by_id = {m.study_id: m.row_id for m in metas}
+    rows = [by_id[s] for s in split["val"] if s in by_id]
+    phrase_emb = np.asarray(engine.encoder.embed_texts([p.text for p in PHRASES]), np.float64)
+    tried = {}
+    for w in WEIGHT_GRID:
+        row = hybrid_rows(phrase_emb, engine.vectors("images")[rows], [metas[r].study for r in rows], PHRASES,
+                          weights={DENSE: w[0], LEXICAL: w[1], STRUCTURED: w[2]})["hybrid"]
+        tried[",".join(f"{x:g}" for x in w)] = {m: round(row[m], 4) for m in ("nDCG@10", "finding_P@10", "side_swap_rate")}
+        log(f"weights {w}: val {tried[','.join(f'{x:g}' for x in w)]}")
+    safe = [k for k, v in tried.items() if v["side_swap_rate"] <= SIDE_SWAP_LIMIT]
+    chosen = (max(safe, key=lambda k: tried[k]["nDCG@10"]) if safe
+              else min(tried, key=lambda k: tried[k]["side_swap_rate"]))
+    return {"split": "val", "rule": f"best val nDCG@10 among side-swap <= {SIDE_SWAP_LIMIT}", "tried": tried,
+            "chosen (dense,lexical,structured)": chosen}
+
+
 def browser_query(engine: Any, k: int = 8) -> dict[str, Any]:
     from data.findings import LEFT, RIGHT, profile
 
@@ -85,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=5, help="latency rounds over the benchmark phrases")
     p.add_argument("--no-quality", action="store_true", help="latency and the browser query only")
     p.add_argument("--save", metavar="JSON", help="also write the document here")
+    p.add_argument("--weight-grid", action="store_true",
+                   help="only choose the channel weights on the validation split (index.hybrid.WEIGHTS' rule)")
     args = p.parse_args(argv)
     setup_environment()
     from index.engine import SearchEngine
@@ -95,6 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     run_dir, index_dir = ensure_demo()
     engine = SearchEngine.load(index_dir, RetrievalModel.from_run(run_dir))
     report: dict[str, Any] = {"machine": machine(), "index_studies": engine.count}
+    if args.weight_grid:
+        emit({**report, "weight_grid": weight_grid(engine, json.loads((Path(run_dir) / "split.json").read_text()))})
+        return
     if not args.no_quality:
         split = json.loads((Path(run_dir) / "split.json").read_text())
         report["phrase_benchmark"] = phrase_rows(engine, split)

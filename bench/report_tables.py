@@ -19,12 +19,15 @@ def _mean_sd(ms: dict[str, float] | None) -> str:
 # --- evaluation (accuracy: independent of the machine's load) -------------------------------------
 
 def ablation_table(docs: Docs) -> str:
-    from bench.ablation import to_markdown
+    from bench.ablation import hybrid_markdown, phrase_markdown, to_markdown
 
     agg = docs[0]
+    hybrid = hybrid_markdown(agg)
     return (to_markdown(agg) + f"\n\n{len(agg['runs'])} runs ({len(agg['variants'])} variants × "
             f"{len(next(iter(agg['variants'].values()))['seeds'])} seeds), test split, mean ± sd over seeds; "
-            f"default chosen on validation: `{agg['winner_on_validation']}`.")
+            f"default chosen on validation: `{agg['winner_on_validation']}`.\n\n"
+            f"Typed phrases and sides (default rule, stated before looking: {agg['rule']}):\n\n{phrase_markdown(agg)}"
+            + (f"\n\nHybrid search with each variant's head as the dense channel (test):\n\n{hybrid}" if hybrid else ""))
 
 
 def side_swap_table(docs: Docs) -> str:

@@ -19,8 +19,8 @@ DESCRIPTION = "Train the projector head on frozen-backbone features, evaluate it
 DEFAULT_SUPCON_LABELS = "findings"
 DEFAULT_W_FINDINGS = 0.0
 DEFAULT_W_SIDE = 5.0
-DEFAULT_W_PHRASE = 1.0  # clip+supcon[findings]+bce+phrases+side x5
-DEFAULT_KNOWLEDGE = 0.0
+DEFAULT_W_PHRASE = 5.0  # clip+supcon[findings]+bce+phrases x5+side x5+knowledge
+DEFAULT_KNOWLEDGE = 2.0  # model.knowledge.DEFAULT_SCALE
 # The paper's recipe, kept reproducible as defaults move (``--paper`` sets exactly these).
 PAPER_RECIPE = {"loss": "clip+supcon+bce", "w_clip": None, "w_supcon": None, "w_bce": None, "supcon_labels": "binary",
                 "w_findings": 0.0, "w_side": 0.0, "w_phrase": 0.0, "knowledge": 0.0}

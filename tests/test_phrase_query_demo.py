@@ -7,7 +7,7 @@ import pytest
 
 from bench.phrase_query import count_sides, side_class
 from data.findings import Finding
-from pipeline.options import DEFAULT_W_PHRASE
+from pipeline.options import DEFAULT_KNOWLEDGE, DEFAULT_W_PHRASE
 
 
 def test_side_class():
@@ -20,8 +20,8 @@ def test_side_class():
 def test_small_left_pleural_effusion_on_the_demo(demo_built):
     run_dir, index_dir = demo_built
     config = json.loads((run_dir / "config.json").read_text())
-    recorded = config.get("args", config).get("w_phrase", 0.0)
-    if recorded != DEFAULT_W_PHRASE:
-        pytest.skip(f"the cached demo was trained with w_phrase={recorded}, not today's default; rebuild it")
+    recorded = config.get("args", config)
+    if (recorded.get("w_phrase", 0.0), recorded.get("knowledge", 0.0)) != (DEFAULT_W_PHRASE, DEFAULT_KNOWLEDGE):
+        pytest.skip("the cached demo was trained with other phrase/knowledge options than today's defaults; rebuild it")
     top = count_sides(run_dir, index_dir, "small left pleural effusion", "pleural effusion", k=8)["top"]
     assert top.get("left-only", 0) >= 3 and top.get("right-only", 0) <= 1, top

@@ -111,7 +111,7 @@ def test_training_with_the_side_term_tells_a_report_from_its_swap_better():
 
     def side_accuracy(w_side: float) -> float:
         args = parse_training_args(["--quiet", "--loss", "clip", "--supcon-labels", "binary", "--val-metric", "r10p10",
-                                    "--epochs", "30", "--patience", "30", "--batch-size", "32", "--embed-dim", "16",
+                                    "--knowledge", "0", "--epochs", "30", "--patience", "30", "--batch-size", "32", "--embed-dim", "16",
                                     "--hidden-dim", "32", "--w-side", str(w_side), "--w-phrase", "0"])
         torch.manual_seed(0)
         trained = train_head(args, image.shape[1], report.shape[1], image, report, torch.ones(n), rows, labels,
