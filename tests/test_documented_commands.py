@@ -37,6 +37,10 @@ COVERED_ELSEWHERE = {
     "python -m bench.report": "tests/test_report.py (python -m bench.report --check, in-process)",
     "python -m bench.space": "tests/test_space.py (bench.space.run: a fresh venv, SPACE_ID=test python app.py)",
     "python -m bench.runtime_compare": "tests/test_runtime.py::test_runtime_compare_profile_command (--profile)",
+    "python -m bench.suite_time": "tests/test_suite_time.py::test_the_command_adds_a_labelled_run_and_keeps_the_others "
+                                  "(--from-log, in-process; a full run is the suite itself)",
+    "python -m bench.pip_sources": "tests/test_suite_time.py::test_pip_sources_turn_pips_configuration_into_uv_flags "
+                                   "(a subprocess) and make setup",
 }
 # Parts of `python -m bench`, each a `python -m bench.<part>` subprocess: `bench --quick` runs them all.
 BENCH_PARTS = {"python -m bench.embed", "python -m bench.query", "python -m bench.familiarity",
