@@ -30,7 +30,7 @@ QUICK_ARGS = {
     "embed": ["--n", "8", "--reps", "1", "--no-runtimes"],
     "search": ["--demo-n", "300", "--big-n", "2000", "--small-n", "500", "--queries", "20"],
     "query": ["--backbones", "offline", "--n-image", "3", "--n-policy", "0", "--no-runtimes"],
-    "train_head": ["--no-thread-compare"],
+    "train_head": ["--no-thread-compare", "--epochs", "2"],
     "startup": ["--warm-demo-limit", "40"],
     "hybrid": ["--no-quality", "--reps", "1"],
     "pacs_ingest": ["--reps", "1"],

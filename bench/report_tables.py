@@ -140,6 +140,19 @@ def text_search_table(docs: Docs) -> str:
                        "finding_P@10 chance / ceiling", "side-swap chance"], rows)
 
 
+# --- the test suite's wall time (issue 28) ------------------------------------------------------------
+
+def suite_time_table(docs: Docs) -> str:
+    rows = []
+    for label, run in docs[0]["runs"].items():
+        counts = ", ".join(f"{n} {kind}" for kind, n in run["counts"].items() if kind != "warnings")
+        load = run.get("load_1min_during")
+        slowest = "; ".join(f"`{t['test'].split('::')[-1]}` {t['seconds']:.0f} s" for t in run["slowest"][:3])
+        rows.append([f"{label} (`{run['commit']}`)", counts, cell(run["pytest_wall_s"] / 60, 1, " min"),
+                     f"{load[0]:.1f}–{load[1]:.1f}" if load else "—", slowest])
+    return rows_table(["run", "tests", "pytest wall", "load (1 min) during", "three slowest"], rows)
+
+
 TABLES: list[Table] = [
     Table("headline", ("bench/results/ablation.json",), headline, "python -m bench.ablation", page="README.md",
           timing=False),
@@ -162,4 +175,6 @@ TABLES: list[Table] = [
           "python -m bench > bench/results/bench.json"),
     Table("space", ("bench/results/space.json",), space_table,
           "python -m bench.space --reuse features --venv DIR > bench/results/space.json", page="docs/serving.md"),
+    Table("suite-time", ("bench/results/suite_time.json",), suite_time_table,
+          "python -m bench.suite_time --label LABEL", page="docs/development.md"),
 ]

@@ -4,7 +4,9 @@
     python -m bench.space                       # full first start (phantoms too): many minutes on 2 cores
     python -m bench.space --reuse phantoms      # the demo's phantoms linked in (as bench.startup --cold)
     python -m bench.space --reuse features      # + the frozen features: the first start trains and indexes
+    python -m bench.space --reuse run           # + the trained demo run: the first start indexes
     python -m bench.space --venv DIR            # an existing venv (skips the install; not a fresh Space)
+    python -m bench.space --installer uv        # uv installs requirements.txt (the suite's fast fresh venv)
 
 What a Space does, and nothing more: the tracked files are copied (no Makefile, no .venv, no .cache,
 no example films, which `make` fetches), pip installs requirements.txt (this machine's pip config
@@ -15,6 +17,7 @@ progress page first, then the app with its ``/search_text`` endpoint, which is c
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, emit, log, machine, scratch_dir, stop_process
+from bench.pip_sources import uv_source_args
 
 SPACE_PORT = 7860
 
@@ -41,30 +45,78 @@ def copy_repository(dst: Path) -> Path:
     return dst
 
 
-def fresh_venv(where: Path, python: str) -> tuple[Path, float]:
-    """``python -m venv`` + ``pip install -r requirements.txt``; (venv python, seconds)."""
+def fresh_venv(where: Path, python: str, installer: str = "pip") -> tuple[Path, float]:
+    """``python -m venv`` + an install of ``requirements.txt`` alone; (venv python, seconds).
+
+    ``pip`` is what a Space runs. ``uv`` (``uv pip install``, the suite's choice) installs the same
+    requirements from the same sources into the same fresh venv, from uv's cache of unpacked wheels
+    (hard links: seconds once warm, where pip unpacks and byte-compiles ~7 GB every time)."""
     started = time.monotonic()
     subprocess.run([python, "-m", "venv", str(where)], check=True)
     py = where / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", str(ROOT / "requirements.txt")], check=True,
-                   stdout=subprocess.DEVNULL)
+    requirements = ["-r", str(ROOT / "requirements.txt")]
+    if installer == "uv":
+        from uv import find_uv_bin  # requirements-dev.txt: the suite's tool, never the Space's
+
+        command = [find_uv_bin(), "pip", "install", "-q", "--python", str(py), *uv_source_args(), *requirements]
+    else:
+        command = [str(py), "-m", "pip", "install", "-q", *requirements]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return py, round(time.monotonic() - started, 1)
 
 
+REUSE_LEVELS = ("none", "phantoms", "features", "run")
+
+
 def seed_cache(cache: Path, reuse: str) -> list[str]:
-    """Link the default cache's demo phantoms (and copy its frozen features) into the Space's empty cache."""
+    """Give the Space's empty cache what ``reuse`` names of the default cache: the demo phantoms (linked),
+    their frozen features (copied), the trained demo run (copied; its index is not, so the first start
+    still serves its progress page and builds the index, step [2/2] of ``pipeline.demo.ensure_demo``)."""
     from data.demo import demo_dir
     from data.paths import cache_root
+    from pipeline.demo import default_run_dir
 
+    level = REUSE_LEVELS.index(reuse)
     reused: list[str] = []
     src_demo = demo_dir()
-    if reuse in ("phantoms", "features") and (src_demo / "dataset.json").is_file():
+    if level >= 1 and (src_demo / "dataset.json").is_file():
         (cache / src_demo.name).symlink_to(src_demo, target_is_directory=True)
         reused.append(f"phantoms: {src_demo}")
-    if reuse == "features" and (cache_root() / "features").is_dir():
+    if level >= 2 and (cache_root() / "features").is_dir():
         shutil.copytree(cache_root() / "features", cache / "features")
         reused.append(f"frozen features: {cache_root() / 'features'}")
+    run_dir = default_run_dir()
+    if level >= 3 and (run_dir / "config.json").is_file():
+        shutil.copytree(run_dir, cache / run_dir.relative_to(cache_root()))
+        reused.append(f"trained run: {run_dir}")
     return reused
+
+
+# What a Space imports: every module of the app's layers (``scale`` needs requirements-scale.txt).
+APP_PACKAGES = ("data", "runtime", "evaluation", "model", "trust", "index", "pipeline", "webapp")
+_IMPORT_ALL = """
+import importlib, json, pkgutil, sys
+failed = {}
+names = [m.name for p in sys.argv[1:] for m in pkgutil.walk_packages([p], prefix=p + ".")] + ["train", "app"]
+for name in names:
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        failed[name] = repr(exc)[:200]
+print(json.dumps({"n_modules": len(names), "failed": failed}))
+"""
+
+
+def import_check(py: Path, repo: Path) -> dict[str, Any]:
+    """Import every module of the app's layers, ``train`` and ``app`` in the Space's venv: a dependency
+    that requirements.txt lacks fails here even where the first start does not reach it (training,
+    when the run is reused)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    done = subprocess.run([str(py), "-c", _IMPORT_ALL, *APP_PACKAGES], cwd=repo, env=env, capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        return {"n_modules": 0, "failed": {"<import check>": done.stderr[-500:]}}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -152,7 +204,7 @@ def query_text(url: str, phrase: str = "small left pleural effusion") -> dict[st
 
 
 def run(reuse: str = "none", venv: str | None = None, python: str = "python3.11", timeout: float = 3600,
-        port: int = SPACE_PORT) -> dict[str, Any]:
+        port: int = SPACE_PORT, installer: str = "pip", check_imports: bool = False) -> dict[str, Any]:
     work = scratch_dir("space-sim-")
     repo = copy_repository(work / "repo")
     cache = work / "cache"
@@ -161,8 +213,11 @@ def run(reuse: str = "none", venv: str | None = None, python: str = "python3.11"
     if venv:
         py, report["venv"] = Path(venv) / "bin" / "python", f"reused {venv} (install not timed)"
     else:
-        log("space: fresh venv from requirements.txt ...")
-        py, report["install_s"] = fresh_venv(work / "venv", python)
+        log(f"space: fresh venv from requirements.txt ({installer}) ...")
+        py, report["install_s"] = fresh_venv(work / "venv", python, installer)
+        report["installer"] = installer
+    if check_imports:
+        report["imports"] = import_check(py, repo)
     log(f"space: SPACE_ID=test python app.py on port {port} ...")
     report.update(start_space(py, repo, cache, port, timeout))
     return report
@@ -170,14 +225,17 @@ def run(reuse: str = "none", venv: str | None = None, python: str = "python3.11"
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--reuse", choices=("none", "phantoms", "features"), default="none",
+    p.add_argument("--reuse", choices=REUSE_LEVELS, default="none",
                    help="what of the default cache the Space's empty cache gets (none = a real first start)")
     p.add_argument("--venv", help="use this venv instead of a fresh one")
+    p.add_argument("--installer", choices=("pip", "uv"), default="pip",
+                   help="what installs requirements.txt into the fresh venv (pip: as a Space does; uv: the suite's)")
     p.add_argument("--python", default=shutil.which("python3.11") or sys.executable, help="the Space's Python 3.11")
     p.add_argument("--port", type=int, default=SPACE_PORT)
     p.add_argument("--timeout", type=float, default=3600)
     args = p.parse_args(argv)
-    report = {"machine": machine(), "space": run(args.reuse, args.venv, args.python, args.timeout, args.port)}
+    report = {"machine": machine(), "space": run(args.reuse, args.venv, args.python, args.timeout, args.port,
+                                                     args.installer)}
     report["machine"]["load_average_at_end"] = machine()["load_average"]
     emit(report)
     return report

@@ -82,7 +82,8 @@ def synthetic_features(studies, image_dim: int, text_dim: int, seed: int = 0) ->
     return tower(image_dim), tower(text_dim)
 
 
-def run(threads_compare: bool = True) -> dict[str, Any]:
+def run(threads_compare: bool = True, epochs: int | None = None) -> dict[str, Any]:
+    """``epochs``: cap the timed run (``--quick``: a smoke run; default train.py's, with early stopping)."""
     setup_environment()
     import torch
 
@@ -154,7 +155,7 @@ def run(threads_compare: bool = True) -> dict[str, Any]:
                 "best_val_score": round(max(h["val_score"] for h in trained.history), 4)}
 
     cores = available_cores()
-    default = once()  # the thread policy of runtime.threads (what train.py does)
+    default = once(epochs=epochs)  # the thread policy of runtime.threads (what train.py does)
     val = rows["val"]
     from model.head import RetrievalHead
 
@@ -215,8 +216,9 @@ def _validation_before_after(head, xi, xt, labels, reps: int = 3) -> dict[str, A
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--no-thread-compare", action="store_true", help="skip the 1-thread vs all-cores rerun")
+    p.add_argument("--epochs", type=int, help="at most this many epochs (default: train.py's, early stopping)")
     args = p.parse_args(argv)
-    report = {"machine": machine(), "train_head": run(threads_compare=not args.no_thread_compare)}
+    report = {"machine": machine(), "train_head": run(threads_compare=not args.no_thread_compare, epochs=args.epochs)}
     report["machine"]["load_average_at_end"] = machine()["load_average"]
     emit(report)
     return report

@@ -37,6 +37,10 @@ COVERED_ELSEWHERE = {
     "python -m bench.report": "tests/test_report.py (python -m bench.report --check, in-process)",
     "python -m bench.space": "tests/test_space.py (bench.space.run: a fresh venv, SPACE_ID=test python app.py)",
     "python -m bench.runtime_compare": "tests/test_runtime.py::test_runtime_compare_profile_command (--profile)",
+    "python -m bench.suite_time": "tests/test_suite_time.py::test_the_command_adds_a_labelled_run_and_keeps_the_others "
+                                  "(--from-log, in-process; a full run is the suite itself)",
+    "python -m bench.pip_sources": "tests/test_suite_time.py::test_pip_sources_turn_pips_configuration_into_uv_flags "
+                                   "(a subprocess) and make setup",
 }
 # Parts of `python -m bench`, each a `python -m bench.<part>` subprocess: `bench --quick` runs them all.
 BENCH_PARTS = {"python -m bench.embed", "python -m bench.query", "python -m bench.familiarity",
@@ -184,9 +188,11 @@ def test_bench_commands_at_tiny_size(demo_built):
     failed = {part: r["error"] for part, r in report.items() if isinstance(r, dict) and "error" in r}
     assert not failed, failed
     assert {p.split(".")[-1] for p in BENCH_PARTS} <= set(report)
-    composed = json.loads(run("-m", "bench.composed", "--n", "50").stdout)["composed"]
+    assert report["train_head"]["train_head"]["epochs_run"] <= 2  # --quick caps the timed training
+    # the bench family's entry point ran above (`python -m bench` and each part as a subprocess): in-process here
+    composed = json.loads(in_process("bench.composed", "--n", "50"))["composed"]
     assert all(g["n_queries"] > 0 for g in composed["groups"].values())
-    heat = json.loads(run("-m", "bench.heatmap", "--n", "2").stdout)["heatmap"]
+    heat = json.loads(in_process("bench.heatmap", "--n", "2"))["heatmap"]
     assert heat["method"] == "features" and heat["n_queries"] == 2  # the offline tower: feature-map occlusion
     assert heat["first_hit_ms"]["n"] == 2 and heat["extra_hit_ms"]["n"] == 2 and heat["first_hit_s"]["target"] == "< 1.5s"
     scale = json.loads(run("-m", "bench.scale", "--quick", "--only", "search", timeout=900).stdout)

@@ -1,0 +1,66 @@
+"""The suite-time record (``python -m bench.suite_time``) and pip's sources as uv flags (``python -m
+bench.pip_sources``, what ``make setup`` and the Space test hand to uv)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.pip_sources import uv_source_args
+from bench.suite_time import main, parse_log
+
+ROOT = Path(__file__).resolve().parent.parent
+
+LOG = """\
+........................................................................ [ 50%]
+.....F.............................................................s.... [100%]
+============================= slowest 60 durations =============================
+566.02s call     tests/test_documented_commands.py::test_bench_commands_at_tiny_size
+359.50s call     tests/test_space.py::test_space_as_pushed_starts_and_answers
+24.08s setup    tests/test_milvus_store.py::test_recall_at_10_against_exact
+5.23s teardown tests/test_privacy.py::test_no_unpickling_anywhere_in_the_source_tree
+=========================== short test summary info ============================
+FAILED tests/test_x.py::test_y - AssertionError
+1 failed, 142 passed, 1 skipped, 6 warnings in 2028.37s (0:33:48)
+"""
+
+
+def test_a_pytest_log_gives_its_counts_wall_time_and_slowest_phases():
+    parsed = parse_log(LOG, top=3)
+    assert parsed["pytest_wall_s"] == 2028.37
+    assert parsed["counts"] == {"failed": 1, "passed": 142, "skipped": 1, "warnings": 6}
+    assert [(t["phase"], t["seconds"]) for t in parsed["slowest"]] == [("call", 566.02), ("call", 359.5),
+                                                                         ("setup", 24.08)]
+    assert parsed["slowest"][1]["test"] == "tests/test_space.py::test_space_as_pushed_starts_and_answers"
+
+
+def test_the_command_adds_a_labelled_run_and_keeps_the_others(tmp_path, capsys):
+    (tmp_path / "pytest.txt").write_text(LOG)
+    (tmp_path / "load.txt").write_text("02:04:25 0.10 0.10 0.58\n02:09:21 6.14 3.72 2.00\n")
+    out = tmp_path / "suite_time.json"
+    out.write_text(json.dumps({"runs": {"earlier": {"load_samples": [["01:00:00", 11.5, 3.0, 1.0]]}}}))
+    main(["--label", "before", "--from-log", str(tmp_path / "pytest.txt"), "--load-log", str(tmp_path / "load.txt"),
+          "--commit", "abc1234", "--out", str(out)])
+    printed = json.loads(capsys.readouterr().out)["suite_time"]
+    doc = json.loads(out.read_text())
+    assert set(doc["runs"]) == {"earlier", "before"} and doc["runs"]["before"] == printed
+    assert printed["commit"] == "abc1234" and printed["load_1min_during"] == [0.1, 6.14]
+    assert doc["machine"]["load_average"] == [11.5]  # the highest any run saw: what bench.report quotes
+
+
+def test_pip_sources_turn_pips_configuration_into_uv_flags(tmp_path):
+    config = tmp_path / "pip.conf"
+    config.write_text("[global]\nfind-links = /srv/wheels\nextra-index-url = file:///a/simple file:///b/simple\n"
+                      "timeout = 60\n")
+    env = {**os.environ, "PIP_CONFIG_FILE": str(config), "PIP_CONSTRAINT": str(tmp_path / "c.txt")}
+    env.pop("PIP_FIND_LINKS", None)
+    printed = subprocess.run([sys.executable, "-m", "bench.pip_sources"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, check=True).stdout.split()
+    pairs = list(zip(printed[::2], printed[1::2]))
+    assert pairs[0] == ("--index-strategy", "unsafe-best-match")  # pip takes the best version from every index
+    assert set(pairs[1:]) == {("--find-links", "/srv/wheels"), ("--extra-index-url", "file:///a/simple"),
+                              ("--extra-index-url", "file:///b/simple"), ("--constraint", str(tmp_path / "c.txt"))}
+    assert "60" not in printed  # settings that do not choose files are not passed
+    assert uv_source_args()[:2] == ["--index-strategy", "unsafe-best-match"]  # in-process, this machine's config
