@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from data import report_findings as report_text
 from webapp import presenters, serving
 
 PHRASES = ["large right pleural effusion", "small left pleural effusion", "cardiomegaly", "right upper lobe opacity",
@@ -68,6 +69,8 @@ def test_fifty_queries_same_answers_cold_and_warm(demo_service, tmp_path):
     cold = []
     for i, (kind, query) in enumerate(queries):
         presenters.highlight_words.cache_clear()
+        report_text.report_findings.cache_clear()
+        report_text.parse_query.cache_clear()
         serving.staged_copies.clear()
         cold.append(_answer(demo_service, kind, query, tmp_path, i))
     order = list(range(len(queries)))
@@ -75,7 +78,7 @@ def test_fifty_queries_same_answers_cold_and_warm(demo_service, tmp_path):
     for i in order:  # warm, in another order: what one query cached must not change another's answer
         warm = _answer(demo_service, *queries[i], tmp_path, 1000 + i)
         assert warm == cold[i], f"query {i} ({queries[i][0]}) answered differently with warm caches"
-    assert presenters.highlight_words.cache_info().hits > 0
+    assert presenters.highlight_words.cache_info().hits > 0 and report_text.report_findings.cache_info().hits > 0
     kinds = {kind for kind, _ in queries}
     assert kinds == {"text", "image"} and all(a["records"]["hits"] for a in cold)
     assert any("<mark" in a["reports"] for a in cold) and all("Why these matches" in a["reports"] for a in cold)
@@ -91,6 +94,18 @@ def test_cached_highlight_equals_the_uncached_one(demo_service):
             words = tuple(sorted({t for t in terms if t and t.strip()}, key=lambda t: (-len(t), t)))
             assert presenters.highlight(text, terms) == uncached(text or "", words)
             assert presenters.highlight(text, list(reversed(terms))) == uncached(text or "", words)
+
+
+def test_cached_report_findings_equal_the_uncached_parse(demo_service):
+    """The memoised report findings (and query parse) are what a fresh parse of the text gives."""
+    metas = demo_service.engine.store.get(list(range(0, demo_service.engine.count, 40)))
+    texts = [m.study.report_text for m in metas]
+    for text in texts + texts:  # the second pass is served from the cache
+        assert report_text.report_findings(text) == report_text.report_findings.__wrapped__(text)
+    assert report_text.report_findings.cache_info().hits >= len(texts)
+    assert any(report_text.report_findings(t) for t in texts)
+    for phrase in PHRASES:
+        assert report_text.parse_query(phrase) == report_text.parse_query.__wrapped__(phrase)
 
 
 def test_gallery_images_are_staged_once_into_a_static_folder(demo_service, tmp_path):
