@@ -145,7 +145,9 @@ def build_ui(service, examples: list[str], phantom_examples: list[str], pacs_sou
                         upload = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", type="filepath", file_count="single")
                         study_uid = gr.Textbox(label="…or a StudyInstanceUID from the PACS (Enter searches)", lines=1,
                                                visible=pacs_source is not None, elem_id="study-uid")
-                        preview = gr.Image(label="Query (de-identified preview)", type="pil", interactive=False, height=260)
+                        # jpeg: gradio re-encodes the preview on every query; webp took ~7 ms of CPU, jpeg ~0.2 (issue 26)
+                        preview = gr.Image(label="Query (de-identified preview)", type="pil", interactive=False, height=260,
+                                           format="jpeg")
                         verdict_img = gr.HTML(elem_id="verdict-image")  # familiarity verdict (webapp.trust)
                         probability = gr.Label(label="Head's normal / abnormal estimate", num_top_classes=2)
                         with gr.Accordion("Filters", open=False):
@@ -212,19 +214,22 @@ def build_ui(service, examples: list[str], phantom_examples: list[str], pacs_sou
         from webapp.pacs import UidQuery, with_viewer_links
 
         linked_image = with_viewer_links(service.search_image, viewer_url, html_at=(2,), records_at=5)
-        search_image = serving.gallery_outputs(linked_image)  # gallery images: copies in the temp folder
-        search_text = serving.gallery_outputs(with_viewer_links(service.search_text, viewer_url, html_at=(1,), records_at=3))
+        # issue 26: outputs postprocessed in the handler's own thread (serving.postprocessed), gallery
+        # images served as copies staged once in the temp folder (serving.gallery_outputs)
+        search_image = serving.postprocessed(serving.gallery_outputs(linked_image), img_outputs)
+        txt_outputs = [gallery_txt, reports_txt, status_txt, json_txt, query_state]
+        search_text = serving.postprocessed(serving.gallery_outputs(
+            with_viewer_links(service.search_text, viewer_url, html_at=(1,), records_at=3)), txt_outputs)
         if pacs_source is not None:  # a StudyInstanceUID: its frontal image over WADO-RS, searched like an upload
-            by_uid = serving.gallery_outputs(UidQuery(linked_image, pacs_source).search)
-            study_uid.submit(by_uid, [study_uid, *img_inputs[1:]], img_outputs, api_name="search_study_uid").then(
-                verdict_of, json_img, verdict_img, api_visibility="private")
-        for event in (search_img_btn.click(search_image, img_inputs, img_outputs, api_name="search_image"),
-                      upload.upload(search_image, img_inputs, img_outputs, api_visibility="private")):
+            by_uid = serving.postprocessed(serving.gallery_outputs(UidQuery(linked_image, pacs_source).search), img_outputs)
+            study_uid.submit(by_uid, [study_uid, *img_inputs[1:]], img_outputs, api_name="search_study_uid",
+                             postprocess=False).then(verdict_of, json_img, verdict_img, api_visibility="private")
+        for event in (search_img_btn.click(search_image, img_inputs, img_outputs, api_name="search_image", postprocess=False),
+                      upload.upload(search_image, img_inputs, img_outputs, api_visibility="private", postprocess=False)):
             event.then(verdict_of, json_img, verdict_img, api_visibility="private")
         txt_inputs = [text, k_txt, label_txt, view_txt, finding_txt, side_txt, mode_txt]  # mode last: API callers
-        txt_outputs = [gallery_txt, reports_txt, status_txt, json_txt, query_state]
-        for event in (search_txt_btn.click(search_text, txt_inputs, txt_outputs, api_name="search_text"),
-                      text.submit(search_text, txt_inputs, txt_outputs, api_visibility="private")):
+        for event in (search_txt_btn.click(search_text, txt_inputs, txt_outputs, api_name="search_text", postprocess=False),
+                      text.submit(search_text, txt_inputs, txt_outputs, api_visibility="private", postprocess=False)):
             event.then(verdict_of, json_txt, verdict_txt, api_visibility="private")
             event.then(chips_html, [text, mode_txt], chips_txt, api_visibility="private")
         serving.add_noop_endpoint()  # issue 26: bench.serving's measure of gradio's own cost per call
