@@ -214,24 +214,31 @@ def build_ui(service, examples: list[str], phantom_examples: list[str], pacs_sou
         from webapp.pacs import UidQuery, with_viewer_links
 
         linked_image = with_viewer_links(service.search_image, viewer_url, html_at=(2,), records_at=5)
-        # issue 26: outputs postprocessed in the handler's own thread (serving.postprocessed), gallery
-        # images served as copies staged once in the temp folder (serving.gallery_outputs)
-        search_image = serving.postprocessed(serving.gallery_outputs(linked_image), img_outputs)
+        image_answer = serving.gallery_outputs(linked_image)  # gallery images: copies staged in the temp folder
+        text_answer = serving.gallery_outputs(with_viewer_links(service.search_text, viewer_url, html_at=(1,), records_at=3))
         txt_outputs = [gallery_txt, reports_txt, status_txt, json_txt, query_state]
-        search_text = serving.postprocessed(serving.gallery_outputs(
-            with_viewer_links(service.search_text, viewer_url, html_at=(1,), records_at=3)), txt_outputs)
+        txt_inputs = [text, k_txt, label_txt, view_txt, finding_txt, side_txt, mode_txt]  # mode last: API callers
         if pacs_source is not None:  # a StudyInstanceUID: its frontal image over WADO-RS, searched like an upload
             by_uid = serving.postprocessed(serving.gallery_outputs(UidQuery(linked_image, pacs_source).search), img_outputs)
             study_uid.submit(by_uid, [study_uid, *img_inputs[1:]], img_outputs, api_name="search_study_uid",
                              postprocess=False).then(verdict_of, json_img, verdict_img, api_visibility="private")
-        for event in (search_img_btn.click(search_image, img_inputs, img_outputs, api_name="search_image", postprocess=False),
-                      upload.upload(search_image, img_inputs, img_outputs, api_visibility="private", postprocess=False)):
-            event.then(verdict_of, json_img, verdict_img, api_visibility="private")
-        txt_inputs = [text, k_txt, label_txt, view_txt, finding_txt, side_txt, mode_txt]  # mode last: API callers
-        for event in (search_txt_btn.click(search_text, txt_inputs, txt_outputs, api_name="search_text", postprocess=False),
-                      text.submit(search_text, txt_inputs, txt_outputs, api_visibility="private", postprocess=False)):
-            event.then(verdict_of, json_txt, verdict_txt, api_visibility="private")
-            event.then(chips_html, [text, mode_txt], chips_txt, api_visibility="private")
+        # issue 26: the named endpoints (scripts) answer the search outputs; the page's own events answer the
+        # verdict badge and parse chips in the same event (no chained .then round trips), and every search
+        # event postprocesses its outputs in the handler's thread (serving.postprocessed)
+        for fn, inputs, outputs, name in ((image_answer, img_inputs, img_outputs, "search_image"),
+                                          (text_answer, txt_inputs, txt_outputs, "search_text")):
+            gr.Button(visible=False, elem_id=f"api-{name}").click(
+                serving.postprocessed(fn, outputs), inputs, outputs, api_name=name, postprocess=False)
+        page_image = serving.postprocessed(serving.with_extra_outputs(image_answer, lambda a, out: verdict_of(out[5])),
+                                           [*img_outputs, verdict_img])
+        page_text = serving.postprocessed(serving.with_extra_outputs(
+            text_answer, lambda a, out: verdict_of(out[3]), lambda a, out: chips_html(a[0], a[6])),
+            [*txt_outputs, verdict_txt, chips_txt])
+        for trigger in (search_img_btn.click, upload.upload):
+            trigger(page_image, img_inputs, [*img_outputs, verdict_img], api_visibility="private", postprocess=False)
+        for trigger in (search_txt_btn.click, text.submit):
+            trigger(page_text, txt_inputs, [*txt_outputs, verdict_txt, chips_txt], api_visibility="private",
+                    postprocess=False)
         serving.add_noop_endpoint()  # issue 26: bench.serving's measure of gradio's own cost per call
         # issue 26: the map is drawn when its tab is opened (with the last query's star), not on every
         # query: two 3,955-point figures per search cost more than the search itself

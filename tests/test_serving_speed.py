@@ -168,3 +168,35 @@ def test_a_large_film_is_searched_whole_and_previewed_small(demo_service, tmp_pa
                                                                       "any", "any", "any")
     assert max(preview.size) == presenters.PREVIEW_SIDE and preview.mode == "L"
     assert [h["study_id"] for h in records["hits"]] == whole.study_ids
+
+
+def test_the_page_gets_verdict_and_chips_in_the_search_event_and_scripts_the_same_answer(demo_service):
+    """No chained .then per search: the page's event answers the results, the verdict badge and the
+    parse chips at once; the named endpoint answers the results as before (same payload)."""
+    import asyncio
+
+    import app
+    from gradio.state_holder import SessionState
+
+    from webapp.text_query import chips_html
+    from webapp.trust import verdict_of
+
+    demo = app.build_ui(demo_service, [], [])
+    ids = {c.elem_id: c._id for c in demo.blocks.values() if getattr(c, "elem_id", None)}
+    api = next(fn for fn in demo.fns.values() if fn.api_name == "search_text")
+    page = [fn for fn in demo.fns.values() if ids["parse-chips"] in [o._id for o in fn.outputs]]
+    assert len(page) == 2 and all(ids["verdict-text"] in [o._id for o in fn.outputs] for fn in page)  # click, Enter
+    image_page = [fn for fn in demo.fns.values() if ids["verdict-image"] in [o._id for o in fn.outputs]]
+    assert {len(fn.outputs) for fn in image_page} == {8}  # button and upload: results + verdict in one event
+
+    async def answer(fn, inputs):
+        return (await demo.process_api(fn, inputs, state=SessionState(demo), session_hash="t"))["data"]
+
+    for phrase in ("small left pleural effusion", "no pneumothorax", "zebra crossing"):
+        inputs = [phrase, 5, "any", "any", "any", "any", "hybrid"]
+        scripted, shown = asyncio.run(answer(api, inputs)), asyncio.run(answer(page[0], inputs))
+        assert len(scripted) == 5 and shown[:5] == scripted
+        records = scripted[3].model_dump() if hasattr(scripted[3], "model_dump") else scripted[3]  # gradio's JsonData
+        assert records["hits"] or phrase == "zebra crossing"
+        assert shown[5] == verdict_of(records) and shown[6] == chips_html(phrase, "hybrid")
+    assert "cxr-chip" in shown[6] or shown[6] == chips_html("zebra crossing", "hybrid")
