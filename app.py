@@ -11,6 +11,11 @@ import os
 # A clinical tool sends nothing out: no usage analytics (must precede importing gradio).
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# issue 26: gradio's queue rebuilds a pandas table of its last 10,000 events after EVERY event (for its
+# /monitoring summary): a cost that grows with the events served (~2 ms/query after 600, more after
+# thousands). Recomputed every 1,000 events instead; the events kept stay bounded.
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "2000")
 
 import argparse
 import json
