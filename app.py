@@ -11,6 +11,11 @@ import os
 # A clinical tool sends nothing out: no usage analytics (must precede importing gradio).
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# issue 26: gradio's queue rebuilds a pandas table of its last 10,000 events after EVERY event (for its
+# /monitoring summary): a cost that grows with the events served (~2 ms/query after 600, more after
+# thousands). Recomputed every 1,000 events instead; the events kept stay bounded.
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "2000")
 
 import argparse
 import json
@@ -145,7 +150,9 @@ def build_ui(service, examples: list[str], phantom_examples: list[str], pacs_sou
                         upload = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", type="filepath", file_count="single")
                         study_uid = gr.Textbox(label="…or a StudyInstanceUID from the PACS (Enter searches)", lines=1,
                                                visible=pacs_source is not None, elem_id="study-uid")
-                        preview = gr.Image(label="Query (de-identified preview)", type="pil", interactive=False, height=260)
+                        # jpeg: gradio re-encodes the preview on every query; webp took ~7 ms of CPU, jpeg ~0.2 (issue 26)
+                        preview = gr.Image(label="Query (de-identified preview)", type="pil", interactive=False, height=260,
+                                           format="jpeg")
                         verdict_img = gr.HTML(elem_id="verdict-image")  # familiarity verdict (webapp.trust)
                         probability = gr.Label(label="Head's normal / abnormal estimate", num_top_classes=2)
                         with gr.Accordion("Filters", open=False):
@@ -212,21 +219,31 @@ def build_ui(service, examples: list[str], phantom_examples: list[str], pacs_sou
         from webapp.pacs import UidQuery, with_viewer_links
 
         linked_image = with_viewer_links(service.search_image, viewer_url, html_at=(2,), records_at=5)
-        search_image = serving.gallery_outputs(linked_image)  # gallery images: copies in the temp folder
-        search_text = serving.gallery_outputs(with_viewer_links(service.search_text, viewer_url, html_at=(1,), records_at=3))
-        if pacs_source is not None:  # a StudyInstanceUID: its frontal image over WADO-RS, searched like an upload
-            by_uid = serving.gallery_outputs(UidQuery(linked_image, pacs_source).search)
-            study_uid.submit(by_uid, [study_uid, *img_inputs[1:]], img_outputs, api_name="search_study_uid").then(
-                verdict_of, json_img, verdict_img, api_visibility="private")
-        for event in (search_img_btn.click(search_image, img_inputs, img_outputs, api_name="search_image"),
-                      upload.upload(search_image, img_inputs, img_outputs, api_visibility="private")):
-            event.then(verdict_of, json_img, verdict_img, api_visibility="private")
-        txt_inputs = [text, k_txt, label_txt, view_txt, finding_txt, side_txt, mode_txt]  # mode last: API callers
+        image_answer = serving.gallery_outputs(linked_image)  # gallery images: copies staged in the temp folder
+        text_answer = serving.gallery_outputs(with_viewer_links(service.search_text, viewer_url, html_at=(1,), records_at=3))
         txt_outputs = [gallery_txt, reports_txt, status_txt, json_txt, query_state]
-        for event in (search_txt_btn.click(search_text, txt_inputs, txt_outputs, api_name="search_text"),
-                      text.submit(search_text, txt_inputs, txt_outputs, api_visibility="private")):
-            event.then(verdict_of, json_txt, verdict_txt, api_visibility="private")
-            event.then(chips_html, [text, mode_txt], chips_txt, api_visibility="private")
+        txt_inputs = [text, k_txt, label_txt, view_txt, finding_txt, side_txt, mode_txt]  # mode last: API callers
+        if pacs_source is not None:  # a StudyInstanceUID: its frontal image over WADO-RS, searched like an upload
+            by_uid = serving.postprocessed(serving.gallery_outputs(UidQuery(linked_image, pacs_source).search), img_outputs)
+            study_uid.submit(by_uid, [study_uid, *img_inputs[1:]], img_outputs, api_name="search_study_uid",
+                             postprocess=False).then(verdict_of, json_img, verdict_img, api_visibility="private")
+        # issue 26: the named endpoints (scripts) answer the search outputs; the page's own events answer the
+        # verdict badge and parse chips in the same event (no chained .then round trips), and every search
+        # event postprocesses its outputs in the handler's thread (serving.postprocessed)
+        for fn, inputs, outputs, name in ((image_answer, img_inputs, img_outputs, "search_image"),
+                                          (text_answer, txt_inputs, txt_outputs, "search_text")):
+            gr.Button(visible=False, elem_id=f"api-{name}").click(
+                serving.postprocessed(fn, outputs), inputs, outputs, api_name=name, postprocess=False)
+        page_image = serving.postprocessed(serving.with_extra_outputs(image_answer, lambda a, out: verdict_of(out[5])),
+                                           [*img_outputs, verdict_img])
+        page_text = serving.postprocessed(serving.with_extra_outputs(
+            text_answer, lambda a, out: verdict_of(out[3]), lambda a, out: chips_html(a[0], a[6])),
+            [*txt_outputs, verdict_txt, chips_txt])
+        for trigger in (search_img_btn.click, upload.upload):
+            trigger(page_image, img_inputs, [*img_outputs, verdict_img], api_visibility="private", postprocess=False)
+        for trigger in (search_txt_btn.click, text.submit):
+            trigger(page_text, txt_inputs, [*txt_outputs, verdict_txt, chips_txt], api_visibility="private",
+                    postprocess=False)
         serving.add_noop_endpoint()  # issue 26: bench.serving's measure of gradio's own cost per call
         # issue 26: the map is drawn when its tab is opened (with the last query's star), not on every
         # query: two 3,955-point figures per search cost more than the search itself

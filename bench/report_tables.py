@@ -77,6 +77,51 @@ def bench_targets_table(docs: Docs) -> str:
             + f"\n\nOne `python -m bench` run, {cell(doc.get('total_seconds'), 0)} s in all ({parts}).")
 
 
+def serving_table(docs: Docs) -> str:
+    """``python -m bench.serving``: each endpoint at 1, 4 and 16 raw-HTTP clients beside its CPU floor."""
+    doc = docs[0]
+    rows = []
+    for name, e in doc["endpoints"].items():
+        floor = e.get("floor") or {}
+        for clients, level in e["clients"].items():
+            rows.append([f"`{name}`", clients, cell(level.get("qps"), 1), cell(level.get("p50_ms"), 1),
+                         cell(level.get("p95_ms"), 1), cell(level.get("errors")), cell(level.get("server_cpu_ms_per_query"), 1),
+                         cell(floor.get("floor_qps"), 1), cell(level.get("floor_ratio"), 3)])
+    targets = [f"`{k}` {cell(t.get('value'))} (target {t.get('target')}: {'met' if t.get('met') else '**missed**'})"
+               for k, t in (doc.get("targets") or {}).items()]
+    return (rows_table(["endpoint", "clients", "queries/s", "p50 ms", "p95 ms", "errors", "server CPU ms/query",
+                        "floor q/s", "measured / floor"], rows)
+            + "\n\nFloor = cores ÷ (in-process CPU ms of the handler + the server's CPU ms per no-op call). "
+            + "; ".join(targets) + ".")
+
+
+def search_1m_table(docs: Docs) -> str:
+    """``python -m bench.search --only-1m``: one hnsw graph over 1M x 512 with the ef its build chose."""
+    c = dig(docs[0], "search.cases.1000000") or {}
+    tuning = c.get("ef_tuning") or {}
+    reused = c.get("reused_index")
+    rows = [
+        ["gallery", f"{cell(c.get('n'))} × {c.get('dim')} ({c.get('clusters')} gaussian clusters), "
+                    f"M {c.get('M')}, ef_construction {c.get('ef_construction')}"],
+        ["ef chosen by the build (index.ef_tuning)", f"{c.get('ef')} (held-out recall@10 "
+                                                     f"{cell(dig(tuning, 'recall_at_10.held_out'), 4)}, target ≥ 0.98"
+                                                     + ("; **not reached** on the ef grid)" if tuning.get("reached") is False
+                                                        else ")")],
+        ["recall@10, fresh queries, at that ef", f"{cell(c.get('recall_at_10'), 4)} (target ≥ 0.98)"],
+        ["recall@10 at the former fixed ef 64", cell(c.get("recall_at_10_at_fixed_ef_64"), 4)],
+        ["hnsw p50 / p95, one query, one thread", f"{cell(c.get('hnsw_median_ms'), 3)} / {cell(c.get('hnsw_p95_ms'), 3)} ms"
+                                                  " (target p50 ≤ 2 ms)"],
+        ["exact search p50, one thread", f"{cell(c.get('exact_median_ms'), 1)} ms ({cell(c.get('exact_over_hnsw'), 1)}× hnsw)"],
+        ["build + ef tuning", f"{cell(c.get('build_s'), 0)} s on {c.get('build_threads')} threads"],
+        ["peak resident memory (vectors + graph + build)", f"{cell(c.get('peak_rss_mb'), 0)} MB"],
+        ["load average after the build / around the timed queries",
+         f"{c.get('load_average_after_build')} / {c.get('load_average_before_queries')} → {c.get('load_average_after_queries')}"],
+    ]
+    if reused:
+        rows.append(["queries timed on a saved graph (`--reuse`)", f"built {reused.get('built_at')}"])
+    return rows_table(["1M × 512, one graph", "measured"], rows)
+
+
 def space_table(docs: Docs) -> str:
     s = docs[0]["space"]
     install = cell(s.get("install_s"), 0, " s") if s.get("install_s") else "not timed in this run (a venv reused)"
@@ -173,6 +218,10 @@ TABLES: list[Table] = [
           page="docs/trust.md", timing=False),
     Table("bench-targets", ("bench/results/bench.json",), bench_targets_table,
           "python -m bench > bench/results/bench.json"),
+    Table("serving", ("bench/results/serving.json",), serving_table,
+          "python -m bench.serving > bench/results/serving.json"),
+    Table("search-1m", ("bench/results/search_1m.json",), search_1m_table,
+          "python -m bench.search --only-1m --m-1m M --keep-index PATH > bench/results/search_1m.json"),
     Table("space", ("bench/results/space.json",), space_table,
           "python -m bench.space --reuse features --venv DIR > bench/results/space.json", page="docs/serving.md"),
     Table("suite-time", ("bench/results/suite_time.json",), suite_time_table,

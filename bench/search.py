@@ -39,6 +39,10 @@ from index import ef_tuning  # noqa: E402
 from index.ann import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, HnswIndex, exact_top_k  # noqa: E402
 
 K = 10
+# The 1M case's M: at M 16 the graph's recall@10 plateaus at 0.975 (ef 1024) on this gallery
+# (bench/results/search_1m_m16.json), though a 100k proxy with as many vectors per cluster reached
+# 0.987 at ef 384; M 32 reached 0.990 at ef 192 on that proxy.
+M_1M = 32
 EF_SWEEP = (10, 16, 24, 32, 48, 64, 96, 128, 200)
 
 
@@ -208,18 +212,23 @@ def synthetic_studies(n: int) -> list:
 
 
 def scale_case(n: int, dim: int = 512, n_queries: int = 300, exact_queries: int | None = None,
-               full_index: bool = False) -> dict[str, Any]:
+               full_index: bool = False, M: int = DEFAULT_M, keep: str | None = None,
+               reuse: str | None = None) -> dict[str, Any]:
     """One gallery size, in its own process (peak RSS is this case's): build time and memory,
     recall@10 at the default ef, single-query latency of hnsw vs exact numpy.
 
     ``full_index=True`` times the project's whole ``index.build.build_index`` (two graphs,
     images and reports, both given this gallery, + the SQLite store + manifest with
     checksums), then queries through the saved index as the engine loads it.
+
+    One graph (``full_index=False``): ``keep`` saves it (and what its build measured, beside it as
+    JSON) so that ``reuse`` can time its queries again later (e.g. on a quiet machine) without the
+    long build; the gallery is re-drawn from its seed and checked against the saved fingerprint.
     """
     gallery, queries = clustered_gallery(n, n_queries, dim, n_clusters=200, seed=2)
     rss_data = rss_mb() and round(rss_mb(), 1)
     out: dict[str, Any] = {"n": n, "dim": dim, "n_queries": n_queries, "clusters": 200,
-                           "M": DEFAULT_M, "ef_construction": DEFAULT_EF_CONSTRUCTION,
+                           "M": M, "ef_construction": DEFAULT_EF_CONSTRUCTION,
                            "build_threads": mp.cpu_count(), "rss_mb_with_data": rss_data}
     started = time.perf_counter()
     if full_index:
@@ -254,14 +263,21 @@ def scale_case(n: int, dim: int = 512, n_queries: int = 300, exact_queries: int 
         load_start = time.perf_counter()
         SearchEngine.load(folder, None)
         out["index_load_s"] = round(time.perf_counter() - load_start, 2)
+    elif reuse:
+        graph = _reuse_graph(Path(reuse), gallery, out)
     else:
-        graph, choice = ef_tuning.build_tuned(gallery, DEFAULT_M, DEFAULT_EF_CONSTRUCTION)
+        graph, choice = ef_tuning.build_tuned(gallery, M, DEFAULT_EF_CONSTRUCTION)
         out["what_is_built"] = "one hnsw graph, its ef chosen from measured recall (index.ef_tuning)"
         out["build_s"] = round(time.perf_counter() - started, 2)  # build + ef tuning
         out["ef"], out["ef_tuning"] = choice.ef, {**choice.to_manifest(ef_tuning.SAMPLE), "sweep": choice.sweep}
-    out["rss_mb_after_build"] = rss_mb() and round(rss_mb(), 1)
-    out["peak_rss_mb"] = round(peak_rss_mb(), 1)  # whole process: data + graph(s) + build scratch
-    out["rss_mb_growth_from_build"] = rss_data and out["rss_mb_after_build"] and round(out["rss_mb_after_build"] - rss_data, 1)
+    if not reuse:
+        out["rss_mb_after_build"] = rss_mb() and round(rss_mb(), 1)
+        out["peak_rss_mb"] = round(peak_rss_mb(), 1)  # whole process: data + graph(s) + build scratch
+        out["rss_mb_growth_from_build"] = rss_data and out["rss_mb_after_build"] and round(out["rss_mb_after_build"] - rss_data, 1)
+        out["load_average_after_build"] = [round(x, 2) for x in os.getloadavg()]
+    if keep and not full_index:
+        _keep_graph(Path(keep), graph, gallery, out)
+    out["load_average_before_queries"] = [round(x, 2) for x in os.getloadavg()]
     truth = exact_top_k(gallery, queries, K).ids
     graph.set_ef(DEFAULT_EF)  # the former fixed default, for comparison
     out["recall_at_10_at_fixed_ef_64"] = round(recall_at_k(np.concatenate([graph.search(q, K).ids for q in queries]), truth), 4)
@@ -289,12 +305,51 @@ def scale_case(n: int, dim: int = 512, n_queries: int = 300, exact_queries: int 
         engine_ms, engine_p95 = per_query_ms(lambda q: engine.search_by_image_vector(q, k=K), queries[:100])
         out["engine_vector_query_median_ms"] = round(engine_ms, 4)  # hnsw + metadata rows -> hits
         out["engine_vector_query_p95_ms"] = round(engine_p95, 4)
+    out["load_average_after_queries"] = [round(x, 2) for x in os.getloadavg()]
     return out
 
 
-def one_million() -> dict[str, Any]:
+BUILD_FIELDS = ("what_is_built", "M", "ef_construction", "build_threads", "build_s", "ef", "ef_tuning", "rss_mb_with_data",
+                "rss_mb_after_build", "peak_rss_mb", "rss_mb_growth_from_build", "load_average_after_build")
+
+
+def _fingerprint(gallery: np.ndarray) -> str:
+    """A short digest of the gallery (a few rows): a reused graph must be over the same vectors."""
+    import hashlib
+
+    rows = gallery[np.linspace(0, len(gallery) - 1, 64).astype(np.int64)]
+    return hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()[:16]
+
+
+def _keep_graph(path: Path, graph: HnswIndex, gallery: np.ndarray, out: dict[str, Any]) -> None:
+    """Save the graph and, beside it (``.json``), what its build measured, for ``--reuse``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph.save(path)
+    build = {k: out[k] for k in BUILD_FIELDS if k in out}
+    meta = {"n": len(gallery), "dim": gallery.shape[1], "fingerprint": _fingerprint(gallery), "build": build,
+            "built_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    out["kept_index"] = str(path)
+
+
+def _reuse_graph(path: Path, gallery: np.ndarray, out: dict[str, Any]) -> HnswIndex:
+    """The graph ``--keep-index`` saved, with its build's figures (not re-measured) in ``out``."""
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise SystemExit(f"--reuse {path}: no saved graph (and {meta_path.name}) there; build one with --keep-index")
+    meta = json.loads(meta_path.read_text())
+    if (meta["n"], meta["dim"], meta["fingerprint"]) != (len(gallery), gallery.shape[1], _fingerprint(gallery)):
+        raise SystemExit(f"--reuse {path}: saved for another gallery ({meta['n']} x {meta['dim']})")
+    out.update(meta["build"])
+    out["reused_index"] = {"path": str(path), "built_at": meta.get("built_at"),
+                           "note": "build figures are the saved build's; recall and latency measured now"}
+    return HnswIndex.load(path, dim=gallery.shape[1], ef=int(meta["build"]["ef"]))
+
+
+def one_million(M: int = M_1M, keep: str | None = None, reuse: str | None = None) -> dict[str, Any]:
     """The 1M x 512 case alone (what ``--with-1m`` adds; ``--only-1m`` runs just this)."""
-    return run_isolated(scale_case, n=1_000_000, n_queries=100, exact_queries=20, full_index=False)
+    return run_isolated(scale_case, n=1_000_000, n_queries=100, exact_queries=20, full_index=False,
+                        M=M, keep=keep, reuse=reuse)
 
 
 def suite(sizes=(10_000, 100_000), with_1m: bool = False, n_queries: int = 300, project_dim: bool = True) -> dict[str, Any]:
@@ -357,6 +412,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="only the figures python -m bench reports: 10k and 100k (full index build) cases")
     parser.add_argument("--with-1m", action="store_true", help="with --suite: add the 1M x 512 case (2 GB, long build)")
     parser.add_argument("--only-1m", action="store_true", help="only the 1M x 512 case (build, tuned ef, recall, latency)")
+    parser.add_argument("--m-1m", type=int, default=M_1M, help=f"hnsw M of the 1M graph (default {M_1M})")
+    parser.add_argument("--keep-index", metavar="PATH", help="save the 1M graph there (+ PATH.json) for --reuse")
+    parser.add_argument("--reuse", metavar="PATH", help="time the 1M case on a graph --keep-index saved (no build)")
     parser.add_argument("--ef-construction-sweep", action="store_true",
                         help="build the big gallery with several ef_construction values: build time vs recall")
     parser.add_argument("--ef-construction-values", type=int, nargs="+", default=[64, 100, 128, 200],
@@ -366,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.suite or args.only_1m or args.ef_construction_sweep:
         report: dict[str, Any] = {"machine": machine()}
         if args.only_1m:
-            report["search"] = {"k": K, "cases": {"1000000": one_million()}}
+            report["search"] = {"k": K, "cases": {"1000000": one_million(args.m_1m, args.keep_index, args.reuse)}}
         elif args.suite:
             report["search"] = suite(sizes=(args.small_n, args.big_n), with_1m=args.with_1m, n_queries=args.queries)
         else:

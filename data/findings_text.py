@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from data.findings import BILATERAL, LEFT, NEGATIVE, POSITIVE, RIGHT, UNCERTAIN, VOCABULARY, Finding
 
@@ -51,6 +52,9 @@ def _surface_forms() -> list[tuple[str, str]]:
 
 
 _FORMS = _surface_forms()
+# Compiled once: _names runs per clause of every report segment the why-table reads (a query
+# parsed ~150 report clauses, re-escaping ~114 forms each: most of the text handler's CPU).
+_FORM_PATTERNS = [(form, re.compile(rf"\b{re.escape(form)}\b"), name) for form, name in _FORMS]
 
 
 @dataclass(frozen=True)
@@ -113,9 +117,8 @@ def _names(part: str) -> tuple[list[str], str]:
     """Finding names mentioned in ``part`` (longest surface form first) and the text left around them."""
     names: list[str] = []
     rest = part
-    for form, name in _FORMS:
-        pattern = re.compile(rf"\b{re.escape(form)}\b")
-        if pattern.search(rest):
+    for form, pattern, name in _FORM_PATTERNS:
+        if form in rest and pattern.search(rest):  # the substring test is a cheap necessary condition
             rest = pattern.sub(" ", rest)
             if name not in names:
                 names.append(name)
@@ -130,7 +133,13 @@ def _side(text: str) -> str:
 
 
 def _has_word(text: str, word: str) -> bool:
-    return re.search(rf"(?<![a-z]){re.escape(word)}(?![a-z])", text) is not None
+    return word in text and _word_pattern(word).search(text) is not None
+
+
+@lru_cache(maxsize=256)
+def _word_pattern(word: str) -> re.Pattern[str]:
+    """The few fixed words (negators, sides, sizes, zones) compiled once."""
+    return re.compile(rf"(?<![a-z]){re.escape(word)}(?![a-z])")
 
 
 def _has_any(text: str, words: tuple[str, ...]) -> bool:

@@ -50,3 +50,23 @@ def test_bench_search_suite_form_runs(tmp_path):
         assert len(case["build_s_per_graph"]) == 2 and case["index_mb_on_disk"] > 0
     assert all(0.9 <= cases[k]["recall_at_10"] <= 1.0 for k in ("500", "2000", "2000x256"))
     assert report["machine"]["cpus"] >= 1
+
+
+def test_a_kept_graph_is_reused_with_its_build_figures_and_refused_for_another_gallery(tmp_path):
+    """``--keep-index`` / ``--reuse``: the 1M row's queries can be timed again without the build."""
+    import pytest
+
+    from bench.search import scale_case
+
+    kept = scale_case(3000, dim=32, n_queries=30, exact_queries=10, keep=str(tmp_path / "g.bin"))
+    assert kept["kept_index"] == str(tmp_path / "g.bin") and (tmp_path / "g.json").is_file()
+    again = scale_case(3000, dim=32, n_queries=30, exact_queries=10, reuse=str(tmp_path / "g.bin"))
+    for key in ("build_s", "ef", "ef_tuning", "peak_rss_mb", "M"):  # the build's figures, not re-measured
+        assert again[key] == kept[key]
+    assert again["recall_at_10"] == kept["recall_at_10"]  # same graph, same ef, same queries
+    assert again["reused_index"]["path"] == str(tmp_path / "g.bin") and "reused_index" not in kept
+    assert len(again["load_average_before_queries"]) == 3
+    with pytest.raises(SystemExit, match="another gallery"):
+        scale_case(2500, dim=32, n_queries=30, reuse=str(tmp_path / "g.bin"))
+    with pytest.raises(SystemExit, match="no saved graph"):
+        scale_case(3000, dim=32, n_queries=30, reuse=str(tmp_path / "missing.bin"))

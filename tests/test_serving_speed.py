@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from data import report_findings as report_text
 from webapp import presenters, serving
 
 PHRASES = ["large right pleural effusion", "small left pleural effusion", "cardiomegaly", "right upper lobe opacity",
@@ -68,6 +69,8 @@ def test_fifty_queries_same_answers_cold_and_warm(demo_service, tmp_path):
     cold = []
     for i, (kind, query) in enumerate(queries):
         presenters.highlight_words.cache_clear()
+        report_text.report_findings.cache_clear()
+        report_text.parse_query.cache_clear()
         serving.staged_copies.clear()
         cold.append(_answer(demo_service, kind, query, tmp_path, i))
     order = list(range(len(queries)))
@@ -75,7 +78,7 @@ def test_fifty_queries_same_answers_cold_and_warm(demo_service, tmp_path):
     for i in order:  # warm, in another order: what one query cached must not change another's answer
         warm = _answer(demo_service, *queries[i], tmp_path, 1000 + i)
         assert warm == cold[i], f"query {i} ({queries[i][0]}) answered differently with warm caches"
-    assert presenters.highlight_words.cache_info().hits > 0
+    assert presenters.highlight_words.cache_info().hits > 0 and report_text.report_findings.cache_info().hits > 0
     kinds = {kind for kind, _ in queries}
     assert kinds == {"text", "image"} and all(a["records"]["hits"] for a in cold)
     assert any("<mark" in a["reports"] for a in cold) and all("Why these matches" in a["reports"] for a in cold)
@@ -91,6 +94,18 @@ def test_cached_highlight_equals_the_uncached_one(demo_service):
             words = tuple(sorted({t for t in terms if t and t.strip()}, key=lambda t: (-len(t), t)))
             assert presenters.highlight(text, terms) == uncached(text or "", words)
             assert presenters.highlight(text, list(reversed(terms))) == uncached(text or "", words)
+
+
+def test_cached_report_findings_equal_the_uncached_parse(demo_service):
+    """The memoised report findings (and query parse) are what a fresh parse of the text gives."""
+    metas = demo_service.engine.store.get(list(range(0, demo_service.engine.count, 40)))
+    texts = [m.study.report_text for m in metas]
+    for text in texts + texts:  # the second pass is served from the cache
+        assert report_text.report_findings(text) == report_text.report_findings.__wrapped__(text)
+    assert report_text.report_findings.cache_info().hits >= len(texts)
+    assert any(report_text.report_findings(t) for t in texts)
+    for phrase in PHRASES:
+        assert report_text.parse_query(phrase) == report_text.parse_query.__wrapped__(phrase)
 
 
 def test_gallery_images_are_staged_once_into_a_static_folder(demo_service, tmp_path):
@@ -153,3 +168,35 @@ def test_a_large_film_is_searched_whole_and_previewed_small(demo_service, tmp_pa
                                                                       "any", "any", "any")
     assert max(preview.size) == presenters.PREVIEW_SIDE and preview.mode == "L"
     assert [h["study_id"] for h in records["hits"]] == whole.study_ids
+
+
+def test_the_page_gets_verdict_and_chips_in_the_search_event_and_scripts_the_same_answer(demo_service):
+    """No chained .then per search: the page's event answers the results, the verdict badge and the
+    parse chips at once; the named endpoint answers the results as before (same payload)."""
+    import asyncio
+
+    import app
+    from gradio.state_holder import SessionState
+
+    from webapp.text_query import chips_html
+    from webapp.trust import verdict_of
+
+    demo = app.build_ui(demo_service, [], [])
+    ids = {c.elem_id: c._id for c in demo.blocks.values() if getattr(c, "elem_id", None)}
+    api = next(fn for fn in demo.fns.values() if fn.api_name == "search_text")
+    page = [fn for fn in demo.fns.values() if ids["parse-chips"] in [o._id for o in fn.outputs]]
+    assert len(page) == 2 and all(ids["verdict-text"] in [o._id for o in fn.outputs] for fn in page)  # click, Enter
+    image_page = [fn for fn in demo.fns.values() if ids["verdict-image"] in [o._id for o in fn.outputs]]
+    assert {len(fn.outputs) for fn in image_page} == {8}  # button and upload: results + verdict in one event
+
+    async def answer(fn, inputs):
+        return (await demo.process_api(fn, inputs, state=SessionState(demo), session_hash="t"))["data"]
+
+    for phrase in ("small left pleural effusion", "no pneumothorax", "zebra crossing"):
+        inputs = [phrase, 5, "any", "any", "any", "any", "hybrid"]
+        scripted, shown = asyncio.run(answer(api, inputs)), asyncio.run(answer(page[0], inputs))
+        assert len(scripted) == 5 and shown[:5] == scripted
+        records = scripted[3].model_dump() if hasattr(scripted[3], "model_dump") else scripted[3]  # gradio's JsonData
+        assert records["hits"] or phrase == "zebra crossing"
+        assert shown[5] == verdict_of(records) and shown[6] == chips_html(phrase, "hybrid")
+    assert "cxr-chip" in shown[6] or shown[6] == chips_html("zebra crossing", "hybrid")

@@ -226,6 +226,9 @@ def gallery_dir() -> Path:
 
         if folder.resolve() not in _StaticFiles.all_paths:
             gr.set_static_paths([folder])
+            # first: gradio checks each result file against the static paths in order (two
+            # realpath calls per path tried); every gallery file is found at the first try
+            _StaticFiles.all_paths.insert(0, _StaticFiles.all_paths.pop())
     return folder
 
 
@@ -276,6 +279,64 @@ def gallery_outputs(fn: Callable[..., Any]) -> Callable[..., Any]:
             return tuple([(stage_file(str(p)), c) for p, c in v] if _is_gallery(v) else v for v in out)
         return [(stage_file(str(p)), c) for p, c in out] if _is_gallery(out) else out
     return wrapper
+
+
+def postprocessed(fn: Callable[..., Any], outputs: Sequence[Any]) -> Callable[..., Any]:
+    """Wrap a handler for an event registered with ``postprocess=False``: the handler's thread turns
+    each output into what the component's ``postprocess`` would send (the same payload).
+
+    Why (issue 26): gradio otherwise postprocesses each output in a thread hop of its own (seven for
+    an image search), the gallery through a new thread pool per query, and walks every output
+    twice for files; on 2 cores that was more CPU than the text search itself."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        out = fn(*args, **kwargs)
+        values = out if len(outputs) > 1 else (out,)
+        done = tuple(serialise(component, value) for component, value in zip(outputs, values, strict=True))
+        return done if len(outputs) > 1 else done[0]
+    return wrapper
+
+
+def with_extra_outputs(fn: Callable[..., Any], *extras: Callable[[tuple, tuple], Any]) -> Callable[..., Any]:
+    """``fn``'s outputs followed by ``extra(args, outputs)`` for each extra: what chained ``.then``
+    events computed from them, answered in the same event (one queue round trip instead of several)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> tuple:
+        out = tuple(fn(*args))
+        return (*out, *(extra(args, out) for extra in extras))
+    return wrapper
+
+
+def serialise(component: Any, value: Any) -> Any:
+    """``component.postprocess(value)`` as sent to the page (a State's value is kept as it is)."""
+    from gradio.data_classes import GradioModel, GradioRootModel
+
+    if getattr(component, "stateful", False) or (isinstance(value, dict) and value.get("__type__") == "update"):
+        return value
+    data = gallery_data(value) if type(component).__name__ == "Gallery" else None
+    if data is None:
+        data = component.postprocess(value)
+    return data.model_dump() if isinstance(data, (GradioModel, GradioRootModel)) else data
+
+
+def gallery_data(value: Any) -> Any:
+    """``gr.Gallery.postprocess`` of a list of (local image path, caption), without the thread
+    pool it starts per call; ``None`` for anything else (arrays, URLs, SVG, video: gradio's own)."""
+    from gradio.components.gallery import GalleryData, GalleryImage
+    from gradio.data_classes import ImageData
+    from gradio_client import utils as client_utils
+
+    items = []
+    for item in value or []:
+        path, caption = item if isinstance(item, (tuple, list)) else (item, None)
+        if not isinstance(path, str) or path.lower().endswith(".svg") or client_utils.is_http_url_like(path):
+            return None
+        mime = client_utils.get_mimetype(path)
+        if mime is not None and "video" in mime:
+            return None
+        items.append(GalleryImage(image=ImageData(path=path, url=None, orig_name=Path(path).name, mime_type=mime),
+                                  caption=caption))
+    return GalleryData(root=items)
 
 
 def noop() -> str:
