@@ -73,10 +73,9 @@ def text_inputs(head, feats, texts: Sequence[str] | None):
     if texts is None or len(texts) != len(feats):
         raise ValueError("this head reads the parsed findings of each text (knowledge input): "
                          "the texts must be given with their features")
-    extra = knowledge_vectors(texts, scale)
     if isinstance(feats, torch.Tensor):
-        return torch.cat([feats, torch.from_numpy(extra).to(feats.dtype)], dim=1)
-    return np.concatenate([np.asarray(feats, np.float32), extra], axis=1)
+        return torch.cat([feats, torch.from_numpy(knowledge_vectors(texts, scale)).to(feats.dtype)], dim=1)
+    return with_knowledge(feats, texts, scale)
 
 
 def with_knowledge(feats: np.ndarray, texts: Sequence[str], scale: float) -> np.ndarray:
