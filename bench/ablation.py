@@ -54,6 +54,10 @@ VARIANTS: dict[str, tuple[str, str, float, float, float, float]] = {
     # knowledge-enhanced text input (model.knowledge, --knowledge 2)
     "clip+supcon[findings]+bce+phrases+side x5+knowledge": ("clip+supcon+bce", "findings", 0.0, 5.0, 1.0, 2.0),
     "clip+supcon[findings]+bce+phrases x5+side x5+knowledge": ("clip+supcon+bce", "findings", 0.0, 5.0, 5.0, 2.0),
+    # stronger side term / knowledge scale with the knowledge input (issue #23, session 4)
+    "clip+supcon[findings]+bce+phrases x5+side x10+knowledge": ("clip+supcon+bce", "findings", 0.0, 10.0, 5.0, 2.0),
+    "clip+supcon[findings]+bce+phrases x5+side x20+knowledge": ("clip+supcon+bce", "findings", 0.0, 20.0, 5.0, 2.0),
+    "clip+supcon[findings]+bce+phrases x5+side x10+knowledge x3": ("clip+supcon+bce", "findings", 0.0, 10.0, 5.0, 3.0),
 }
 PAPER = "paper: clip+supcon+bce"
 PREVIOUS_DEFAULT = "clip+supcon[findings]+bce"  # train.py's default before phrase views (issue #23)
@@ -65,7 +69,10 @@ SHORT = {"paper": PAPER, "findings": PREVIOUS_DEFAULT, "probe": "clip+supcon[fin
          "phrases3+side5": "clip+supcon[findings]+bce+phrases x3+side x5",
          "phrases5+side5": "clip+supcon[findings]+bce+phrases x5+side x5",
          "phrases+side5+k": "clip+supcon[findings]+bce+phrases+side x5+knowledge",
-         "phrases5+side5+k": "clip+supcon[findings]+bce+phrases x5+side x5+knowledge"}
+         "phrases5+side5+k": "clip+supcon[findings]+bce+phrases x5+side x5+knowledge",
+         "phrases5+side10+k": "clip+supcon[findings]+bce+phrases x5+side x10+knowledge",
+         "phrases5+side20+k": "clip+supcon[findings]+bce+phrases x5+side x20+knowledge",
+         "phrases5+side10+k3": "clip+supcon[findings]+bce+phrases x5+side x10+knowledge x3"}
 METRICS = ("nDCG@10", "finding_P@10", "R@10", "P@10", "mAP")
 PHRASE_METRICS = ("nDCG@10", "finding_P@10", "side_swap_rate")
 RESULTS = Path(__file__).resolve().parent / "results"
