@@ -23,8 +23,9 @@ import logging
 import time
 from pathlib import Path
 
-from data.errors import LOAD_ERRORS, REPORTED, InputError, one_line
+from data.errors import LOAD_ERRORS, REPORTED, one_line
 from webapp import hosting, serving
+from webapp.loading import load_service
 from runtime.option import add_runtime_argument, apply_runtime_argument
 
 log = logging.getLogger("app")
@@ -68,6 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
     p.add_argument("--concurrency", type=int, default=2, help="queries processed at once (2 CPU cores: 2; compare settings "
                         "with python -m bench.serving --sweep)")
+    p.add_argument("--search-workers", type=int, metavar="N",
+                   default=int(os.environ["CXR_SEARCH_WORKERS"]) if os.environ.get("CXR_SEARCH_WORKERS", "").strip() else None,
+                   help="processes answering text searches beside the web process (default: $CXR_SEARCH_WORKERS, "
+                        "else 1 on 2+ cores, else 0 = in the web process; webapp.search_workers, python -m bench.serving)")
     p.add_argument("--text-mode", choices=("dense", "hybrid"), default=None,
                    help="text search: hybrid fuses the indexed reports with image similarity (default when the "
                         "index has reports); dense is image similarity alone (the paper's setting)")
@@ -91,36 +96,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load_service(args: argparse.Namespace, train_args: list[str] | None = None):
-    """Build (first start) or load the model, the index and the plots."""
-    from index.engine import SearchEngine
-    from model.retrieval_model import RetrievalModel
-    from pipeline.demo import ensure_demo
-    from webapp.plots import EmbeddingMaps
-    from webapp.service import RunInfo, SearchService
-
-    if args.bundle:
-        from index.bundle import open_bundle
-
-        bundle = open_bundle(args.bundle)  # checksums verified; a hub id fails fast offline
-        run_dir, index_dir = bundle.run_dir, bundle.index_dir
-        args.data_root = args.data_root or bundle.data_root
-    elif args.run and args.index:
-        run_dir, index_dir = Path(args.run), args.index  # a folder or milvus://...
-    elif args.run or args.index:
-        raise InputError("give both --run and --index, or neither for the offline demo")
-    else:
-        run_dir, index_dir = ensure_demo(train_args=train_args)
-    log.info("loading the model and index")
-    model = RetrievalModel.from_run(run_dir, backbone_path=args.backbone_path)
-    engine = SearchEngine.load(index_dir, model, data_root=args.data_root)  # a folder or milvus://
-    impressions = {m.study_id: m.impression or m.findings for m in engine.store.all()}
-    maps = EmbeddingMaps.load(run_dir / "embedding_map.json", impressions)
-    service = SearchService(engine, RunInfo.load(run_dir), maps, keep_uploads=args.keep_uploads)
-    service.text_mode = getattr(args, "text_mode", None) or service.text_mode
-    return service
-
-
 def example_uploads() -> list[str]:
     """Real pediatric films (fetched at set-up by `python -m data.pediatric`; never downloaded here)."""
     from data.pediatric import cached_pediatric_films
@@ -131,7 +106,10 @@ def example_uploads() -> list[str]:
     return [str(p) for p in films if "NORMAL" in p.parts][:2] + [str(p) for p in films if "PNEUMONIA" in p.parts][:2]
 
 
-def build_ui(service, examples: list[str], phantom_examples: list[str], pacs_source=None, viewer_url: str | None = None):
+def build_ui(service, examples: list[str], phantom_examples: list[str], pacs_source=None, viewer_url: str | None = None,
+             text_search=None):
+    """The page; ``text_search`` answers text queries (default ``service.search_text``; the app passes
+    ``webapp.search_workers.SearchWorkers.search_text``)."""
     import gradio as gr
 
     from webapp.service import ANY
@@ -220,7 +198,8 @@ def build_ui(service, examples: list[str], phantom_examples: list[str], pacs_sou
 
         linked_image = with_viewer_links(service.search_image, viewer_url, html_at=(2,), records_at=5)
         image_answer = serving.gallery_outputs(linked_image)  # gallery images: copies staged in the temp folder
-        text_answer = serving.gallery_outputs(with_viewer_links(service.search_text, viewer_url, html_at=(1,), records_at=3))
+        text_answer = serving.gallery_outputs(with_viewer_links(text_search or service.search_text, viewer_url, html_at=(1,),
+                                                                records_at=3))
         txt_outputs = [gallery_txt, reports_txt, status_txt, json_txt, query_state]
         txt_inputs = [text, k_txt, label_txt, view_txt, finding_txt, side_txt, mode_txt]  # mode last: API callers
         if pacs_source is not None:  # a StudyInstanceUID: its frontal image over WADO-RS, searched like an upload
@@ -250,6 +229,21 @@ def build_ui(service, examples: list[str], phantom_examples: list[str], pacs_sou
         for trigger in (method.change, map_tab.select, demo.load):
             trigger(service.map_figures, [method, query_state], [plot_frozen, plot_tuned], api_visibility="private")
     return demo
+
+
+def search_workers(service, args: argparse.Namespace):
+    """Worker processes for text search (webapp.search_workers), or None for in-process search."""
+    from runtime.threads import available_cores
+    from webapp.loading import load_worker_service
+    from webapp.search_workers import SearchWorkers
+
+    n = args.search_workers if args.search_workers is not None else (1 if available_cores() >= 2 else 0)
+    if n <= 0:
+        return None
+    if not (args.run or args.index or args.bundle) and service.loaded_from:  # the demo just loaded, never a rebuild
+        run, index = service.loaded_from
+        args = argparse.Namespace(**{**vars(args), "run": run, "index": index})
+    return SearchWorkers(service, n, load_worker_service, args)
 
 
 def pacs_options(args: argparse.Namespace) -> tuple:
@@ -340,9 +334,10 @@ def main(argv: list[str] | None = None) -> None:
         if progress:
             progress.close()
         raise SystemExit(one_line(exc)) from None
+    workers = search_workers(service, args)
     examples = example_uploads()
     phantoms = phantom_examples(service)
-    demo = build_ui(service, examples, phantoms, *pacs_options(args))
+    demo = build_ui(service, examples, phantoms, *pacs_options(args), text_search=workers and workers.search_text)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=64)
     import gradio as gr
 
@@ -354,7 +349,8 @@ def main(argv: list[str] | None = None) -> None:
     from webapp.text_query import CSS as CHIPS_CSS
     from webapp.trust import CSS as VERDICT_CSS
 
-    serving.serve(demo, **options, allowed_paths=serving.served_examples(examples + phantoms),  # nothing else as-is
+    serving.serve(demo, on_exit=[workers.close] if workers else (), **options,
+                  allowed_paths=serving.served_examples(examples + phantoms),  # nothing else as-is
                   theme=gr.themes.Soft(), css=CSS + VERDICT_CSS + CHIPS_CSS)
 
 

@@ -17,8 +17,8 @@
 
 The client threads share the machine with the server: on 2 cores they take some of the CPU the
 floor assumes is the server's. ``--sweep`` relaunches the app with each (queue concurrency, threads
-per query, BLAS threads) of ``SWEEP`` and reports the best at 16 clients (p95 <= 1 s): what chose the
-app's ``--concurrency`` default. Bounded: each level stops after ``--seconds`` or ``--max-queries``.
+per query, BLAS threads, search worker processes) of ``SWEEP`` and reports the best at 16 clients
+(p95 <= 1 s): what chose the app's ``--concurrency`` and ``--search-workers`` defaults. Bounded: each level stops after ``--seconds`` or ``--max-queries``.
 """
 from __future__ import annotations
 
@@ -43,8 +43,11 @@ CLIENTS = (1, 4, 16)
 PHRASES = ["large right pleural effusion", "small left pleural effusion", "cardiomegaly", "right upper lobe opacity",
            "left lower lobe atelectasis", "right pneumothorax", "calcified granuloma", "no acute cardiopulmonary abnormality"]
 MODIFIER = "left pleural effusion"
-# (--concurrency, CXR_QUERY_THREADS = torch threads per query, BLAS threads (OpenBLAS/MKL/OpenMP; None: default))
-SWEEP = ((1, 2, None), (2, 1, None), (2, 1, 1), (4, 1, 1))
+# (--concurrency, CXR_QUERY_THREADS = torch threads per query, BLAS threads (OpenBLAS/MKL/OpenMP; None: default),
+#  --search-workers = text-search processes beside the web process)
+SWEEP = ((1, 2, None, 0), (2, 1, None, 0), (2, 1, 1, 0), (4, 1, 1, 0), (2, 1, None, 1), (4, 1, None, 1))
+# the app's log lines (webapp.search_workers): the bench measures once the workers have started or failed to
+STARTING_WORKERS, WORKERS_SETTLED = "search workers: starting", ("process(es) ready", "search workers unavailable")
 
 
 def query_files(folder: Path) -> dict[str, Path]:
@@ -124,16 +127,18 @@ def free_port() -> int:
 
 @contextmanager
 def running_app(concurrency: int | None, query_threads: int | None, blas_threads: int | None = None,
-                timeout: float = 600) -> Iterator[tuple[int, int]]:
+                timeout: float = 600, search_workers: int | None = None) -> Iterator[tuple[int, int]]:
     """The app on a free loopback port; yields (port, pid), stops it (SIGTERM) afterwards."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    env.pop("CXR_SEARCH_WORKERS", None)  # the app's own default unless search_workers is given
     if query_threads:
         env["CXR_QUERY_THREADS"] = str(query_threads)
     if blas_threads:
         env.update({name: str(blas_threads) for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")})
     args = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port)]
     args += ["--concurrency", str(concurrency)] if concurrency else []
+    args += ["--search-workers", str(search_workers)] if search_workers is not None else []
     logfile = scratch_dir("bench-serving-log-") / "app.log"
     with open(logfile, "w") as out:
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -150,6 +155,11 @@ def running_app(concurrency: int | None, query_threads: int | None, blas_threads
                 pass
             if time.monotonic() - started > timeout:
                 raise TimeoutError("the app did not start")
+            time.sleep(0.5)
+        while STARTING_WORKERS in logfile.read_text() and not any(  # measure the app as it runs once settled
+                line in logfile.read_text() for line in WORKERS_SETTLED):
+            if time.monotonic() - started > timeout:
+                raise TimeoutError("the search workers did not start")
             time.sleep(0.5)
         yield port, proc.pid
     finally:
@@ -274,18 +284,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def sweep(files: dict[str, Path], service: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Each (queue concurrency, threads per query, BLAS threads) of SWEEP at 16 clients, text and phantom image."""
+    """Each (queue concurrency, threads per query, BLAS threads, search workers) of SWEEP at 16 clients, text and
+    phantom image."""
     rows = []
-    for concurrency, threads, blas in SWEEP:
-        with running_app(concurrency, threads, blas) as (port, pid):
+    for concurrency, threads, blas, workers in SWEEP:
+        with running_app(concurrency, threads, blas, search_workers=workers) as (port, pid):
             result = measure(port, pid, files, ["noop", "/search_text", "/search_image"], clients=(1, 16),
                              seconds=args.seconds, max_queries=args.max_queries)
         add_floors(result, service, cpu_count())
         rows.append({"concurrency": concurrency, "query_threads": threads, "blas_threads": blas or "default",
+                     "search_workers": workers,
                      **{name: result[name]["clients"]["16"] for name in ("/search_text", "/search_image")}})
     fine = [r for r in rows if max(r["/search_text"]["p95_ms"], r["/search_image"]["p95_ms"]) <= 1000] or rows
     best = max(fine, key=lambda r: r["/search_text"]["qps"] + r["/search_image"]["qps"])
-    return {"rows": rows, "best": {k: best[k] for k in ("concurrency", "query_threads", "blas_threads")},
+    return {"rows": rows, "best": {k: best[k] for k in ("concurrency", "query_threads", "blas_threads", "search_workers")},
             "rule": "most text + image queries/s at 16 clients among settings with p95 <= 1 s"}
 
 

@@ -17,11 +17,25 @@ import numpy as np
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads (Linux ``/proc/PID/stat``)."""
+def _stat(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return handle.read().rsplit(")", 1)[1].split()
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads, plus its live child processes (the
+    app's search workers, webapp.search_workers), from Linux ``/proc/PID/stat``."""
+    fields = _stat(pid)
+    total = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != pid:
+            try:
+                child = _stat(int(entry))
+            except OSError:  # exited meanwhile
+                continue
+            if int(child[1]) == pid:
+                total += process_cpu_s(int(entry))
+    return total
 
 
 class Client:

@@ -58,6 +58,7 @@ class SearchService:
         self.run = run
         self.maps = maps
         self.keep_uploads = keep_uploads
+        self.loaded_from: tuple[str, str] | None = None  # (run, index) as given to the loader (webapp.loading)
         self.vocabulary = list(engine.findings())
         self.views = engine.views()
         self.context_length = int(engine.encoder.backbone.context_length or 0)

@@ -178,11 +178,16 @@ def make_temp_dir() -> Path:
     return folder
 
 
-def serve(demo: Any, **launch_kwargs: Any) -> None:
-    """``demo.launch`` until Ctrl-C or SIGTERM, then remove the temp folder and exit at once:
-    the interpreter's own teardown (garbage-collecting the model and the page) takes ~10 s on
-    2 busy cores, long enough for a supervisor to give up and SIGKILL, leaving the folder."""
+def serve(demo: Any, on_exit: Sequence[Callable[[], Any]] = (), **launch_kwargs: Any) -> None:
+    """``demo.launch`` until Ctrl-C or SIGTERM, then run ``on_exit`` (stop the search workers), remove
+    the temp folder and exit at once: the interpreter's own teardown (garbage-collecting the model and
+    the page) takes ~10 s on 2 busy cores, long enough for a supervisor to give up and SIGKILL."""
     demo.launch(**launch_kwargs)  # returns once gradio has closed its server
+    for stop in on_exit:
+        try:
+            stop()
+        except Exception:  # noqa: BLE001 - exiting anyway: the temp folder must still go
+            log.exception("stopping %s", stop)
     shutil.rmtree(os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
     logging.shutdown()
     sys.stdout.flush()

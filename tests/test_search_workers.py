@@ -1,0 +1,171 @@
+"""Issue 26: text searches answered by a worker process give the very answers of the app process,
+and nothing is lost while the worker starts or after it dies."""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+
+import pytest
+
+from webapp.search_workers import SearchWorkers
+
+PHRASES = ["large right pleural effusion", "small left pleural effusion", "cardiomegaly", "no pneumothorax",
+           "right upper lobe opacity", "bilateral pleural effusions", "left basilar opacity", "heart is enlarged",
+           "no acute cardiopulmonary abnormality", "xyzzy plugh", ""]
+
+
+def worker_args(run_dir, index_dir) -> argparse.Namespace:
+    return argparse.Namespace(run=str(run_dir), index=str(index_dir), bundle=None, data_root=None, backbone_path=None,
+                              keep_uploads=False, text_mode=None, runtime="torch")
+
+
+@pytest.fixture(scope="module")
+def local_service(demo_built):
+    from webapp.loading import load_service
+
+    run_dir, index_dir = demo_built
+    return load_service(worker_args(run_dir, index_dir), with_maps=False)
+
+
+@pytest.fixture(scope="module")
+def workers(local_service, demo_built):
+    from webapp.loading import load_worker_service
+
+    pool = SearchWorkers(local_service, 1, load_worker_service, worker_args(*demo_built))
+    assert pool.wait_ready(300), "the search worker did not start"
+    yield pool
+    pool.close()
+
+
+def test_fifty_text_queries_answer_the_same_in_the_worker(local_service, workers):
+    rng = random.Random(26)
+    for i in range(50):
+        query = (PHRASES[i % len(PHRASES)], rng.choice([3, 5, 8]), rng.choice(["any", "abnormal"]), "any", "any",
+                 rng.choice(["any", "left", "right"]), rng.choice([None, "dense", "hybrid"]))
+        here, there = local_service.search_text(*query), workers.search_text(*query)
+        assert there == here, f"query {query!r} answered differently in the worker"
+    # and the answers are real results, not an error status repeated
+    gallery, _, status, records, _ = workers.search_text("small left pleural effusion", 8, "any", "any", "any")
+    assert len(gallery) == 8 and len(records["hits"]) == 8, status
+
+
+def test_the_worker_runs_in_another_process(workers):
+    pids = {workers.in_worker(os.getpid) for _ in range(3)}
+    assert pids and os.getpid() not in pids
+
+
+def test_searches_continue_in_process_before_the_worker_is_ready_and_after_it_dies(local_service, demo_built):
+    from webapp.loading import load_worker_service
+
+    pool = SearchWorkers(local_service, 1, load_worker_service, worker_args(*demo_built))
+    try:
+        query = ("right pneumothorax", 5, "any", "any", "any")
+        expected = local_service.search_text(*query)
+        assert pool.search_text(*query) == expected  # answered whether or not the worker is up yet
+        assert pool.wait_ready(300)
+        pid = pool.in_worker(os.getpid)
+        os.kill(pid, signal.SIGKILL)  # the worker dies (out of memory, killed by an operator)
+        assert pool.search_text(*query) == expected  # answered here instead, no error shown
+        assert not pool.wait_ready(0) and not pool.active
+        assert pool.search_text(*query) == expected  # and from then on
+    finally:
+        pool.close()
+
+
+def test_a_worker_that_cannot_load_leaves_search_in_process(local_service, tmp_path):
+    from webapp.loading import load_worker_service
+
+    broken = worker_args(tmp_path / "no-run", tmp_path / "no-index")
+    pool = SearchWorkers(local_service, 1, load_worker_service, broken)
+    try:
+        assert not pool.wait_ready(120)
+        query = ("cardiomegaly", 4, "any", "any", "any")
+        assert pool.search_text(*query) == local_service.search_text(*query)
+    finally:
+        pool.close()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    if int(handle.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except OSError:
+                continue
+    return out
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_the_app_answers_text_from_its_worker_and_stops_it_on_exit(demo_built, local_service):
+    """The app as started (default: one worker on 2+ cores): once the worker is ready, /search_text
+    is answered with the in-process answer, the worker does the searching, and SIGTERM stops it too."""
+    import time
+
+    from gradio_client import Client
+
+    from tests.app_server import running_app
+
+    run_dir, index_dir = demo_built
+    with running_app(["--run", str(run_dir), "--index", str(index_dir), "--search-workers", "1"]) as (url, proc, _):
+        deadline = time.monotonic() + 300
+        while not (workers := [c for c in _children(proc.pid) if _cpu_s(c) > 1.0]):  # loaded: a model costs CPU
+            assert time.monotonic() < deadline, "no search worker started"
+            time.sleep(1)
+        client = Client(url, verbose=False)
+        query = ("small left pleural effusion", 8, "any", "any", "any")
+        time.sleep(5)  # the worker's start is asynchronous: let it finish loading
+        before = {c: _cpu_s(c) for c in workers}
+        for _ in range(30):
+            *_, records = client.predict(*query, api_name="/search_text")
+        used = sum(_cpu_s(c) - before[c] for c in workers)
+        expected = local_service.search_text(*query)[3]
+        assert [h["study_id"] for h in records["hits"]] == [h["study_id"] for h in expected["hits"]]
+        assert used > 0.05, f"the worker used {used:.2f} s of CPU for 30 searches: they ran in the web process"
+    assert proc.returncode == 0
+    deadline = time.monotonic() + 20
+    while any(os.path.exists(f"/proc/{c}") and not open(f"/proc/{c}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+              for c in workers):
+        assert time.monotonic() < deadline, "the search worker outlived the app"
+        time.sleep(0.5)
+
+
+def test_a_worker_exits_when_its_app_is_killed(tmp_path):
+    """SIGKILL of the app runs no clean-up: the worker notices its parent is gone and exits."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.app_server import ROOT
+
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import argparse, os, sys, time\n"
+        "from webapp.search_workers import SearchWorkers\n"
+        "if __name__ == '__main__':  # spawned workers import this file as a module\n"
+        "    pool = SearchWorkers(None, 1, vars, argparse.Namespace())  # vars: a loader that loads nothing\n"
+        "    assert pool.wait_ready(120)\n"
+        "    print(pool.in_worker(os.getpid), flush=True)\n"
+        "    time.sleep(600)\n")
+    owner = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        worker = int(owner.stdout.readline())
+        assert os.path.exists(f"/proc/{worker}")
+        owner.kill()
+        owner.wait()
+        deadline = time.monotonic() + 15
+        while os.path.exists(f"/proc/{worker}"):
+            assert time.monotonic() < deadline, "the worker outlived its killed app"
+            time.sleep(0.2)
+    finally:
+        owner.kill()
