@@ -203,9 +203,14 @@ def build_ui(service, examples: list[str], phantom_examples: list[str], pacs_sou
         txt_outputs = [gallery_txt, reports_txt, status_txt, json_txt, query_state]
         txt_inputs = [text, k_txt, label_txt, view_txt, finding_txt, side_txt, mode_txt]  # mode last: API callers
         if pacs_source is not None:  # a StudyInstanceUID: its frontal image over WADO-RS, searched like an upload
-            by_uid = serving.postprocessed(serving.gallery_outputs(UidQuery(linked_image, pacs_source).search), img_outputs)
-            study_uid.submit(by_uid, [study_uid, *img_inputs[1:]], img_outputs, api_name="search_study_uid",
-                             postprocess=False).then(verdict_of, json_img, verdict_img, api_visibility="private")
+            uid_answer = serving.gallery_outputs(UidQuery(linked_image, pacs_source).search)
+            uid_inputs = [study_uid, *img_inputs[1:]]
+            gr.Button(visible=False, elem_id="api-search_study_uid").click(  # scripts: the search outputs
+                serving.postprocessed(uid_answer, img_outputs), uid_inputs, img_outputs, api_name="search_study_uid",
+                postprocess=False)
+            study_uid.submit(serving.postprocessed(  # the page: the verdict badge in the same event
+                serving.with_extra_outputs(uid_answer, lambda a, out: verdict_of(out[5])), [*img_outputs, verdict_img]),
+                uid_inputs, [*img_outputs, verdict_img], api_visibility="private", postprocess=False)
         # issue 26: the named endpoints (scripts) answer the search outputs; the page's own events answer the
         # verdict badge and parse chips in the same event (no chained .then round trips), and every search
         # event postprocesses its outputs in the handler's thread (serving.postprocessed)

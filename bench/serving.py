@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from bench.common import ROOT, cpu_count, emit, log, machine, run_isolated, scratch_dir, setup_environment, stop_process
-from bench.serving_load import Client, endpoint_defaults, run_level
+from bench.serving_load import Client, child_pids, endpoint_defaults, rss_mb, run_level
 
 CLIENTS = (1, 4, 16)
 PHRASES = ["large right pleural effusion", "small left pleural effusion", "cardiomegaly", "right upper lobe opacity",
@@ -271,6 +271,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     names = ["noop", "/search_text", "/search_image", "/search_image@jpeg2048", "/search_composed"]
     with running_app(args.concurrency, None) as (port, pid):
         endpoints = measure(port, pid, files, names, seconds=args.seconds, max_queries=args.max_queries)
+        report["memory_mb"] = {"server": rss_mb(pid), "children": [rss_mb(c) for c in child_pids(pid)],
+                               "note": "resident memory after the run: the web process and its children (search "
+                                       "workers; multiprocessing's resource tracker)"}
     add_floors(endpoints, service, cpu_count())
     report["endpoints"] = endpoints
     report["targets"] = targets(endpoints)

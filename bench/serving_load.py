@@ -22,19 +22,36 @@ def _stat(pid: int) -> list[str]:
         return handle.read().rsplit(")", 1)[1].split()
 
 
+def child_pids(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (the app's search workers and multiprocessing's helper)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != pid:
+            try:
+                if int(_stat(int(entry))[1]) == pid:
+                    found.append(int(entry))
+            except OSError:  # exited meanwhile
+                continue
+    return found
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process, MB (``/proc/PID/status`` VmRSS)."""
+    with open(f"/proc/{pid}/status") as handle:
+        kb = next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
+    return round(kb / 1024, 1)
+
+
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process, all its threads, plus its live child processes (the
     app's search workers, webapp.search_workers), from Linux ``/proc/PID/stat``."""
     fields = _stat(pid)
     total = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != pid:
-            try:
-                child = _stat(int(entry))
-            except OSError:  # exited meanwhile
-                continue
-            if int(child[1]) == pid:
-                total += process_cpu_s(int(entry))
+    for child in child_pids(pid):
+        try:
+            total += process_cpu_s(child)
+        except OSError:  # exited meanwhile
+            continue
     return total
 
 

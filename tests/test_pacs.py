@@ -356,6 +356,11 @@ def test_the_app_wires_the_viewer_link_and_the_uid_box(pacs, built, model):
     demo = app.build_ui(service, [], [], pacs_source=source, viewer_url=template)
     names = {d.get("api_name") for d in demo.config["dependencies"]}
     assert {"search_image", "search_text", "search_study_uid"} <= names
+    # issue 26: no chained round trips: Enter in the UID box answers results and verdict badge in one event
+    ids = {c.get("props", {}).get("elem_id"): c["id"] for c in demo.config["components"]}
+    (uid_event,) = [d for d in demo.config["dependencies"] if [ids["study-uid"], "submit"] in map(list, d["targets"])]
+    assert ids["verdict-image"] in uid_event["outputs"] and uid_event["api_name"] != "search_study_uid"
+    assert all(d.get("trigger_after") is None for d in demo.config["dependencies"])
     plain = app.build_ui(service, [], [])
     assert "search_study_uid" not in {d.get("api_name") for d in plain.config["dependencies"]}
 

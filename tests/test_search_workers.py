@@ -87,25 +87,6 @@ def test_a_worker_that_cannot_load_leaves_search_in_process(local_service, tmp_p
         pool.close()
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    if int(handle.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(entry))
-            except OSError:
-                continue
-    return out
-
-
-def _cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_the_app_answers_text_from_its_worker_and_stops_it_on_exit(demo_built, local_service):
     """The app as started (default: one worker on 2+ cores): once the worker is ready, /search_text
     is answered with the in-process answer, the worker does the searching, and SIGTERM stops it too."""
@@ -113,21 +94,22 @@ def test_the_app_answers_text_from_its_worker_and_stops_it_on_exit(demo_built, l
 
     from gradio_client import Client
 
+    from bench.serving_load import child_pids, process_cpu_s
     from tests.app_server import running_app
 
     run_dir, index_dir = demo_built
     with running_app(["--run", str(run_dir), "--index", str(index_dir), "--search-workers", "1"]) as (url, proc, _):
         deadline = time.monotonic() + 300
-        while not (workers := [c for c in _children(proc.pid) if _cpu_s(c) > 1.0]):  # loaded: a model costs CPU
+        while not (workers := [c for c in child_pids(proc.pid) if process_cpu_s(c) > 1.0]):  # loaded: a model costs CPU
             assert time.monotonic() < deadline, "no search worker started"
             time.sleep(1)
         client = Client(url, verbose=False)
         query = ("small left pleural effusion", 8, "any", "any", "any")
         time.sleep(5)  # the worker's start is asynchronous: let it finish loading
-        before = {c: _cpu_s(c) for c in workers}
+        before = {c: process_cpu_s(c) for c in workers}
         for _ in range(30):
             *_, records = client.predict(*query, api_name="/search_text")
-        used = sum(_cpu_s(c) - before[c] for c in workers)
+        used = sum(process_cpu_s(c) - before[c] for c in workers)
         expected = local_service.search_text(*query)[3]
         assert [h["study_id"] for h in records["hits"]] == [h["study_id"] for h in expected["hits"]]
         assert used > 0.05, f"the worker used {used:.2f} s of CPU for 30 searches: they ran in the web process"
