@@ -66,21 +66,24 @@ class Segment:
 
     text: str
     findings: tuple[Finding, ...]
+    written: str = ""  # the words as the report has them (``text`` is after :func:`rewrite`)
 
     @property
     def all_negated(self) -> bool:
         return bool(self.findings) and all(f.certainty == NEGATIVE for f in self.findings)
 
 
-def segments(text: str) -> list[Segment]:
-    """The report cut into sentences, then at scope breaks, each with its findings."""
+@lru_cache(maxsize=REPORT_CACHE)
+def segments(text: str) -> tuple[Segment, ...]:
+    """The report cut into sentences, then at scope breaks, each with its findings (memoised like
+    :func:`report_findings`: the text tab quotes the segments of every hit's report per query)."""
     out: list[Segment] = []
     for sentence in _SENTENCE.split(str(text or "")):
-        for part in _SCOPE_BREAK.split(sentence):
-            part = rewrite(part)
+        for written in _SCOPE_BREAK.split(sentence):
+            part = rewrite(written)
             if part.strip():
-                out.append(Segment(part.strip(), _segment_findings(part.strip())))
-    return out
+                out.append(Segment(part.strip(), _segment_findings(part.strip()), written.strip()))
+    return tuple(out)
 
 
 def rewrite(text: str) -> str:

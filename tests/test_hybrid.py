@@ -232,3 +232,20 @@ def test_a_store_without_report_tables_is_refused_with_a_rebuild_message(tmp_pat
     conn.close()
     with pytest.raises(StoreSchemaError, match=r"schema version 2; this code reads version 3.*Rebuild the index"):
         MetadataStore.load(path)
+
+
+def test_why_quotes_the_reports_own_words_on_the_asked_side(reports):
+    """"How each match was found" quotes the report as written ("Small left pleural effusion", not the
+    vocabulary's "mild left pleural effusion"); never a negated sentence or one on the other side only."""
+    from webapp.text_query import report_quotes
+
+    bilateral = reports["CXR2348"].report_text  # moderate right, small left (real IU report)
+    left = report_quotes("small left pleural effusion", bilateral)
+    assert left[0] == "There is a small left pleural effusion" and all("right" not in q for q in left)
+    assert report_quotes("right pleural effusion", bilateral)[0] == "There is a moderate sized right pleural effusion"
+    assert report_quotes("no pleural effusion", bilateral) == []  # nothing asked for positively
+    text = real(reports, "CXR372", "Small left pleural effusion.")
+    assert report_quotes("left pleural effusion", text) == ["Small left pleural effusion"]
+    assert report_quotes("right pleural effusion", text) == []
+    assert report_quotes("pleural effusion", "There is no pleural effusion. Heart is enlarged.") == []
+    assert report_quotes("cardiomegaly", "There is no pleural effusion. Heart is enlarged.") == ["Heart is enlarged"]

@@ -70,6 +70,7 @@ def test_fifty_queries_same_answers_cold_and_warm(demo_service, tmp_path):
     for i, (kind, query) in enumerate(queries):
         presenters.highlight_words.cache_clear()
         report_text.report_findings.cache_clear()
+        report_text.segments.cache_clear()
         report_text.parse_query.cache_clear()
         serving.staged_copies.clear()
         cold.append(_answer(demo_service, kind, query, tmp_path, i))
@@ -78,7 +79,7 @@ def test_fifty_queries_same_answers_cold_and_warm(demo_service, tmp_path):
     for i in order:  # warm, in another order: what one query cached must not change another's answer
         warm = _answer(demo_service, *queries[i], tmp_path, 1000 + i)
         assert warm == cold[i], f"query {i} ({queries[i][0]}) answered differently with warm caches"
-    assert presenters.highlight_words.cache_info().hits > 0 and report_text.report_findings.cache_info().hits > 0
+    assert presenters.highlight_words.cache_info().hits > 0 and report_text.segments.cache_info().hits > 0
     kinds = {kind for kind, _ in queries}
     assert kinds == {"text", "image"} and all(a["records"]["hits"] for a in cold)
     assert any("<mark" in a["reports"] for a in cold) and all("Why these matches" in a["reports"] for a in cold)
@@ -102,6 +103,7 @@ def test_cached_report_findings_equal_the_uncached_parse(demo_service):
     texts = [m.study.report_text for m in metas]
     for text in texts + texts:  # the second pass is served from the cache
         assert report_text.report_findings(text) == report_text.report_findings.__wrapped__(text)
+        assert report_text.segments(text) == report_text.segments.__wrapped__(text)
     assert report_text.report_findings.cache_info().hits >= len(texts)
     assert any(report_text.report_findings(t) for t in texts)
     for phrase in PHRASES:

@@ -11,8 +11,8 @@ import html
 import re
 from typing import Any, Sequence
 
-from data.findings import BILATERAL, LEFT, RIGHT, Finding, side_credit
-from data.report_findings import parse_query, report_findings
+from data.findings import BILATERAL, LEFT, NEGATIVE, RIGHT, Finding, side_credit
+from data.report_findings import parse_query, segments
 from index.hybrid import LEXICAL, STRUCTURED, understood
 from webapp.queries import QueryError
 
@@ -91,14 +91,25 @@ def found_by(query: str, hit: Any) -> str:
     """Why-this-match naming the channel: "report says …" and/or "image similar"."""
     parts = []
     if LEXICAL in hit.channels or STRUCTURED in hit.channels:
-        asked = {f.name: f for f in parse_query(query).positive}
-        said = [f for f in report_findings(hit.study.report_text) if f.name in asked and f.certainty != "negative"
-                and side_credit(asked[f.name].sides, f.sides) >= 0.5]
-        parts.append("report says “" + ", ".join(dict.fromkeys(f.text for f in said)) + "”" if said
-                     else "report matches the words")
+        said = report_quotes(query, hit.study.report_text)
+        parts.append("report says " + " … ".join(f"“{q}”" for q in said) if said else "report matches the words")
     if "dense" in hit.channels:
         parts.append("image similar to the phrase")
     return "; ".join(parts) or "—"
+
+
+_LEAD = re.compile(r"^(?:(?:findings|impression|conclusion)\s*:\s*|\d+[.)]\s+)+", re.IGNORECASE)  # headers, list numbers
+
+
+def report_quotes(query: str, report: str, limit: int = 2, width: int = 90) -> list[str]:
+    """The report's own words (scope segments, as written) that assert a finding the query asks for
+    on a matching side: what a clinician checks, not the vocabulary's normalised name."""
+    asked = {f.name: f for f in parse_query(query).positive}
+    quotes = [seg.written or seg.text for seg in segments(report)
+              if any(f.name in asked and f.certainty != NEGATIVE and side_credit(asked[f.name].sides, f.sides) >= 0.5
+                     for f in seg.findings)]
+    quotes = [_LEAD.sub("", q).rstrip(" ,;:.") for q in quotes]
+    return [q if len(q) <= width else q[:width - 1].rstrip() + "…" for q in dict.fromkeys(quotes)][:limit]
 
 
 def found_by_html(query: str, hits: Sequence[Any]) -> str:
