@@ -10,7 +10,8 @@ app's first start):
      study-level otherwise (IU X-ray, the demo);
   2. features: embed every study once with the frozen backbone (one on-disk cache, resumable);
   3. head: train the MLP head with the composite loss (w_clip·InfoNCE + w_supcon·SupCon + w_bce·BCE
-     [+ w_findings·finding x side BCE] [+ w_side·side-swap CE, ``model.side_swap``] [+ w_phrase·phrase views, ``model.phrase_views``]), AdamW (no decay on biases and the logit scale), warm-up +
+     [+ w_findings·finding x side BCE] [+ w_side·side-swap CE, ``model.side_swap``] [+ w_phrase·phrase views, ``model.phrase_views``]
+     [+ w_flip·flip twins, the mirrored films, ``model.flip_twins``]), AdamW (no decay on biases and the logit scale), warm-up +
      cosine schedule over ``--epochs``, early stopping on the validation split's graded nDCG@10
      (``--val-metric``). When early stopping fires first, the best epoch's LR was not yet annealed
      (history.json records the LR of every epoch). The loop: ``model.training.train_head``;

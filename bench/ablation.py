@@ -36,8 +36,9 @@ import numpy as np
 from bench.common import log, machine, setup_environment
 from data.atomic_io import atomic_write_json
 
-# name -> (loss preset, supcon labels, finding-probe weight, side-swap weight, phrase-view weight, knowledge scale)
-VARIANTS: dict[str, tuple[str, str, float, float, float, float]] = {
+# name -> (loss preset, supcon labels, finding-probe weight, side-swap weight, phrase-view weight, knowledge scale
+#          [, flip-twin weight, flip pairs])  (the last two default to 0 / False: see flip_spec)
+VARIANTS: dict[str, tuple] = {
     "clip": ("clip", "binary", 0.0, 0.0, 0.0, 0.0),
     "clip+supcon": ("clip+supcon", "binary", 0.0, 0.0, 0.0, 0.0),
     "clip+supcon[findings]": ("clip+supcon", "findings", 0.0, 0.0, 0.0, 0.0),
@@ -58,6 +59,11 @@ VARIANTS: dict[str, tuple[str, str, float, float, float, float]] = {
     "clip+supcon[findings]+bce+phrases x5+side x10+knowledge": ("clip+supcon+bce", "findings", 0.0, 10.0, 5.0, 2.0),
     "clip+supcon[findings]+bce+phrases x5+side x20+knowledge": ("clip+supcon+bce", "findings", 0.0, 20.0, 5.0, 2.0),
     "clip+supcon[findings]+bce+phrases x5+side x10+knowledge x3": ("clip+supcon+bce", "findings", 0.0, 10.0, 5.0, 3.0),
+    # image-side flip twins (model.flip_twins, --w-flip W [--flip-pairs]; issue #23, session 4, helper F)
+    "clip+supcon[findings]+bce+phrases x5+side x5+knowledge+flip": ("clip+supcon+bce", "findings", 0.0, 5.0, 5.0, 2.0, 1.0, False),
+    "clip+supcon[findings]+bce+phrases x5+side x5+knowledge+flip x5": ("clip+supcon+bce", "findings", 0.0, 5.0, 5.0, 2.0, 5.0, False),
+    "clip+supcon[findings]+bce+phrases x5+side x5+knowledge+flip pairs": ("clip+supcon+bce", "findings", 0.0, 5.0, 5.0, 2.0, 1.0, True),
+    "clip+supcon[findings]+bce+phrases x5+side x5+knowledge+flip pairs x5": ("clip+supcon+bce", "findings", 0.0, 5.0, 5.0, 2.0, 5.0, True),
 }
 PAPER = "paper: clip+supcon+bce"
 PREVIOUS_DEFAULT = "clip+supcon[findings]+bce"  # train.py's default before phrase views (issue #23)
@@ -72,16 +78,28 @@ SHORT = {"paper": PAPER, "findings": PREVIOUS_DEFAULT, "probe": "clip+supcon[fin
          "phrases5+side5+k": "clip+supcon[findings]+bce+phrases x5+side x5+knowledge",
          "phrases5+side10+k": "clip+supcon[findings]+bce+phrases x5+side x10+knowledge",
          "phrases5+side20+k": "clip+supcon[findings]+bce+phrases x5+side x20+knowledge",
-         "phrases5+side10+k3": "clip+supcon[findings]+bce+phrases x5+side x10+knowledge x3"}
+         "phrases5+side10+k3": "clip+supcon[findings]+bce+phrases x5+side x10+knowledge x3",
+         # image-side flip twins (helper F)
+         "phrases5+side5+k+flip": "clip+supcon[findings]+bce+phrases x5+side x5+knowledge+flip",
+         "phrases5+side5+k+flip5": "clip+supcon[findings]+bce+phrases x5+side x5+knowledge+flip x5",
+         "phrases5+side5+k+flippairs": "clip+supcon[findings]+bce+phrases x5+side x5+knowledge+flip pairs",
+         "phrases5+side5+k+flippairs5": "clip+supcon[findings]+bce+phrases x5+side x5+knowledge+flip pairs x5"}
 METRICS = ("nDCG@10", "finding_P@10", "R@10", "P@10", "mAP")
 PHRASE_METRICS = ("nDCG@10", "finding_P@10", "side_swap_rate")
 RESULTS = Path(__file__).resolve().parent / "results"
 
+
+def flip_spec(variant: str) -> tuple[float, bool]:
+    """(flip-twin weight, flip pairs) of a variant: 0 / False for the six-field entries made before them."""
+    spec = VARIANTS[variant]
+    return (float(spec[6]), bool(spec[7])) if len(spec) > 6 else (0.0, False)
+
 _DATA: dict[str, Any] = {}
 
 
-def load_data() -> dict[str, Any]:
-    """Studies, cached features, the default split's rows, finding codes and phrase features."""
+def load_data(variants: list[str] | None = None) -> dict[str, Any]:
+    """Studies, cached features, the default split's rows, finding codes and phrase features (and the
+    mirrored films' features when one of ``variants``, default all, has the flip-twin term)."""
     from bench.train_head import cached_demo_features, offline_backbone_identity
     from data.split import patient_split
     from model.factory import create_backbone
@@ -90,6 +108,7 @@ def load_data() -> dict[str, Any]:
     from evaluation.phrase_other_wording import OTHER_PHRASES
     from model.phrase_views import PhraseViews, phrase_view_features
     from model.side_swap import swapped_text_features
+    from model.flip_twins import flipped_image_features
 
     found = cached_demo_features(offline_backbone_identity())
     if found is None:
@@ -106,8 +125,10 @@ def load_data() -> dict[str, Any]:
     other = backbone.encode_texts([p.text for p in OTHER_PHRASES]).numpy().astype(np.float32)
     from model.side_swap import swap_sides
 
+    flipped = flipped_image_features(backbone, studies) if any(flip_spec(v)[0] for v in variants or VARIANTS) else None
+
     swapped_texts = [swap_sides(s.report_text) if m else "" for s, m in zip(studies, swap_mask)]
-    return {"swapped": swapped, "swap_mask": swap_mask, "swapped_texts": swapped_texts, "views": views, "other_phrase": other, "studies": studies, "image": image, "text": text, "rows": rows, "codes": study_codes(studies)[0],
+    return {"flipped": flipped, "swapped": swapped, "swap_mask": swap_mask, "swapped_texts": swapped_texts, "views": views, "other_phrase": other, "studies": studies, "image": image, "text": text, "rows": rows, "codes": study_codes(studies)[0],
             "labels": np.array([s.label for s in studies], dtype=np.int64), "phrase": phrase,
             "findings": [s.structured_findings for s in studies]}
 
@@ -123,10 +144,12 @@ def run_one(variant: str, seed: int, epochs: int | None = None) -> dict[str, Any
     from pipeline.options import parse_training_args
 
     d = _DATA
-    loss, supcon_labels, w_findings, w_side, w_phrase, knowledge = VARIANTS[variant]
+    loss, supcon_labels, w_findings, w_side, w_phrase, knowledge = VARIANTS[variant][:6]
+    w_flip, flip_pairs = flip_spec(variant)
     argv = ["--quiet", "--loss", loss, "--supcon-labels", supcon_labels, "--w-findings", str(w_findings),
             "--w-side", str(w_side), "--w-phrase", str(w_phrase), "--knowledge", str(knowledge),
-            "--seed", str(seed)] + (["--epochs", str(epochs)] if epochs else [])
+            "--w-flip", str(w_flip), "--seed", str(seed)] + (["--epochs", str(epochs)] if epochs else [])
+    argv += ["--flip-pairs"] if flip_pairs else []
     args = parse_training_args(argv)
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -138,8 +161,9 @@ def run_one(variant: str, seed: int, epochs: int | None = None) -> dict[str, Any
     trained = train_head(args, d["image"].shape[1], d["text"].shape[1], Xi,
                          torch.from_numpy(with_knowledge(d["text"], reports, knowledge)), y, d["rows"], d["labels"],
                          d["codes"], swapped=(torch.from_numpy(with_knowledge(d["swapped"], d["swapped_texts"], knowledge)),
-                                              d["swap_mask"]) if w_side else None,
-                         views=views if w_phrase else None)
+                                              d["swap_mask"]) if w_side or flip_pairs else None,
+                         views=views if w_phrase else None,
+                         flipped=(torch.from_numpy(d["flipped"][0]), d["flipped"][1]) if w_flip else None)
     seconds = time.time() - t0
     backbone = type("B", (), {"name": "offline", "shared_space": False})()
     report = evaluate_models(backbone, trained.head, Xi, Xt, d["labels"], d["rows"], d["codes"], d["findings"], 0,
@@ -156,7 +180,8 @@ def run_one(variant: str, seed: int, epochs: int | None = None) -> dict[str, Any
     return {
         "variant": variant, "seed": seed, "seconds": round(seconds, 1), "best_epoch": trained.best_epoch,
         "epochs_run": len(trained.history), "val_nDCG@10": max(h["val_score"] for h in trained.history),
-        "val_phrase": val_phrase, "test": report["models"][tuned], "test_phrase": report["phrase_benchmark"][tuned],
+        "val_phrase": val_phrase, "val_side": _val_side(trained.head, Xi, d),
+        "test": report["models"][tuned], "test_phrase": report["phrase_benchmark"][tuned],
         "test_phrase_other": report["phrase_benchmark_other_wording"][tuned], **hybrid,
         "per_phrase": {m: v.tolist() for m, v in per_phrase.items()},
         "per_query": {dr: {m: per_query[tuned][dr][m].tolist() for m in ("nDCG@10", "finding_P@10")}
@@ -185,6 +210,27 @@ def _hybrid(head, test_image_emb: np.ndarray, d: dict[str, Any]) -> dict[str, An
         emb = project(head, torch.from_numpy(text_inputs(head, feats, [p.text for p in phrases])), "text")
         out[key] = hybrid_rows(emb, test_image_emb, test, phrases)["hybrid"]
     return out
+
+
+def _val_side(head, Xi, d: dict[str, Any]) -> dict[str, float]:
+    """Side on the image side, validation only: i2i side-swap among the validation images, and a linear
+    left-vs-right probe (bench.side_probe's) on the head's image embeddings, fitted on train, AUROC on val."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    from bench.side_probe import one_side
+    from data.findings import LEFT
+    from evaluation.side_metrics import side_swap_rate
+    from pipeline.run_report import project
+
+    val = d["rows"]["val"]
+    emb = project(head, Xi, "image")
+    swap = side_swap_rate(emb[val] @ emb[val].T, d["codes"][val], d["codes"][val], exclude_self=True)["side_swap_rate"]
+    side = [one_side(s) for s in d["studies"]]
+    parts = {p: [i for i in d["rows"][p] if side[i]] for p in ("train", "val")}
+    probe = LogisticRegression(max_iter=2000).fit(emb[parts["train"]], [side[i] == LEFT for i in parts["train"]])
+    auroc = roc_auc_score([side[i] == LEFT for i in parts["val"]], probe.predict_proba(emb[parts["val"]])[:, 1])
+    return {"i2i_side_swap_rate": float(swap), "image_side_probe_auroc": float(auroc)}
 
 
 def _init_worker(data: dict[str, Any]) -> None:
@@ -235,6 +281,8 @@ def aggregate(runs: list[dict[str, Any]], n_bootstrap: int = 2000) -> dict[str, 
                                "test_phrase": {m: _mean_sd([r["test_phrase"][m] for r in rs]) for m in PHRASE_METRICS},
                                "test_phrase_other_wording": {m: _mean_sd([r["test_phrase_other"][m] for r in rs])
                                                              for m in PHRASE_METRICS}}
+        if all("val_side" in r for r in rs):  # image-side figures on validation (runs before them have none)
+            row["val_side"] = {m: _mean_sd([r["val_side"][m] for r in rs]) for m in rs[0]["val_side"]}
         for key in ("test_hybrid", "test_hybrid_other"):  # runs made before the hybrid rows existed have none
             if all(key in r for r in rs):
                 row[key] = {m: _mean_sd([r[key][m] for r in rs]) for m in PHRASE_METRICS + ("negated_tag_rate",)}
@@ -357,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup_environment()
     variants = [SHORT.get(v, v) for v in (args.variants or VARIANTS)]
     t0 = time.time()
-    data = load_data()
+    data = load_data(variants)
     jobs = [(v, s) for s in args.seeds for v in variants]
     runs: list[dict[str, Any]] = []
     if args.resume:

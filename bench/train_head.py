@@ -118,18 +118,21 @@ def run(threads_compare: bool = True, epochs: int | None = None) -> dict[str, An
 
     # The side-swap and phrase-view terms train on cached features of the real towers (pipeline.steps);
     # on synthetic features there are none, so those two terms are off and the note says so.
-    extras: tuple = (None, None)
+    extras: tuple = (None, None, None)
     if found is not None:
         from model.factory import create_backbone
-        from pipeline.steps import training_text_inputs
+        from pipeline.steps import training_image_inputs, training_text_inputs
 
-        Xt, *extras = training_text_inputs(args, create_backbone("offline"), studies, rows["train"], text_feats)
+        backbone_towers = create_backbone("offline")
+        Xt, *extras = training_text_inputs(args, backbone_towers, studies, rows["train"], text_feats)
+        extras.append(training_image_inputs(args, backbone_towers, studies, progress=False))
     else:
-        source += "; side-swap, phrase-view and knowledge inputs off (they need the real towers' features)"
+        source += "; side-swap, phrase-view, flip-twin and knowledge inputs off (they need the real towers' features)"
 
     def once(threads: int | None = None, epochs: int | None = None, patience: int | None = None) -> dict[str, Any]:
         """train_head as train.py runs it; ``threads`` overrides the policy's count."""
-        run_args = parse_training_args(["--quiet"] + ([] if found is not None else ["--w-side", "0", "--w-phrase", "0", "--knowledge", "0"]))
+        run_args = parse_training_args(["--quiet"] + ([] if found is not None else ["--w-side", "0", "--w-phrase", "0", "--knowledge", "0",
+                                                                                "--w-flip", "0"]))
         if epochs is not None:
             run_args.epochs = epochs
         if patience is not None:
@@ -142,7 +145,7 @@ def run(threads_compare: bool = True, epochs: int | None = None) -> dict[str, An
             used = training_threads()
             with stopwatch() as t:
                 trained = train_head(run_args, backbone.image_dim, backbone.text_dim, Xi, Xt, y, rows, labels, codes,
-                                     swapped=extras[0], views=extras[1])
+                                     swapped=extras[0], views=extras[1], flipped=extras[2])
         finally:
             if saved is None:
                 os.environ.pop(TRAIN_THREADS_ENV, None)

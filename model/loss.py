@@ -15,6 +15,9 @@
   (``model.side_swap``); with phrase views on, the phrases' side-swapped twins join it.
 * Optional phrase-view term (``w_phrase``, :func:`phrase_view_loss`): short phrases generated from
   each study's findings (``model.phrase_views``) as extra text views of its image, multi-positive.
+* Optional flip-twin term (``w_flip``, :func:`flip_twin_loss`): the image-side twin of the side-swap
+  term; each one-sided study's report must be closer to its own film than to the film mirrored
+  left-right (``model.flip_twins``), optionally with the mirrored film paired to the swapped report.
 
 ``LOSS_PRESETS`` name the ablations of the ``--loss`` switch (the paper's three).
 """
@@ -107,6 +110,28 @@ def side_swap_loss(image_emb: Tensor, text_emb: Tensor, swapped_emb: Tensor, log
     return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
 
+def flip_twin_loss(text_emb: Tensor, image_emb: Tensor, flipped_emb: Tensor, logit_scale: Tensor | float,
+                   swapped_emb: Tensor | None = None) -> Tensor:
+    """Two-way cross-entropy per one-sided study: its report against its own image (the answer)
+    and its mirrored film (an image-side hard negative). With ``swapped_emb`` (the side-swapped
+    reports), the mirrored pair counts too, as extra positives: the swapped report must pick the
+    mirrored film over the original and the mirrored film the swapped report over the original
+    report; the terms are averaged. Embeddings L2-normalised; ``logit_scale`` in log space."""
+    shapes = [tuple(t.shape) for t in (text_emb, image_emb, flipped_emb) + (() if swapped_emb is None else (swapped_emb,))]
+    if len(set(shapes)) != 1:
+        raise ValueError(f"text, image, flipped (and swapped) embeddings must share a shape, got {shapes}")
+    if len(text_emb) == 0:
+        return image_emb.sum() * 0.0
+    scale = torch.as_tensor(logit_scale, dtype=image_emb.dtype, device=image_emb.device).clamp(max=MAX_LOGIT_SCALE).exp()
+    dot = lambda a, b: (a * b).sum(-1)  # noqa: E731
+    pairs = [(dot(text_emb, image_emb), dot(text_emb, flipped_emb))]  # (answer, hard negative) per row
+    if swapped_emb is not None:
+        pairs += [(dot(swapped_emb, flipped_emb), dot(swapped_emb, image_emb)),
+                  (dot(flipped_emb, swapped_emb), dot(flipped_emb, text_emb))]
+    logits = scale * torch.cat([torch.stack(p, dim=1) for p in pairs])
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+
+
 def phrase_view_loss(image_emb: Tensor, phrase_emb: Tensor, targets: Tensor, logit_scale: Tensor | float) -> Tensor:
     """Multi-positive InfoNCE between P phrases and the batch's B images, both directions.
 
@@ -133,14 +158,16 @@ class CompositeLoss(nn.Module):
     """
 
     def __init__(self, w_clip: float = 1.0, w_supcon: float = 1.0, w_bce: float = 1.0, supcon_temperature: float = 0.1,
-                 w_findings: float = 0.0, n_findings: int = 0, embed_dim: int = 0, w_side: float = 0.0, w_phrase: float = 0.0) -> None:
+                 w_findings: float = 0.0, n_findings: int = 0, embed_dim: int = 0, w_side: float = 0.0, w_phrase: float = 0.0,
+                 w_flip: float = 0.0) -> None:
         super().__init__()
-        weights = (float(w_clip), float(w_supcon), float(w_bce), float(w_findings), float(w_side), float(w_phrase))
+        weights = (float(w_clip), float(w_supcon), float(w_bce), float(w_findings), float(w_side), float(w_phrase),
+                   float(w_flip))
         if any(w < 0 or not math.isfinite(w) for w in weights):
             raise ValueError(f"loss weights must be finite and >= 0, got {weights}")
         if not any(weights):
             raise ValueError("all loss weights are 0: nothing to train")
-        self.w_clip, self.w_supcon, self.w_bce, self.w_findings, self.w_side, self.w_phrase = weights
+        self.w_clip, self.w_supcon, self.w_bce, self.w_findings, self.w_side, self.w_phrase, self.w_flip = weights
         self.supcon_temperature = float(supcon_temperature)
         # the auxiliary finding x side probe (its own parameters: the optimiser must see them)
         self.finding_head = nn.Linear(embed_dim, n_findings) if self.w_findings and n_findings and embed_dim else None
@@ -163,6 +190,7 @@ class CompositeLoss(nn.Module):
         side_swap: tuple[Tensor, Tensor] | None = None,
         phrases: tuple[Tensor, Tensor] | None = None,
         phrase_swap: tuple[Tensor, Tensor, Tensor] | None = None,
+        flip: tuple[Tensor, Tensor, Tensor | None] | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """``outputs`` is ``RetrievalHead.forward(image_feats, text_feats)``: image_emb, text_emb,
         logit_scale, image_logit and (optionally) text_logit. ``labels`` are 0/1 (normal/abnormal)
@@ -172,7 +200,8 @@ class CompositeLoss(nn.Module):
         ``side_swap`` = (batch positions of studies with a one-sided finding, their swapped reports' embeddings).
         ``phrases`` = (P sampled phrases' embeddings, (P, B) targets) for the phrase-view term;
         ``phrase_swap`` = (batch positions, those studies' one-sided phrases' embeddings, their twins')
-        joins the side-swap term.
+        joins the side-swap term. ``flip`` = (batch positions of one-sided studies, their mirrored films'
+        embeddings, their swapped reports' embeddings or None) for the flip-twin term.
 
         Returns the differentiable total and a dict of the computed terms (unweighted) and total.
         """
@@ -219,5 +248,10 @@ class CompositeLoss(nn.Module):
             term = side_swap_loss(torch.cat(img), torch.cat(own), torch.cat(other), outputs["logit_scale"])
             parts["side"] = float(term.detach())
             total = total + self.w_side * term
+        if self.w_flip and flip is not None:
+            at, flipped, swapped = flip
+            term = flip_twin_loss(text_emb[at], image_emb[at], flipped, outputs["logit_scale"], swapped)
+            parts["flip"] = float(term.detach())
+            total = total + self.w_flip * term
         parts["total"] = float(total.detach())
         return total, parts

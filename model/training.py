@@ -36,6 +36,7 @@ def loss_weights(args: argparse.Namespace) -> dict[str, float]:
         "w_findings": float(args.w_findings),
         "w_side": float(getattr(args, "w_side", 0.0)),
         "w_phrase": float(getattr(args, "w_phrase", 0.0)),
+        "w_flip": float(getattr(args, "w_flip", 0.0)),
     }
 
 
@@ -63,6 +64,7 @@ def train_head(
     codes: np.ndarray | None = None,
     swapped: tuple[torch.Tensor, np.ndarray] | None = None,
     views=None,
+    flipped: tuple[torch.Tensor, np.ndarray] | None = None,
 ) -> TrainedHead:
     """Step 2: the projector head on cached frozen features (row-aligned ``Xi``, ``Xt``, float
     labels ``y``), AdamW with warm-up + cosine schedule, early stopping on the validation split.
@@ -77,6 +79,9 @@ def train_head(
     (frozen features + parsed findings, :func:`model.knowledge.with_knowledge`), not the frozen features alone.
     ``views`` (:class:`model.phrase_views.PhraseViews` with its features): needed by ``--w-phrase``;
     one phrase per study and batch, drawn from its own generator (the batch order is unchanged).
+    ``flipped`` = (frozen features of every study's mirrored film, mask of studies that have one), row-aligned
+    (:func:`model.flip_twins.flipped_image_features`): needed by the flip-twin term (``--w-flip``); with
+    ``--flip-pairs`` it also reads ``swapped`` (the mirrored film pairs with the side-swapped report).
     """
     weights = loss_weights(args)
     needs_codes = args.supcon_labels == "findings" or weights["w_findings"] > 0 or args.val_metric == "ndcg"
@@ -86,7 +91,13 @@ def train_head(
         raise ValueError("the side-swap term (w_side > 0) needs the side-swapped reports' features")
     if weights["w_phrase"] > 0 and (views is None or views.features is None):
         raise ValueError("the phrase-view term (w_phrase > 0) needs the phrase views and their features")
-    Xs, swap_mask = (swapped[0], torch.from_numpy(np.asarray(swapped[1], bool))) if weights["w_side"] > 0 else (None, None)
+    flip_pairs = weights["w_flip"] > 0 and bool(getattr(args, "flip_pairs", False))
+    if weights["w_flip"] > 0 and (flipped is None or (flip_pairs and swapped is None)):
+        raise ValueError("the flip-twin term (w_flip > 0) needs the mirrored films' features "
+                         "(and, with --flip-pairs, the side-swapped reports')")
+    Xs, swap_mask = ((swapped[0], torch.from_numpy(np.asarray(swapped[1], bool)))
+                     if weights["w_side"] > 0 or flip_pairs else (None, None))
+    Xf, flip_mask = (flipped[0], torch.from_numpy(np.asarray(flipped[1], bool))) if weights["w_flip"] > 0 else (None, None)
     Xp = torch.from_numpy(views.features) if weights["w_phrase"] > 0 else None
     phrase_generator = torch.Generator().manual_seed(args.seed + 7919)
     knowledge = float(getattr(args, "knowledge", 0.0) or 0.0)
@@ -130,11 +141,15 @@ def train_head(
                     extra["pos_weights"] = pair_relevance.batch(batch)
                 if targets is not None:
                     extra["finding_targets"] = targets[batch]
-                if Xs is not None:  # positions in the batch of studies with a one-sided finding
+                if Xs is not None and weights["w_side"] > 0:  # positions in the batch of studies with a one-sided finding
                     at = torch.nonzero(swap_mask[batch]).squeeze(1)
                     extra["side_swap"] = (at, head.encode_text(Xs[batch[at]]))
+                if Xf is not None:  # the same studies' mirrored films (and, with --flip-pairs, swapped reports)
+                    at = torch.nonzero(flip_mask[batch]).squeeze(1)
+                    extra["flip"] = (at, head.encode_image(Xf[batch[at]]),
+                                     head.encode_text(Xs[batch[at]]) if flip_pairs else None)
                 if Xp is not None:
-                    extra.update(phrase_batch(head, views, Xp, batch, phrase_generator, Xs is not None))
+                    extra.update(phrase_batch(head, views, Xp, batch, phrase_generator, weights["w_side"] > 0))
                 loss, parts = criterion(head(Xi[batch], Xt[batch]), y[batch], **extra)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

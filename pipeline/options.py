@@ -21,11 +21,13 @@ DEFAULT_W_FINDINGS = 0.0
 DEFAULT_W_SIDE = 5.0
 DEFAULT_W_PHRASE = 5.0  # clip+supcon[findings]+bce+phrases x5+side x5+knowledge
 DEFAULT_KNOWLEDGE = 2.0  # model.knowledge.DEFAULT_SCALE
+DEFAULT_W_FLIP = 0.0  # the flip-twin term (model.flip_twins): off until the validation grid says otherwise
 # The paper's recipe, kept reproducible as defaults move (``--paper`` sets exactly these).
 PAPER_RECIPE = {"loss": "clip+supcon+bce", "w_clip": None, "w_supcon": None, "w_bce": None, "supcon_labels": "binary",
-                "w_findings": 0.0, "w_side": 0.0, "w_phrase": 0.0, "knowledge": 0.0}
+                "w_findings": 0.0, "w_side": 0.0, "w_phrase": 0.0, "knowledge": 0.0, "w_flip": 0.0,
+                "flip_pairs": False}
 PAPER_RECIPE_ARGS = ("--loss", "clip+supcon+bce", "--supcon-labels", "binary", "--w-findings", "0", "--w-side", "0",
-                     "--w-phrase", "0", "--knowledge", "0")
+                     "--w-phrase", "0", "--knowledge", "0", "--w-flip", "0")
 # Options naming files or folders: left out of config.json (a run folder says nothing about where it was made).
 PATH_ARGS = ("out", "backbone_path", "cache_dir", "features", "index", "data", "iu_reports", "iu_images", "mimic",
              "mimic_reports", "manifest")
@@ -66,6 +68,11 @@ def parse_training_args(argv: list[str] | None = None, prog: str | None = None) 
     g.add_argument("--knowledge", type=float, default=DEFAULT_KNOWLEDGE, metavar="SCALE",
                    help="knowledge-enhanced text input: each text's parsed findings (finding x side x negation, "
                         "model.knowledge) beside its frozen features, at this scale (0 = off, the paper)")
+    g.add_argument("--w-flip", type=float, default=DEFAULT_W_FLIP,
+                   help="weight of the flip-twin term: a one-sided study's report vs its film and the film mirrored "
+                        "left-right (model.flip_twins; 0 = off, the paper)")
+    g.add_argument("--flip-pairs", action="store_true",
+                   help="with --w-flip: the mirrored film also pairs with the side-swapped report (extra positives)")
     g.add_argument("--w-findings", type=float, default=DEFAULT_W_FINDINGS,
                    help="weight of the auxiliary finding x side BCE probe (0 = off, the paper)")
     g = p.add_argument_group("optimisation")

@@ -153,7 +153,7 @@ def training_text_inputs(args: argparse.Namespace, backbone: Any, studies: Seque
     scale = float(getattr(args, "knowledge", 0.0) or 0.0)
     reports = torch.from_numpy(with_knowledge(text_feats, [s.report_text for s in studies], scale))
     swapped = None
-    if args.w_side > 0:
+    if args.w_side > 0 or flip_pairs(args):
         from model.side_swap import swap_sides, swapped_text_features
 
         feats, mask = swapped_text_features(backbone, studies)
@@ -168,6 +168,25 @@ def training_text_inputs(args: argparse.Namespace, backbone: Any, studies: Seque
         views.features = with_knowledge(phrase_view_features(backbone, views, studies), views.texts, scale)
         log.info("phrase views: %d distinct phrases (%.1fs)", len(views.texts), time.time() - t1)
     return reports, swapped, views
+
+
+def flip_pairs(args: argparse.Namespace) -> bool:
+    """Whether the flip-twin term pairs mirrored films with side-swapped reports (it then needs their features)."""
+    return float(getattr(args, "w_flip", 0.0) or 0.0) > 0 and bool(getattr(args, "flip_pairs", False))
+
+
+def training_image_inputs(args: argparse.Namespace, backbone: Any, studies: Sequence[Study],
+                          progress: bool = True) -> tuple[torch.Tensor, np.ndarray] | None:
+    """The mirrored films' frozen features with their mask for the flip-twin term (``--w-flip``; cached
+    beside the studies' features, ``model.flip_twins``), None when the term is off."""
+    if float(getattr(args, "w_flip", 0.0) or 0.0) <= 0:
+        return None
+    from model.flip_twins import flipped_image_features
+
+    t1 = time.time()
+    feats, mask = flipped_image_features(backbone, studies, batch_size=args.embed_batch_size, progress=progress)
+    log.info("flip twins: %d mirrored films (%.1fs)", int(mask.sum()), time.time() - t1)
+    return torch.from_numpy(feats), mask
 
 
 def hybrid_phrase_rows(trained: TrainedHead, Xi: torch.Tensor, phrase_feats: np.ndarray,
@@ -274,8 +293,9 @@ def train_run(args: argparse.Namespace) -> Path:
     log.info("features: image %s, text %s (%.1fs)", image_feats.shape, text_feats.shape, t_embed)
     Xi, Xt = torch.from_numpy(image_feats), torch.from_numpy(text_feats)
     Xt_head, swapped, views = training_text_inputs(args, backbone, data.studies, data.rows["train"], text_feats)
+    flipped = training_image_inputs(args, backbone, data.studies, progress=not args.quiet)
     trained = train_head(args, backbone.image_dim, backbone.text_dim, Xi, Xt_head, torch.from_numpy(data.labels).float(),
-                         data.rows, data.labels, data.codes, swapped=swapped, views=views)
+                         data.rows, data.labels, data.codes, swapped=swapped, views=views, flipped=flipped)
 
     report, calibration = evaluate(backbone, trained, Xi, Xt, data, args.bootstrap)
     report["timings_s"] = {"embed": round(t_embed, 1), "train_head": round(trained.seconds, 1)}

@@ -32,6 +32,7 @@ def test_paper_flag_is_the_ablation_paper_row_whatever_the_defaults():
                                     "--w-side", str(w_side), "--w-phrase", str(w_phrase), "--knowledge", str(knowledge)])
     flag = parse_training_args(["--paper", "--w-phrase", "3", "--supcon-labels", "findings", "--knowledge", "2"])
     assert loss_weights(flag) == loss_weights(explicit) == {"w_clip": 1.0, "w_supcon": 1.0, "w_bce": 1.0,
-                                                            "w_findings": 0.0, "w_side": 0.0, "w_phrase": 0.0}
+                                                            "w_findings": 0.0, "w_side": 0.0, "w_phrase": 0.0,
+                                                            "w_flip": 0.0}
     assert flag.supcon_labels == explicit.supcon_labels == "binary"
     assert flag.knowledge == explicit.knowledge == 0.0  # the paper's head reads frozen text features only
