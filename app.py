@@ -245,9 +245,12 @@ def search_workers(service, args: argparse.Namespace):
     n = args.search_workers if args.search_workers is not None else (1 if available_cores() >= 2 else 0)
     if n <= 0:
         return None
-    if not (args.run or args.index or args.bundle) and service.loaded_from:  # the demo just loaded, never a rebuild
+    if str(service.loaded_from[1] if service.loaded_from else args.index or "").startswith("milvus://"):
+        log.info("search workers: none for a Milvus index (its searches run in Milvus; one client per app)")
+        return None
+    if service.loaded_from:  # what the app loaded (the demo is never rebuilt, a bundle never re-verified)
         run, index = service.loaded_from
-        args = argparse.Namespace(**{**vars(args), "run": run, "index": index})
+        args = argparse.Namespace(**{**vars(args), "run": run, "index": index, "bundle": None})
     return SearchWorkers(service, n, load_worker_service, args)
 
 

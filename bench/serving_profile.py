@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         call = queries(port, files)[args.endpoint]
         run_level(port, pid, call, 2, 2, 20)  # warm
         rec = subprocess.Popen([spy, "record", "-p", str(pid), "-d", str(int(args.seconds)), "-r", "100",
-                                "-f", "raw", "-o", str(out), "--nonblocking"],
+                                "-f", "raw", "-o", str(out), "--nonblocking", "--subprocesses"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         load = threading.Thread(target=lambda: report.setdefault(
             "load", run_level(port, pid, call, args.clients, args.seconds, 100_000).summary()))

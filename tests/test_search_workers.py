@@ -151,3 +151,20 @@ def test_a_worker_exits_when_its_app_is_killed(tmp_path):
             time.sleep(0.2)
     finally:
         owner.kill()
+
+
+def test_no_worker_for_a_milvus_index_or_when_asked_for_none():
+    """A Milvus index is searched by Milvus itself (and Milvus Lite's file takes one client): no worker."""
+    import types
+
+    import app
+
+    service = types.SimpleNamespace(loaded_from=("runs/x", "milvus://demo.db#cxr"))
+    assert app.search_workers(service, app.parse_args(["--search-workers", "1"])) is None
+    plain = types.SimpleNamespace(loaded_from=("runs/x", "indexes/x"))
+    assert app.search_workers(plain, app.parse_args(["--search-workers", "0"])) is None
+    os.environ["CXR_SEARCH_WORKERS"] = "0"
+    try:
+        assert app.parse_args([]).search_workers == 0
+    finally:
+        del os.environ["CXR_SEARCH_WORKERS"]

@@ -113,7 +113,9 @@ class SearchWorkers:
             return self.local.search_text(*query)
 
     def close(self) -> None:
+        """Stop taking searches; idle workers exit now, a busy or still-loading one when its parent is
+        gone (``_exit_with_parent``), so an app never waits on a worker to exit."""
         self._ready.clear()
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=False, cancel_futures=True)
