@@ -33,10 +33,12 @@ run: setup
 	GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app.py
 
 # The offline demo (data -> head -> index) is built first, with progress bars, so the suite's
-# end-to-end tests find it ready (a no-op when already built).
+# end-to-end tests find it ready (a no-op when already built). The tests run on TEST_WORKERS pytest-xdist
+# workers, a test module to a worker (tests/xdist_plan.py); TEST_WORKERS=0 runs them in this one process.
+TEST_WORKERS ?= 2
 test: setup browser orthanc
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pipeline
-	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest $(if $(NO_BROWSER),-m "not browser")
+	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=25 $(if $(NO_BROWSER),-m "not browser")
 
 # make bench BENCH_ARGS=--with-1m adds the 1M x 512 search case (its tuned ef, build time, peak memory)
 bench: setup

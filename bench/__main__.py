@@ -32,6 +32,7 @@ QUICK_ARGS = {
     "query": ["--backbones", "offline", "--n-image", "3", "--n-policy", "0", "--no-runtimes"],
     "train_head": ["--no-thread-compare", "--epochs", "2"],
     "startup": ["--warm-demo-limit", "40"],
+    "familiarity": ["--quick"],
     "hybrid": ["--no-quality", "--reps", "1"],
     "pacs_ingest": ["--reps", "1"],
     "serving": ["--seconds", "1", "--reps", "3", "--max-queries", "40"],

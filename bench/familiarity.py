@@ -32,14 +32,18 @@ import numpy as np
 from bench.common import emit, log, machine, scratch_dir, setup_environment, summary, target
 
 
+QUICK_STRIDE = 6  # --quick: every 6th probe, phrase and held-out input
+
+
 def split_rows(run_dir: Path, studies) -> dict[str, np.ndarray]:
     split = json.loads((Path(run_dir) / "split.json").read_text())
     row = {s.study_id: i for i, s in enumerate(studies)}
     return {k: np.array([row[i] for i in ids if i in row], dtype=np.int64) for k, ids in split.items()}
 
 
-def false_alarms(run_dir: Path, studies, backbone) -> dict[str, Any]:
-    """Fit on train+val (frozen features from the cache), assess every test study with its pixels."""
+def false_alarms(run_dir: Path, studies, backbone, limit: int | None = None) -> dict[str, Any]:
+    """Fit on train+val (frozen features from the cache), assess every test study (or the first ``limit``)
+    with its pixels."""
     from data.images import load_radiograph
     from trust.familiarity import FAMILIAR, FamiliarityModel
     from model.features import cached_frozen_features
@@ -49,7 +53,7 @@ def false_alarms(run_dir: Path, studies, backbone) -> dict[str, Any]:
     fitted = np.concatenate([rows["train"], rows["val"]])
     model = FamiliarityModel.fit(image_feats[fitted], backbone_id=backbone.backbone_id)  # with its radiograph check
     verdicts = [model.assess_image(load_radiograph(studies[i].image_path).image, image_feats[i][None]).verdict
-                for i in rows["test"]]
+                for i in rows["test"][:limit]]
     counts = {v: verdicts.count(v) for v in sorted(set(verdicts))}
     rate = 1.0 - counts.get(FAMILIAR, 0) / max(len(verdicts), 1)
     return {"n_index": int(len(fitted)), "n_test": len(verdicts), "verdicts": counts,
@@ -112,7 +116,7 @@ def cost_ms(engine, image, text: str, repeats: int = 200) -> dict[str, Any]:
             "text_p50_ms": target(txt["median_ms"], 5.0, "max", " ms")}
 
 
-def film_indexes(model, studies, films, copies: int = 8) -> dict[str, Any]:
+def film_indexes(model, studies, films, copies: int = 8, n_phantoms: int = 300, stride: int = 1) -> dict[str, Any]:
     """The issue-25 criteria on indexes that are not the demo (see the module docstring)."""
     from data.augment import png_bytes, variants, write_film_manifest
     from data.manifest import load_manifest
@@ -129,13 +133,13 @@ def film_indexes(model, studies, films, copies: int = 8) -> dict[str, Any]:
     film_studies = load_manifest(write_film_manifest([f for f in films if f not in held],
                                                      cache_root() / "tests" / f"film-index-{copies}", copies)).studies
     test_ids = set(patient_split(studies, seed=0)["test"])
-    phantoms = [s for s in studies if s.study_id not in test_ids][:300]
+    phantoms = [s for s in studies if s.study_id not in test_ids][:n_phantoms]
     held_inputs = [(f.name, f) for f in held]
     for f in held:
         with Image.open(f) as img:
             held_inputs += [(f"{f.stem}#{j}", png_bytes(c)) for j, c in enumerate(variants(img.convert("L"), 3, 99))]
-    held_inputs += [(s.study_id, s.image_path) for s in studies if s.study_id in test_ids][:40]
-    probes = non_radiographs()
+    held_inputs += [(s.study_id, s.image_path) for s in studies if s.study_id in test_ids][:40:stride]
+    probes = non_radiographs()[::stride]
     out: dict[str, Any] = {}
     root = scratch_dir("trust-indexes")
     for name, indexed in {"films": film_studies, "mixed": film_studies + phantoms}.items():
@@ -172,7 +176,10 @@ def _old_verdict(old, engine, data: bytes) -> str:
     return old.assess_image(loaded.image, feats, loaded.colourfulness).verdict
 
 
-def run(part: str = "all") -> dict[str, Any]:
+def run(part: str = "all", quick: bool = False) -> dict[str, Any]:
+    """The report; ``quick``: smoke sizes (2 copies a film, 30 phantoms, 30 test studies, every QUICK_STRIDE-th
+    probe and phrase, 20 timing rounds; the full-size criteria are tests/test_familiarity.py's)."""
+    stride = QUICK_STRIDE if quick else 1
     from data.demo import load_demo_dataset
     from data.pediatric import fetch_pediatric_films
     from data.probes import FINDING_PHRASES, NON_CLINICAL_PHRASES, non_radiographs
@@ -190,16 +197,18 @@ def run(part: str = "all") -> dict[str, Any]:
     with torch_threads(2):
         if part in ("all", "films"):
             log("film indexes (issue 25)")
-            report["film_indexes"] = film_indexes(model, studies, fetch_pediatric_films())
+            report["film_indexes"] = film_indexes(model, studies, fetch_pediatric_films(),
+                                                  *((2, 30, QUICK_STRIDE) if quick else ()))
         if part == "films":
             return report
         if part == "cost":
             from data.images import load_radiograph
 
-            report["cost_ms"] = cost_ms(engine, load_radiograph(studies[0].image_path).image, "small left pleural effusion")
+            report["cost_ms"] = cost_ms(engine, load_radiograph(studies[0].image_path).image, "small left pleural effusion",
+                                        20 if quick else 200)
             return report
         log("false alarms (test split vs train+val)")
-        report["false_alarms"] = false_alarms(run_dir, studies, model.backbone)
+        report["false_alarms"] = false_alarms(run_dir, studies, model.backbone, 30 if quick else None)
         log("pediatric films")
         films = engine_verdicts(engine, [(p.name, p) for p in fetch_pediatric_films()])
         c = counts_of(films)
@@ -207,13 +216,14 @@ def run(part: str = "all") -> dict[str, Any]:
                                      "none_not_radiograph": c.get(NOT_RADIOGRAPH, 0) == 0,
                                      "all_unlike_index": c.get(UNLIKE_INDEX, 0) == len(films)}
         log("non-radiographs")
-        probes = engine_verdicts(engine, non_radiographs())
+        probes = engine_verdicts(engine, non_radiographs()[::stride])
         c = counts_of(probes)
         report["non_radiographs"] = {
             "n": len(probes), "verdicts": c, "missed": {k: v for k, v in probes.items() if v != NOT_RADIOGRAPH},
             "refused_share": target(round(c.get(NOT_RADIOGRAPH, 0) / len(probes), 4), 0.98, "min")}
         log("text")
-        findings, other = text_verdicts(engine, FINDING_PHRASES), text_verdicts(engine, NON_CLINICAL_PHRASES)
+        findings = text_verdicts(engine, FINDING_PHRASES[::stride])
+        other = text_verdicts(engine, NON_CLINICAL_PHRASES[::stride])
         report["text"] = {
             "finding_phrases": {"n": len(findings), "familiar": sum(v == FAMILIAR for v in findings.values()),
                                 "not_familiar": [k for k, v in findings.items() if v != FAMILIAR]},
@@ -223,16 +233,17 @@ def run(part: str = "all") -> dict[str, Any]:
         from data.images import load_radiograph
 
         image = load_radiograph(studies[0].image_path).image
-        report["cost_ms"] = cost_ms(engine, image, "small left pleural effusion")
+        report["cost_ms"] = cost_ms(engine, image, "small left pleural effusion", 20 if quick else 200)
     return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="trust on unfamiliar inputs, measured on the offline demo")
     parser.add_argument("--part", choices=("all", "cost", "films"), default="all")
+    parser.add_argument("--quick", action="store_true", help="smoke sizes (what `python -m bench --quick` runs)")
     args = parser.parse_args()
     setup_environment()
-    emit({"machine": machine(), "familiarity": run(args.part)})
+    emit({"machine": machine(), "familiarity": run(args.part, args.quick)})
 
 
 if __name__ == "__main__":

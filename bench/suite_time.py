@@ -3,6 +3,7 @@ added to ``bench/results/suite_time.json`` under a label. Prints the run's JSON.
 
     python -m bench.suite_time --label after          # runs the whole suite (pytest --durations=60), 20-35 min here
     python -m bench.suite_time --label before --from-log pytest.txt --load-log load.txt --commit 796023e
+    python -m bench.suite_time --label after -- -n 2 --dist loadscope   # as `make test` runs it (two workers)
 
 ``--from-log`` reads a run made by hand (``pytest -q --durations=60 -p no:cacheprovider > pytest.txt``) and
 ``--load-log`` the load averages sampled during it (lines ``HH:MM:SS 1min 5min 15min``). Timings on a shared
@@ -72,8 +73,8 @@ def run_suite(pytest_args: list[str]) -> tuple[str, list[list[Any]]]:
 
 
 def record(label: str, log_text: str, load: list[list[Any]], commit: str, note: str,
-           result: Path = RESULT) -> dict[str, Any]:
-    run = {"commit": commit, "command": " ".join(["python", *PYTEST]), **parse_log(log_text),
+           result: Path = RESULT, command: str = " ".join(["python", *PYTEST])) -> dict[str, Any]:
+    run = {"commit": commit, "command": command, **parse_log(log_text),
            "load_1min_during": [min(r[1] for r in load), max(r[1] for r in load)] if load else None,
            "load_samples": load, "note": note}
     doc = json.loads(result.read_text()) if result.is_file() else {"runs": {}}
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--load-log", type=Path, help="load samples taken during that run (HH:MM:SS 1min 5min 15min)")
     p.add_argument("--commit", help="the commit the run tested (default: HEAD)")
     p.add_argument("--note", default="", help="what else the reader should know about the run")
+    p.add_argument("--command", help="the pytest command line of a --from-log run (default: this script's)")
     p.add_argument("--out", type=Path, default=RESULT, help="the JSON the run is added to")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (a new run only)")
     args = p.parse_args(argv)
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         load = parse_load_log(args.load_log.read_text()) if args.load_log else []
     else:
         text, load = run_suite(args.pytest_args)
-    report = {"suite_time": record(args.label, text, load, commit, args.note, args.out)}
+    command = args.command or " ".join(["python", *PYTEST, *args.pytest_args])
+    report = {"suite_time": record(args.label, text, load, commit, args.note, args.out, command)}
     emit(report)
     return report
 

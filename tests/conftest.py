@@ -22,13 +22,16 @@ if str(ROOT) not in sys.path:
 
 import pytest  # noqa: E402
 
+from tests.xdist_plan import one_builder, pytest_xdist_make_scheduler  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def pediatric_films():
     """The 16 real pediatric films (fetched once from PyPI into the cache)."""
     from data.pediatric import fetch_pediatric_films
 
-    return fetch_pediatric_films()
+    with one_builder("pediatric"):
+        return fetch_pediatric_films()
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +39,8 @@ def demo_built():
     """The offline default (demo data -> trained head -> index), built once like `python app.py` does."""
     from pipeline.demo import ensure_demo
 
-    return ensure_demo()
+    with one_builder("demo"):
+        return ensure_demo()
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +55,7 @@ def small_demo():
     """A 40-study demo (data, run, index) for fast service/durability/privacy tests (built once per session)."""
     from tests.test_bad_inputs import ensure_small_demo
 
-    return ensure_small_demo()
+    return ensure_small_demo()  # under its file lock
 
 
 @pytest.fixture(scope="session")

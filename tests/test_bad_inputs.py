@@ -23,6 +23,7 @@ from PIL import Image
 
 import train  # imported before any test patches model.factory (train binds create_backbone)
 from tests.helpers_dicom import make_dicom
+from tests.xdist_plan import one_builder
 from webapp.presenters import ERROR, OK, WARNING
 
 SMALL_N = 40
@@ -76,7 +77,7 @@ def ensure_small_demo() -> tuple[Path, Path, Path]:
 
     root = cache_root() / "tests" / f"small-demo-{SMALL_N}"
     data, run, index = root / "data", root / "run", root / "index"
-    with _env(CXR_CACHE=str(root / "cache")):
+    with one_builder("small-demo"), _env(CXR_CACHE=str(root / "cache")):  # one xdist worker builds, others wait
         build_demo_dataset(out_dir=data, limit=SMALL_N, progress=False, workers=1)
         stale = (run / "config.json").is_file() and (data / "dataset.json").stat().st_mtime > (run / "config.json").stat().st_mtime
         if stale or not _loads(run, index):

@@ -5,7 +5,8 @@ neither a smoke run here nor a named test that runs it (so a new documented comm
 untested). The smoke runs use a 24-study phantom manifest and small sizes: they check exit codes,
 files written and printed figures, not timings. Each command family starts once as a subprocess
 (proving its entry point); further commands of the same family run in-process (``in_process``:
-the module run as ``__main__`` with its argv, as the shell would, without another cold start).
+the module or script run as ``__main__`` with its argv, as the shell would, without another cold
+start). The bench parts are one test each, so `make test`'s two workers share them out.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from bench.__main__ import PARTS, QUICK_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
@@ -41,12 +44,12 @@ COVERED_ELSEWHERE = {
                                   "(--from-log, in-process; a full run is the suite itself)",
     "python -m bench.pip_sources": "tests/test_suite_time.py::test_pip_sources_turn_pips_configuration_into_uv_flags "
                                    "(a subprocess) and make setup",
+    "python -m bench.search": "tests/test_bench_search.py::test_bench_search_suite_form_runs (a subprocess: the "
+                              "--suite form `python -m bench` runs, at tiny size)",
 }
-# Parts of `python -m bench`, each a `python -m bench.<part>` subprocess: `bench --quick` runs them all.
-BENCH_PARTS = {"python -m bench.embed", "python -m bench.query", "python -m bench.familiarity",
-               "python -m bench.train_head", "python -m bench.startup", "python -m bench.search",
-               "python -m bench.pacs_ingest", "python -m bench.hybrid",
-               "python -m bench.serving"}
+# Parts of `python -m bench`, each also a documented `python -m bench.<part>`: run here one test each, in-process
+# at `bench --quick`'s sizes (`search` is in COVERED_ELSEWHERE: tests/test_bench_search.py runs it).
+BENCH_PARTS = {f"python -m bench.{part}" for part in PARTS if part != "search"}
 
 
 def documented_commands(text: str = README) -> set[str]:
@@ -69,19 +72,27 @@ def run(*args: str, env_extra: dict | None = None, timeout: int = 900, expect: i
     return proc
 
 
-def in_process(module: str, *args: str, expect: int = 0) -> str:
-    """``python -m MODULE ARGS`` in this process (the module run as ``__main__``); returns its stdout."""
-    out, argv = io.StringIO(), sys.argv
+def in_process(module: str, *args: str, expect: int = 0, env: dict | None = None, err: io.StringIO | None = None) -> str:
+    """``python -m MODULE ARGS`` (or ``python SCRIPT.py ARGS`` when MODULE ends in .py) in this process,
+    run as ``__main__`` with ``env`` added to the environment; returns its stdout (stderr into ``err``).
+    The environment is restored afterwards: some commands set variables for their own run (a cache folder)."""
+    out, argv, saved = io.StringIO(), sys.argv, dict(os.environ)
     sys.argv = [module, *args]
+    os.environ.update(env or {})
     code = 0
     try:
-        with contextlib.redirect_stdout(out):
-            runpy.run_module(module, run_name="__main__", alter_sys=False)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err or sys.stderr):
+            if module.endswith(".py"):
+                runpy.run_path(str(ROOT / module), run_name="__main__")
+            else:
+                runpy.run_module(module, run_name="__main__", alter_sys=False)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         sys.argv = argv
-    assert code == expect, f"python -m {module} {' '.join(args)} exited {code}\n{out.getvalue()[-2000:]}"
+        os.environ.clear()
+        os.environ.update(saved)
+    assert code == expect, f"python {module} {' '.join(args)} exited {code}\n{out.getvalue()[-2000:]}"
     return out.getvalue()
 
 
@@ -132,19 +143,19 @@ def test_data_commands(tiny, tmp_path):
 
 
 def test_train_index_bundle_commands(tiny, tmp_path):
-    assert "--supcon-temperature" in run("train.py", "--help").stdout
     run_dir, index_dir = tmp_path / "run", tmp_path / "index"
     common = ["--manifest", str(tiny["manifest"]), "--epochs", "2", "--bootstrap", "0", "--no-maps", "--quiet"]
     cache = {"CXR_CACHE": str(tmp_path / "cache")}  # a fresh cache: what train.py embeds, the index build reuses
-    run("train.py", *common, "--out", str(run_dir), env_extra=cache)
+    run("train.py", *common, "--out", str(run_dir), env_extra=cache)  # the train.py entry point; in-process after
+    assert "--supcon-temperature" in in_process("train.py", "--help")
     report = json.loads((run_dir / "eval.json").read_text())
     features = sorted((tmp_path / "cache" / "features").iterdir())
     assert len(features) == 1
     assert report["n_test"] >= 1 and report["models"]
     # every step in one command: the index comes from the same cached features (still one cache entry),
     # and the side-swapped reports' features are cached beside them
-    run("train.py", *common, "--loss", "clip", "--w-side", "1", "--out", str(tmp_path / "run-clip"),
-        "--index", str(tmp_path / "index-clip"), env_extra=cache)
+    in_process("train.py", *common, "--loss", "clip", "--w-side", "1", "--out", str(tmp_path / "run-clip"),
+               "--index", str(tmp_path / "index-clip"), env=cache)
     config = json.loads((tmp_path / "run-clip" / "config.json").read_text())
     assert config["args"]["loss"] == "clip" and config["loss_weights"]["w_side"] == 1.0
     assert "loss" not in config and "optim" not in config  # each option once, under args
@@ -153,20 +164,21 @@ def test_train_index_bundle_commands(tiny, tmp_path):
     clip_index = json.loads(in_process("index", "info", "--index", str(tmp_path / "index-clip")))
     assert clip_index["count"] == 24 and "frozen_images.npy" in clip_index["files"]
     # Weights that are not here: one clear line, exit 2, no traceback.
-    bad = run("train.py", "--backbone", "biomedclip", "--backbone-path", str(tmp_path / "no-such-dir"),
-              *common, "--out", str(tmp_path / "run-bmc"), expect=2)
-    assert bad.stderr.strip().splitlines()[-1].startswith("error: backbone folder") and "Traceback" not in bad.stderr
+    bad = io.StringIO()  # (an uncaught exception would be raised into this test)
+    in_process("train.py", "--backbone", "biomedclip", "--backbone-path", str(tmp_path / "no-such-dir"),
+               *common, "--out", str(tmp_path / "run-bmc"), expect=2, err=bad)
+    assert bad.getvalue().strip().splitlines()[-1].startswith("error: backbone folder") and "Traceback" not in bad.getvalue()
 
     run("-m", "index", "build", "--run", str(run_dir), "--out", str(index_dir), "--manifest", str(tiny["manifest"]),
         env_extra=cache)
     assert sorted((tmp_path / "cache" / "features").iterdir()) == features  # one feature cache, no second embedding
-    run("-m", "index", "add", "--index", str(index_dir), "--manifest", str(tiny["more"]))
+    in_process("index", "add", "--index", str(index_dir), "--manifest", str(tiny["more"]))
     info = json.loads(in_process("index", "info", "--index", str(index_dir)))
     assert info["count"] == 30 and "frozen_images.npy" in info["files"]  # the added rows keep their frozen vectors
     assert np.load(index_dir / "frozen_images.npy", allow_pickle=False).shape[0] == 30
 
     bundle = tmp_path / "bundle"
-    run("-m", "index.bundle", "pack", "--run", str(run_dir), "--index", str(index_dir), "--out", str(bundle))
+    in_process("index.bundle", "pack", "--run", str(run_dir), "--index", str(index_dir), "--out", str(bundle))
     in_process("index.bundle", "verify", str(bundle))
     victim = bundle / sorted(dict(json.loads((bundle / "bundle.json").read_text())["files"]))[0]
     victim.write_bytes(victim.read_bytes() + b" ")
@@ -182,31 +194,49 @@ def test_pipeline_command_is_a_no_op_once_built(demo_built):
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
-def test_bench_commands_at_tiny_size(demo_built):
-    """`python -m bench --quick` (what `make bench` runs, at smoke sizes) and the parts documented alone."""
-    report = json.loads(run("-m", "bench", "--quick", timeout=1500).stdout)
-    failed = {part: r["error"] for part, r in report.items() if isinstance(r, dict) and "error" in r}
-    assert not failed, failed
-    assert {p.split(".")[-1] for p in BENCH_PARTS} <= set(report)
-    assert report["train_head"]["train_head"]["epochs_run"] <= 2  # --quick caps the timed training
-    # the bench family's entry point ran above (`python -m bench` and each part as a subprocess): in-process here
+def test_bench_entry_point_runs_a_part_as_a_subprocess():
+    """`python -m bench --quick` (what `make bench` runs, at smoke sizes) with one part: the bench family's
+    entry point, a part as its own `python -m bench.<part>` subprocess, the report with its target summary."""
+    report = json.loads(run("-m", "bench", "--quick", "--only", "hybrid", timeout=900).stdout)
+    assert "error" not in report["hybrid"], report["hybrid"]
+    assert report["hybrid"]["part_seconds"] > 0 and len(report["hybrid"]["load_average_during"]) == 2
+    assert report["summary"] and all({"value", "target", "met"} <= set(t) for t in report["summary"].values())
+    assert json.loads((ROOT / "bench" / "out" / "quick.json").read_text())["started"] == report["started"]
+
+
+@pytest.mark.parametrize("part", [p for p in PARTS if p not in ("hybrid", "search")])
+def test_bench_part_at_quick_size(part, demo_built):
+    """Every other part of `python -m bench --quick`, with its --quick arguments, in-process (`search` runs in
+    tests/test_bench_search.py; `hybrid` above); `serving` as a subprocess (its worker processes are spawned
+    with functions of its __main__, which only a real `python -m` start can hand them)."""
+    args = [f"bench.{part}", *QUICK_ARGS.get(part, [])]
+    report = json.loads(run("-m", *args).stdout if part == "serving" else in_process(*args))
+    result = report.get(part, report)  # a part's figures, read as `python -m bench` reads them
+    assert isinstance(result, dict) and result and "error" not in result and report["machine"]["cpus"] >= 1
+    if part == "train_head":
+        assert report["train_head"]["train_head"]["epochs_run"] <= 2  # --quick caps the timed training
+
+
+def test_bench_composed_heatmap_and_scale_at_tiny_size(demo_built):
+    """`python -m bench.composed`, `bench.heatmap` and `bench.scale --quick`, in-process."""
     composed = json.loads(in_process("bench.composed", "--n", "50"))["composed"]
     assert all(g["n_queries"] > 0 for g in composed["groups"].values())
     heat = json.loads(in_process("bench.heatmap", "--n", "2"))["heatmap"]
     assert heat["method"] == "features" and heat["n_queries"] == 2  # the offline tower: feature-map occlusion
     assert heat["first_hit_ms"]["n"] == 2 and heat["extra_hit_ms"]["n"] == 2 and heat["first_hit_s"]["target"] == "< 1.5s"
-    scale = json.loads(run("-m", "bench.scale", "--quick", "--only", "search", timeout=900).stdout)
+    scale = json.loads(in_process("bench.scale", "--quick", "--only", "search"))
     assert "hnswlib" in json.dumps(scale)
 
 
 def test_training_bench_commands_at_tiny_size(demo_built, tmp_path):
-    """The ablation grid and the train.py wall-time bench, one epoch each, on the cached demo features."""
-    run("-m", "bench.ablation", "--seeds", "0", "--variants", "paper", "findings", "side", "--epochs", "1",
+    """The ablation grid (two variants: the paper's and one against it) and the train.py wall-time bench,
+    one epoch each, on the cached demo features."""
+    run("-m", "bench.ablation", "--seeds", "0", "--variants", "paper", "side", "--epochs", "1",
                "--workers", "1", "--out", str(tmp_path / "ablation"), timeout=1500)
     assert (tmp_path / "ablation" / "ablation.md").is_file() and "Δ" in (tmp_path / "ablation" / "ablation.md").read_text()
     grid = json.loads((tmp_path / "ablation" / "ablation.json").read_text())
-    assert set(grid["variants"]) == {"paper: clip+supcon+bce", "clip+supcon[findings]+bce", "clip+supcon[findings]+bce+side"}
-    assert len(grid["runs"]) == 3 and grid["winner_on_validation"] in grid["variants"]
+    assert set(grid["variants"]) == {"paper: clip+supcon+bce", "clip+supcon[findings]+bce+side"}
+    assert len(grid["runs"]) == 2 and grid["winner_on_validation"] in grid["variants"]
     assert {"load_average"} <= set(grid["machine"])  # bench.report quotes the load a result was taken at
     timed = json.loads(run("-m", "bench.train_cli", "--reuse-features",
                            "--train-args", "--epochs 1 --no-maps --bootstrap 0", timeout=1500).stdout)

@@ -42,11 +42,12 @@ def test_the_command_adds_a_labelled_run_and_keeps_the_others(tmp_path, capsys):
     out = tmp_path / "suite_time.json"
     out.write_text(json.dumps({"runs": {"earlier": {"load_samples": [["01:00:00", 11.5, 3.0, 1.0]]}}}))
     main(["--label", "before", "--from-log", str(tmp_path / "pytest.txt"), "--load-log", str(tmp_path / "load.txt"),
-          "--commit", "abc1234", "--out", str(out)])
+          "--commit", "abc1234", "--out", str(out), "--command", "python -m pytest -n 2 --dist loadscope"])
     printed = json.loads(capsys.readouterr().out)["suite_time"]
     doc = json.loads(out.read_text())
     assert set(doc["runs"]) == {"earlier", "before"} and doc["runs"]["before"] == printed
     assert printed["commit"] == "abc1234" and printed["load_1min_during"] == [0.1, 6.14]
+    assert printed["command"] == "python -m pytest -n 2 --dist loadscope"  # the run's own command line
     assert doc["machine"]["load_average"] == [11.5]  # the highest any run saw: what bench.report quotes
 
 
@@ -64,3 +65,19 @@ def test_pip_sources_turn_pips_configuration_into_uv_flags(tmp_path):
                               ("--extra-index-url", "file:///b/simple"), ("--constraint", str(tmp_path / "c.txt"))}
     assert "60" not in printed  # settings that do not choose files are not passed
     assert uv_source_args()[:2] == ["--index-strategy", "unsafe-best-match"]  # in-process, this machine's config
+
+
+def test_the_two_workers_get_whole_modules_in_units_longest_first():
+    """tests/xdist_plan.py: a module is one unit (its module fixtures once), modules sharing a session app are
+    one unit, the documented commands are one unit each; the listed units lead, the others keep their order."""
+    from tests.xdist_plan import LONGEST_FIRST, longest_first, unit_of
+
+    assert unit_of("tests/test_index.py::test_cli_build_and_add") == "tests/test_index.py"
+    assert unit_of("tests/test_browser.py::test_x") == unit_of("tests/test_app_e2e.py::test_y") == "tests/test_app_e2e.py"
+    part = "tests/test_documented_commands.py::test_bench_part_at_quick_size[embed]"
+    assert unit_of(part) == part
+    queue = {"tests/test_index.py": 1, part: 2, "tests/test_split.py": 3, "tests/test_space.py": 4}
+    assert list(longest_first(queue)) == ["tests/test_space.py", part, "tests/test_index.py", "tests/test_split.py"]
+    for entry in LONGEST_FIRST:  # every entry names a test module (and test) that exists: a rename shows here
+        module, _, test = entry.partition("::")
+        assert (ROOT / module).is_file() and (not test or f"def {test}(" in (ROOT / module).read_text()), entry

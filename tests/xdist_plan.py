@@ -1,0 +1,85 @@
+"""How `make test` splits the suite over two pytest-xdist workers (``-n 2 --dist loadscope``).
+
+A work unit is a test module (its module fixtures, a loaded model or a running app, are set up once),
+except: modules that share a session app go to one worker together (one app start, not two), and the
+modules listed in ``ONE_TEST_A_UNIT`` hand out each test alone (independent commands of minutes each).
+Units start longest first (``LONGEST_FIRST``, from ``--durations`` of a whole run: the slowest test files
+and tests of bench/results/suite_time.json), so the two workers finish close together instead of one
+running a long test alone at the end. Session fixtures that build a cache take a file lock
+(``one_builder``): one worker builds, the other waits and finds it built.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import pytest
+
+# Modules whose tests share one session app (conftest's demo_app_url / small_app_url): one unit.
+SAME_UNIT = {"tests/test_browser.py": "tests/test_app_e2e.py", "tests/test_load.py": "tests/test_browser_compose.py"}
+ONE_TEST_A_UNIT = ("tests/test_documented_commands.py",)
+LONGEST_FIRST = (
+    "tests/test_space.py",
+    "tests/test_documented_commands.py::test_training_bench_commands_at_tiny_size",
+    "tests/test_ray_ingest.py",
+    "tests/test_documented_commands.py::test_train_index_bundle_commands",
+    "tests/test_documented_commands.py::test_bench_entry_point_runs_a_part_as_a_subprocess",
+    "tests/test_documented_commands.py::test_bench_part_at_quick_size",
+    "tests/test_familiarity.py",
+    "tests/test_app_e2e.py",
+    "tests/test_browser_compose.py",
+)
+
+
+@contextmanager
+def one_builder(name: str) -> Iterator[None]:
+    """Hold ``<cache>/tests/NAME.lock`` while building a cached artefact two workers may both ask for."""
+    from filelock import FileLock
+
+    from data.paths import cache_root
+
+    lock = cache_root() / "tests" / f"{name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock)):
+        yield
+
+
+def unit_of(nodeid: str) -> str:
+    """The work unit of a test: its module, its module's partner, or (ONE_TEST_A_UNIT) the test itself."""
+    module = nodeid.split("::", 1)[0]
+    if module in ONE_TEST_A_UNIT:
+        return nodeid
+    return SAME_UNIT.get(module, module)
+
+
+def rank(unit: str) -> int:
+    """Position in LONGEST_FIRST (a prefix match, parametrised tests included); the rest after, in order."""
+    return next((i for i, prefix in enumerate(LONGEST_FIRST) if unit.startswith(prefix)), len(LONGEST_FIRST))
+
+
+def longest_first(queue: dict[str, Any]) -> OrderedDict[str, Any]:
+    """The work queue (unit -> its tests) in LONGEST_FIRST order; the other units keep their order (stable)."""
+    return OrderedDict(sorted(queue.items(), key=lambda unit: rank(unit[0])))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """With ``--dist loadscope``: the units above, longest first (other --dist modes are left as they are)."""
+    if config.getoption("dist", "no") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LongestFirst(LoadScopeScheduling):
+        ordered = False
+
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of(nodeid)
+
+        def _assign_work_unit(self, node) -> None:
+            if not self.ordered:  # the queue is full the first time: sort it once
+                self.workqueue = longest_first(self.workqueue)
+                self.ordered = True
+            super()._assign_work_unit(node)
+
+    return LongestFirst(config, log)
