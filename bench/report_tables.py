@@ -89,10 +89,23 @@ def serving_table(docs: Docs) -> str:
                          cell(floor.get("floor_qps"), 1), cell(level.get("floor_ratio"), 3)])
     targets = [f"`{k}` {cell(t.get('value'))} (target {t.get('target')}: {'met' if t.get('met') else '**missed**'})"
                for k, t in (doc.get("targets") or {}).items()]
-    return (rows_table(["endpoint", "clients", "queries/s", "p50 ms", "p95 ms", "errors", "server CPU ms/query",
+    text = (rows_table(["endpoint", "clients", "queries/s", "p50 ms", "p95 ms", "errors", "server CPU ms/query",
                         "floor q/s", "measured / floor"], rows)
             + "\n\nFloor = cores ÷ (in-process CPU ms of the handler + the server's CPU ms per no-op call). "
             + "; ".join(targets) + ".")
+    sweep = doc.get("concurrency_sweep")
+    if sweep:
+        srows = [[cell(r.get("concurrency")), cell(r.get("query_threads")), str(r.get("blas_threads")),
+                  cell(r.get("search_workers", 0)), cell(r["/search_text"].get("qps"), 1),
+                  cell(r["/search_text"].get("floor_ratio"), 3), cell(r["/search_image"].get("qps"), 1),
+                  cell(r["/search_image"].get("floor_ratio"), 3)] for r in sweep["rows"]]
+        taken = sweep.get("taken") or {}
+        text += ("\n\nSettings compared at 16 clients (`--sweep`"
+                 + (f", {taken['started']}, load average {taken['load_average'][0]}" if taken.get("started") else "")
+                 + f"; rule: {sweep.get('rule')}; best: {sweep.get('best')}):\n\n"
+                 + rows_table(["queue concurrency", "threads per query", "BLAS threads", "search workers", "text q/s",
+                               "text / floor", "image q/s", "image / floor"], srows))
+    return text
 
 
 def search_1m_table(docs: Docs) -> str:
