@@ -168,3 +168,18 @@ def test_no_worker_for_a_milvus_index_or_when_asked_for_none():
         assert app.parse_args([]).search_workers == 0
     finally:
         del os.environ["CXR_SEARCH_WORKERS"]
+
+
+def test_a_query_that_fails_in_the_worker_is_answered_in_process():
+    """The worker raises (here: its 'service' has no search_text): the user still gets the app's answer."""
+    import argparse
+    import types
+
+    local = types.SimpleNamespace(search_text=lambda *q: ("answered here", q))
+    pool = SearchWorkers(local, 1, vars, argparse.Namespace())  # vars: a loader whose service cannot search
+    try:
+        assert pool.wait_ready(120)
+        assert pool.search_text("cardiomegaly", 3) == ("answered here", ("cardiomegaly", 3))
+        assert pool.active  # one failed query does not stop the workers
+    finally:
+        pool.close()

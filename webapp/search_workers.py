@@ -111,6 +111,9 @@ class SearchWorkers:
         except BrokenProcessPool as exc:  # a worker died (killed, out of memory): answer here, from now on
             self._give_up(exc)
             return self.local.search_text(*query)
+        except Exception:  # noqa: BLE001 - one query that failed there (e.g. an answer that would not pickle)
+            log.exception("a search worker failed on one query; answered in the app process")
+            return self.local.search_text(*query)
 
     def close(self) -> None:
         """Stop taking searches; idle workers exit now, a busy or still-loading one when its parent is
