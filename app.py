@@ -69,8 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
     p.add_argument("--concurrency", type=int, default=4, help="queries processed at once (default 4: the best text + image "
                         "throughput at 16 clients on 2 cores with one search worker, python -m bench.serving --sweep)")
-    p.add_argument("--search-workers", type=int, metavar="N",
-                   default=int(os.environ["CXR_SEARCH_WORKERS"]) if os.environ.get("CXR_SEARCH_WORKERS", "").strip() else None,
+    p.add_argument("--search-workers", type=int, metavar="N",  # argparse converts (and checks) a string default
+                   default=os.environ.get("CXR_SEARCH_WORKERS", "").strip() or None,
                    help="processes answering text searches beside the web process (default: $CXR_SEARCH_WORKERS, "
                         "else 1 on 2+ cores, else 0 = in the web process; webapp.search_workers, python -m bench.serving)")
     p.add_argument("--text-mode", choices=("dense", "hybrid"), default=None,
@@ -245,12 +245,11 @@ def search_workers(service, args: argparse.Namespace):
     n = args.search_workers if args.search_workers is not None else (1 if available_cores() >= 2 else 0)
     if n <= 0:
         return None
-    if str(service.loaded_from[1] if service.loaded_from else args.index or "").startswith("milvus://"):
+    run, index = service.loaded_from  # what the app loaded: the demo is never rebuilt, a bundle never re-verified
+    if index.startswith("milvus://"):
         log.info("search workers: none for a Milvus index (its searches run in Milvus; one client per app)")
         return None
-    if service.loaded_from:  # what the app loaded (the demo is never rebuilt, a bundle never re-verified)
-        run, index = service.loaded_from
-        args = argparse.Namespace(**{**vars(args), "run": run, "index": index, "bundle": None})
+    args = argparse.Namespace(**{**vars(args), "run": run, "index": index, "bundle": None})
     return SearchWorkers(service, n, load_worker_service, args)
 
 
