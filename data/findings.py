@@ -23,7 +23,8 @@ studies are fully relevant to each other, a normal and an abnormal study not at 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Iterable, Mapping
 
 LEFT, RIGHT, BILATERAL = "left", "right", "bilateral"
@@ -108,7 +109,8 @@ class Finding:
         return prefix + " ".join(words)
 
     def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+        return {"name": self.name, "side": self.side, "location": self.location, "severity": self.severity,
+                "certainty": self.certainty}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Finding":
@@ -158,12 +160,22 @@ def _side(quals: set[str]) -> str:
 
 def findings_from_tags(tags: Iterable[str]) -> tuple[Finding, ...]:
     """All findings named by a study's tags, deduplicated, in tag order."""
+    return _findings_of(tuple(tags))
+
+
+@lru_cache(maxsize=16384)
+def _findings_of(tags: tuple[str, ...]) -> tuple[Finding, ...]:
+    # memoised: every search hit, filter and metric re-reads the same studies' tags (answers are immutable)
     out: list[Finding] = []
     for tag in tags:
         f = parse_tag(tag)
         if f is not None and f not in out:
             out.append(f)
     return tuple(out)
+
+
+findings_from_tags.cache_clear = _findings_of.cache_clear  # type: ignore[attr-defined]
+findings_from_tags.cache_info = _findings_of.cache_info  # type: ignore[attr-defined]
 
 
 def chexpert_tags(row: Mapping[str, str]) -> tuple[str, ...]:

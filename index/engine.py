@@ -12,6 +12,7 @@ before hnswlib or Milvus ever reads them.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -36,7 +37,7 @@ from index.manifest import (
     recover_interrupted_swap,
     verify_files,
 )
-from index.store import ItemMeta, MetadataStore, StudyFields
+from index.store import MetadataStore, StudyFields
 from index.vector_store import VectorStore, artifacts_dir, open_vectors
 from runtime.threads import query_threads
 
@@ -47,6 +48,7 @@ TARGETS = ("images", "reports")
 # Relevance floor of filtered searches: hits more than this far (cosine) below the query's best
 # unfiltered match are dropped instead of shown as filler (see SearchResult.n_below_floor).
 RELEVANCE_FLOOR = 0.35
+STUDY_CACHE = 8192  # resolved studies kept for hits (SearchEngine._studies): ~10 MB at most
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ class SearchEngine:
         self.data_root = Path(data_root) if data_root is not None else None
         self.exact_threshold = exact_threshold
         self.index_dir = index_dir  # the index's folder (a Milvus index's sidecar: index.vector_store)
+        self._study_cache: OrderedDict[int, Study] = OrderedDict()  # row id -> resolved study (hits_at)
+        self._study_lock = threading.Lock()
 
     # -- loading -----------------------------------------------------------------
     @classmethod
@@ -195,6 +199,17 @@ class SearchEngine:
     def close(self) -> None:
         self.vector_store.close()
         self.store.close()
+
+    def clear_caches(self) -> None:
+        """Forget the studies kept for hits and the store's memoised reads (tests: a cold start)."""
+        with self._study_lock:
+            self._study_cache.clear()
+        self.store.clear_memo()
+
+    @property
+    def cached_studies(self) -> int:
+        """How many resolved studies ``hits_at`` keeps (at most ``STUDY_CACHE``)."""
+        return len(self._study_cache)
 
     # -- facts ---------------------------------------------------------------------
     def __len__(self) -> int:
@@ -316,6 +331,13 @@ class SearchEngine:
 
     def _search(self, vec: np.ndarray, k: int, filters: Any, target: str, exact: bool, query_type: str,
                 floor: float | None) -> SearchResult:
+        result, ids, scores = self.ranked(vec, k, filters, target, exact, query_type, floor)
+        return replace(result, hits=self.hits_at(ids, scores))
+
+    def ranked(self, vec: np.ndarray, k: int, filters: Any = None, target: str = "images", exact: bool = False,
+               query_type: str = "vector", floor: float | None = None) -> tuple[SearchResult, np.ndarray, np.ndarray]:
+        """A vector search without its hits: (the result with ``hits=[]``, row ids, scores), best first.
+        Why: the hybrid text search fuses 50 dense candidates and shows 8; only those 8 need a hit."""
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
         if int(k) < 1:
@@ -338,8 +360,7 @@ class SearchEngine:
                 keep = scores >= float(best[0]) - floor
                 cut = int((~keep).sum())
                 ids, scores = ids[keep], scores[keep]
-        hits = self.hits_at(ids, scores)
-        return SearchResult(hits, target, query_type, parsed, n_candidates, found.exact, n_below_floor=cut)
+        return SearchResult([], target, query_type, parsed, n_candidates, found.exact, n_below_floor=cut), ids, scores
 
     def _n_candidates(self, parsed: Filters) -> int:
         allowed = self._allowed(parsed)
@@ -347,12 +368,28 @@ class SearchEngine:
 
     def hits_at(self, ids: np.ndarray, scores: np.ndarray) -> list[Hit]:
         """Ranked hits for row ids and their scores (in that order), image paths resolved."""
-        metas = self.store.get(np.asarray(ids).tolist())
-        return [self._hit(rank, float(score), meta) for rank, (score, meta) in enumerate(zip(scores, metas), start=1)]
+        rows = [int(i) for i in np.asarray(ids).reshape(-1)]
+        studies = self._studies(rows)
+        return [Hit(rank=rank, score=float(score), row_id=row, study=study)
+                for rank, (row, score, study) in enumerate(zip(rows, scores, studies), start=1)]
 
-    def _hit(self, rank: int, score: float, meta: ItemMeta) -> Hit:
-        study = replace(meta.study, image_paths=tuple(self.resolve_path(p) for p in meta.study.image_paths))
-        return Hit(rank=rank, score=score, row_id=meta.row_id, study=study)
+    def _studies(self, rows: list[int]) -> list[Study]:
+        """The studies of ``rows`` with their image paths resolved, through a bounded LRU (``STUDY_CACHE``).
+        Why: the store never changes while it is loaded, and reading a study anew means an SQL read, a JSON
+        decode and re-parsing its tags, on every query, for the same popular studies."""
+        with self._study_lock:
+            known = {r: self._study_cache[r] for r in rows if r in self._study_cache}
+            for r in known:
+                self._study_cache.move_to_end(r)
+        missing = [r for r in dict.fromkeys(rows) if r not in known]
+        if missing:
+            for meta in self.store.get(missing):  # KeyError for a row the store does not hold
+                known[meta.row_id] = replace(meta.study, image_paths=tuple(self.resolve_path(p) for p in meta.study.image_paths))
+            with self._study_lock:
+                self._study_cache.update((r, known[r]) for r in missing)
+                while len(self._study_cache) > STUDY_CACHE:
+                    self._study_cache.popitem(last=False)
+        return [known[r] for r in rows]
 
     def resolve_path(self, stored: str) -> str:
         """Stored image path made absolute against the data root when it is relative."""

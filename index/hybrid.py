@@ -83,23 +83,19 @@ def hybrid_search(engine: Any, text: str, emb: np.ndarray, k: int, filters: Any,
     (``engine``: an ``index.engine.SearchEngine``, not imported here, which imports this module)."""
     parsed = parse_query(text)
     depth = max(int(k), DENSE_DEPTH)
-    dense = engine.search_by_image_vector(emb, k=depth, filters=filters, exact=exact)
-    dense = replace(dense, query_type="text", familiarity=familiarity)
+    dense, ids, scores = engine.ranked(emb, depth, filters, "images", exact, "text")
+    dense = replace(dense, familiarity=familiarity)
     note = "" if understood(parsed) else NOT_UNDERSTOOD
     if not note and not has_reports(engine):
         note = NO_REPORTS
     if note:
-        return replace(dense, hits=dense.hits[:int(k)], mode=DENSE, note=note)
+        return replace(dense, hits=engine.hits_at(ids[:int(k)], scores[:int(k)]), mode=DENSE, note=note)
     allowed = None
     if dense.filters.active:
         f = dense.filters
         allowed = set(engine.store.matching_ids(f.label, f.view, f.finding, f.side).tolist())
-    by_row = {h.row_id: h for h in dense.hits}
-    ranking = fuse(engine.store.read, text, parsed, Ranking([h.row_id for h in dense.hits]), allowed)
+    ranking = fuse(engine.store.read, text, parsed, Ranking([int(i) for i in ids]), allowed)
     top = ranking.fused.ids[:int(k)]
-    missing = [i for i in top if i not in by_row]
-    if missing:
-        by_row.update({h.row_id: h for h in engine.hits_at(np.array(missing), np.zeros(len(missing)))})
-    hits = [replace(by_row[i], rank=r, score=float(s), channels=c) for r, (i, s, c) in
-            enumerate(zip(top, ranking.fused.scores, ranking.fused.channels), start=1)]
+    hits = [replace(h, channels=c) for h, c in zip(engine.hits_at(np.array(top, dtype=np.int64), ranking.fused.scores[:len(top)]),
+                                                   ranking.fused.channels)]
     return replace(dense, hits=hits, mode="hybrid", n_below_floor=0)

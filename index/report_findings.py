@@ -46,7 +46,7 @@ SIZE_MISMATCH = 0.8  # a size asked ("small") that the report does not state
 HEDGED = 0.5  # "possible effusion" is half an assertion
 OPPOSITE = {LEFT: RIGHT, RIGHT: LEFT}
 
-Query = Callable[[str, Sequence], list[tuple]]  # the metadata store's read-only SQL (MetadataStore.read)
+Query = Callable[..., list[tuple]]  # the metadata store's read-only SQL: MetadataStore.read(sql, params, memo=False)
 
 
 def write_reports(conn: sqlite3.Connection, rows: Iterable[tuple[int, Study]]) -> None:
@@ -68,7 +68,7 @@ def write_reports(conn: sqlite3.Connection, rows: Iterable[tuple[int, Study]]) -
 def count_reports(read: Query) -> int:
     """How many indexed studies have a report (0 for an index built before report search)."""
     try:
-        return int(read("SELECT COUNT(*) FROM reports", ())[0][0])
+        return int(read("SELECT COUNT(*) FROM reports", (), memo=True)[0][0])
     except sqlite3.OperationalError:
         return 0
 
@@ -79,7 +79,7 @@ def _rows_for(read: Query, names: Sequence[str], allowed: set[int] | None, asser
     refer back to that one and are dropped."""
     rows = read(f"SELECT row_id, finding, side, severity, certainty FROM report_findings "
                 f"WHERE finding IN ({','.join('?' * len(names))})" + (" AND certainty != 'negative'" if asserted else ""),
-                list(names))
+                list(names), memo=True)  # the same few finding names, query after query
     rows = [r for r in rows if allowed is None or r[0] in allowed]
     sided = {(r[0], r[1]) for r in rows if r[2] and r[4] != NEGATIVE}
     return [r for r in rows if r[2] or r[4] == NEGATIVE or (r[0], r[1]) not in sided]
@@ -133,11 +133,11 @@ def structured_ranking(read: Query, parsed: ParsedPhrase, allowed: set[int] | No
         names = sorted({f.name for f in parsed.negated})
         drop = excluded(read, parsed)
         said_absent = {r[0] for r in _rows_for(read, names, allowed, asserted=False) if r[4] == NEGATIVE}
-        for (row_id,) in read("SELECT row_id FROM reports", ()):
+        for (row_id,) in read("SELECT row_id FROM reports", (), memo=True):
             if (allowed is None or row_id in allowed) and row_id not in drop:
                 grades[row_id] = 1.0 if row_id in said_absent else 0.5
     elif parsed.normal:
-        for (row_id,) in read("SELECT row_id FROM reports WHERE n_positive = 0", ()):
+        for (row_id,) in read("SELECT row_id FROM reports WHERE n_positive = 0", (), memo=True):
             if allowed is None or row_id in allowed:
                 grades[row_id] = 1.0
     items = sorted((g, -r) for r, g in grades.items() if g > 0)[::-1]

@@ -15,6 +15,7 @@ import json
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -31,6 +32,7 @@ from index.report_findings import write_reports
 # (index.report_findings), for the hybrid text search. Older stores are refused with "rebuild the index".
 SCHEMA_VERSION = 3
 SIDES = (LEFT, RIGHT, BILATERAL)
+READ_MEMO = 512  # statements whose answers MetadataStore.read(memo=True) keeps
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -197,6 +199,7 @@ class MetadataStore:
         self._lock = threading.Lock()
         self._count = int(conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
         self._filter_cache: dict[tuple, np.ndarray] = {}
+        self._memo: OrderedDict[tuple, list[tuple]] = OrderedDict()  # read(..., memo=True)
 
     @classmethod
     def load(cls, path: Path) -> "MetadataStore":
@@ -226,9 +229,33 @@ class MetadataStore:
         with self._lock:
             return self._conn.execute(sql, tuple(params)).fetchall()
 
-    def read(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        """Run a read-only query on the store (the hybrid search's report tables, index.report_findings)."""
-        return self._query(sql, params)
+    def read(self, sql: str, params: Sequence = (), memo: bool = False) -> list[tuple]:
+        """Run a read-only query on the store (the hybrid search's report tables, index.report_findings).
+
+        ``memo``: keep the answer (bounded, ``READ_MEMO`` statements) and return the same list next time;
+        for the few statements every query repeats (a finding's report rows), never for the query's own
+        words. Safe because the store never changes while loaded; callers must not mutate the list."""
+        if not memo:
+            return self._query(sql, params)
+        key = (sql, tuple(params))
+        with self._lock:
+            found = self._memo.get(key)
+            if found is None:
+                found = self._memo[key] = self._conn.execute(sql, key[1]).fetchall()
+                while len(self._memo) > READ_MEMO:
+                    self._memo.popitem(last=False)
+            else:
+                self._memo.move_to_end(key)
+            return found
+
+    def clear_memo(self) -> None:
+        """Forget the answers ``read(..., memo=True)`` kept."""
+        with self._lock:
+            self._memo.clear()
+
+    @property
+    def memo_size(self) -> int:
+        return len(self._memo)
 
     def get(self, row_ids: Iterable[int]) -> list[ItemMeta]:
         """Metadata of ``row_ids``, in the order given."""

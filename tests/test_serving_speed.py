@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from data import report_findings as report_text
+from data.findings import findings_from_tags
 from webapp import presenters, serving
 
 PHRASES = ["large right pleural effusion", "small left pleural effusion", "cardiomegaly", "right upper lobe opacity",
@@ -73,6 +74,8 @@ def test_fifty_queries_same_answers_cold_and_warm(demo_service, tmp_path):
         report_text.segments.cache_clear()
         report_text.parse_query.cache_clear()
         serving.staged_copies.clear()
+        findings_from_tags.cache_clear()
+        demo_service.engine.clear_caches()  # the studies kept for hits, the store's memoised reads
         cold.append(_answer(demo_service, kind, query, tmp_path, i))
     order = list(range(len(queries)))
     random.Random(1).shuffle(order)
@@ -80,10 +83,36 @@ def test_fifty_queries_same_answers_cold_and_warm(demo_service, tmp_path):
         warm = _answer(demo_service, *queries[i], tmp_path, 1000 + i)
         assert warm == cold[i], f"query {i} ({queries[i][0]}) answered differently with warm caches"
     assert presenters.highlight_words.cache_info().hits > 0 and report_text.segments.cache_info().hits > 0
+    assert demo_service.engine.cached_studies > 0 and demo_service.engine.store.memo_size > 0
     kinds = {kind for kind, _ in queries}
     assert kinds == {"text", "image"} and all(a["records"]["hits"] for a in cold)
     assert any("<mark" in a["reports"] for a in cold) and all("Why these matches" in a["reports"] for a in cold)
     assert all(a["records"].get("familiarity") is not None for a in cold if demo_service.engine.familiarity)
+
+
+def test_kept_studies_and_memoised_reads_are_bounded_and_equal_fresh_ones(demo_service, monkeypatch):
+    """Hits built through the engine's bounded study cache equal fresh reads of the store; the store's
+    memoised reads equal unmemoised ones, and neither cache grows past its bound."""
+    from index import engine as engine_module, store as store_module
+
+    engine, store = demo_service.engine, demo_service.engine.store
+    engine.clear_caches()
+    monkeypatch.setattr(engine_module, "STUDY_CACHE", 5)
+    monkeypatch.setattr(store_module, "READ_MEMO", 3)
+    rng = random.Random(7)
+    for _ in range(40):
+        rows = [rng.randrange(engine.count) for _ in range(rng.choice([1, 4, 9]))]
+        hits = engine.hits_at(rows, [0.5] * len(rows))
+        fresh = store.get(rows)
+        assert [h.row_id for h in hits] == rows and [h.rank for h in hits] == list(range(1, len(rows) + 1))
+        assert [h.study_id for h in hits] == [m.study.study_id for m in fresh]
+        assert [h.image_path for h in hits] == [engine.resolve_path(m.image_path) for m in fresh]
+        assert engine.cached_studies <= 5
+        name = rng.choice(["pleural effusion", "cardiomegaly", "opacity", "pneumothorax", "nodule"])
+        sql = "SELECT row_id, side FROM report_findings WHERE finding = ? ORDER BY row_id"
+        assert store.read(sql, (name,), memo=True) == store.read(sql, (name,)) and store.memo_size <= 3
+    with pytest.raises(KeyError):
+        engine.hits_at([engine.count + 5], [0.1])
 
 
 def test_cached_highlight_equals_the_uncached_one(demo_service):
