@@ -42,6 +42,19 @@ def rss_mb(pid: int) -> float:
     return round(kb / 1024, 1)
 
 
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (MB); a process that exits meanwhile counts 0."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += rss_mb(p)
+            todo += child_pids(p)
+        except (OSError, StopIteration):  # exited meanwhile (a zombie has no VmRSS line)
+            continue
+    return round(total, 1)
+
+
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process, all its threads, plus its live child processes (the
     app's search workers, webapp.search_workers), from Linux ``/proc/PID/stat``."""

@@ -29,6 +29,7 @@ from typing import Any
 
 from bench.common import ROOT, emit, log, machine, scratch_dir, stop_process
 from bench.pip_sources import uv_source_args
+from bench.serving_load import tree_rss_mb
 
 SPACE_PORT = 7860
 
@@ -131,26 +132,6 @@ def listening_addresses(port: int) -> set[str]:
         if state == "0A" and int(hex_port, 16) == port:
             found.add(".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0)))
     return found
-
-
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants (MB), from /proc."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-        except OSError:
-            continue
-        p = int(status.parent.name)
-        children.setdefault(int(fields.get("PPid", "0").strip()), []).append(p)
-        rss[p] = int(fields.get("VmRSS", "0 kB").split()[0])
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        total += rss.get(p, 0)
-        todo += children.get(p, [])
-    return round(total / 1024, 1)
 
 
 def _get(url: str) -> bytes | None:
