@@ -206,28 +206,31 @@ def build_ui(service, examples: list[str], phantom_examples: list[str], pacs_sou
             uid_answer = serving.gallery_outputs(UidQuery(linked_image, pacs_source).search)
             uid_inputs = [study_uid, *img_inputs[1:]]
             gr.Button(visible=False, elem_id="api-search_study_uid").click(  # scripts: the search outputs
-                serving.postprocessed(uid_answer, img_outputs), uid_inputs, img_outputs, api_name="search_study_uid",
-                postprocess=False)
-            study_uid.submit(serving.postprocessed(  # the page: the verdict badge in the same event
-                serving.with_extra_outputs(uid_answer, lambda a, out: verdict_of(out[5])), [*img_outputs, verdict_img]),
-                uid_inputs, [*img_outputs, verdict_img], api_visibility="private", postprocess=False)
+                serving.handler(uid_answer, uid_inputs, img_outputs), uid_inputs, img_outputs,
+                api_name="search_study_uid", preprocess=False, postprocess=False)
+            study_uid.submit(serving.handler(  # the page: the verdict badge in the same event
+                serving.with_extra_outputs(uid_answer, lambda a, out: verdict_of(out[5])), uid_inputs,
+                [*img_outputs, verdict_img]),
+                uid_inputs, [*img_outputs, verdict_img], api_visibility="private", preprocess=False, postprocess=False)
         # issue 26: the named endpoints (scripts) answer the search outputs; the page's own events answer the
         # verdict badge and parse chips in the same event (no chained .then round trips), and every search
-        # event postprocesses its outputs in the handler's thread (serving.postprocessed)
+        # event pre- and postprocesses its inputs and outputs in the handler's thread (serving.handler)
         for fn, inputs, outputs, name in ((image_answer, img_inputs, img_outputs, "search_image"),
                                           (text_answer, txt_inputs, txt_outputs, "search_text")):
             gr.Button(visible=False, elem_id=f"api-{name}").click(
-                serving.postprocessed(fn, outputs), inputs, outputs, api_name=name, postprocess=False)
-        page_image = serving.postprocessed(serving.with_extra_outputs(image_answer, lambda a, out: verdict_of(out[5])),
-                                           [*img_outputs, verdict_img])
-        page_text = serving.postprocessed(serving.with_extra_outputs(
+                serving.handler(fn, inputs, outputs), inputs, outputs, api_name=name, preprocess=False,
+                postprocess=False)
+        page_image = serving.handler(serving.with_extra_outputs(image_answer, lambda a, out: verdict_of(out[5])),
+                                     img_inputs, [*img_outputs, verdict_img])
+        page_text = serving.handler(serving.with_extra_outputs(
             text_answer, lambda a, out: verdict_of(out[3]), lambda a, out: chips_html(a[0], a[6])),
-            [*txt_outputs, verdict_txt, chips_txt])
+            txt_inputs, [*txt_outputs, verdict_txt, chips_txt])
         for trigger in (search_img_btn.click, upload.upload):
-            trigger(page_image, img_inputs, [*img_outputs, verdict_img], api_visibility="private", postprocess=False)
+            trigger(page_image, img_inputs, [*img_outputs, verdict_img], api_visibility="private", preprocess=False,
+                    postprocess=False)
         for trigger in (search_txt_btn.click, text.submit):
             trigger(page_text, txt_inputs, [*txt_outputs, verdict_txt, chips_txt], api_visibility="private",
-                    postprocess=False)
+                    preprocess=False, postprocess=False)
         serving.add_noop_endpoint()  # issue 26: bench.serving's measure of gradio's own cost per call
         # issue 26: the map is drawn when its tab is opened (with the last query's star), not on every
         # query: two 3,955-point figures per search cost more than the search itself

@@ -81,3 +81,47 @@ def test_gallery_folder_is_the_first_static_path_tried(films):
     staged = serving.stage_file(films[0])
     assert _StaticFiles.all_paths[0] == serving.gallery_dir().resolve()
     assert staged.startswith(str(serving.gallery_dir()))
+
+
+def test_preprocessed_inputs_equal_gradios_own(films):
+    """``serving.preprocessed`` (events with ``preprocess=False``) hands the handler what gradio's own
+    preprocessing would, and refuses what it would refuse with the same message."""
+    import gradio as gr
+    from gradio.state_holder import SessionState
+
+    def handler(*args):
+        return repr(args)
+
+    with gr.Blocks() as demo:
+        inputs = [gr.File(type="filepath", file_count="single"), gr.Textbox(), gr.Slider(1, 30, value=8, step=1),
+                  gr.Dropdown(["any", "normal", "abnormal"], value="any"), gr.Radio(["hybrid", "dense"], value="hybrid"),
+                  gr.Checkbox(), gr.Number(value=1, precision=0, minimum=1)]
+        out = gr.Textbox()
+        plain_btn, fast_btn = gr.Button(), gr.Button()
+        plain_btn.click(handler, inputs, out, api_name="plain")
+        fast_btn.click(serving.preprocessed(handler, inputs), inputs, out, api_name="fast", preprocess=False)
+    fns = {fn.api_name: fn for fn in demo.fns.values()}
+
+    async def answer(name: str, payloads: list):
+        try:
+            return (await demo.process_api(fns[name], list(payloads), state=SessionState(demo), session_hash=name))["data"]
+        except Exception as exc:  # noqa: BLE001 - compared, not swallowed
+            return f"{type(exc).__name__}: {exc}"
+
+    upload = {"path": films[0], "orig_name": "film0.png", "meta": {"_type": "gradio.FileData"}}
+    cases = [
+        [upload, "small left pleural effusion", 8, "abnormal", "dense", True, 3],
+        [None, "", 1.0, "any", "hybrid", False, 2.7],
+        [None, None, 30, None, None, False, None],
+        [upload, "x", 99, "any", "hybrid", False, 1],  # out of the slider's range
+        [None, "x", 5, "sometimes", "hybrid", False, 1],  # not among the choices
+    ]
+    answers = []
+    for payloads in cases:
+        plain = asyncio.run(answer("plain", payloads))
+        fast = asyncio.run(answer("fast", payloads))
+        assert fast == plain, payloads
+        answers.append(plain)
+    assert films[0] not in answers[0][0] and "film0.png" in answers[0][0]  # the upload's cached copy, by path
+    assert "'small left pleural effusion', 8" in answers[0][0] and "'dense', True, 3" in answers[0][0]
+    assert all(isinstance(a, str) and "Error" in a for a in answers[3:])  # both refused, same message

@@ -302,6 +302,36 @@ def postprocessed(fn: Callable[..., Any], outputs: Sequence[Any]) -> Callable[..
     return wrapper
 
 
+def preprocessed(fn: Callable[..., Any], inputs: Sequence[Any]) -> Callable[..., Any]:
+    """Wrap a handler for an event registered with ``preprocess=False``: the handler's thread turns
+    each input payload into what the component's ``preprocess`` would give (the same values, the same
+    ``gr.Error`` for a value out of range or not among the choices).
+
+    Why (issue 26): gradio otherwise preprocesses each input in a thread hop of its own: seven per
+    text search, each a GIL hand-over between the event loop and a worker thread under load. Gradio
+    still validates each payload and moves uploaded files into its cache before the handler runs."""
+    @functools.wraps(fn)
+    def wrapper(*payloads: Any) -> Any:
+        return fn(*(deserialise(component, value) for component, value in zip(inputs, payloads, strict=True)))
+    return wrapper
+
+
+def deserialise(component: Any, value: Any) -> Any:
+    """``component.preprocess`` of the payload gradio passes with ``preprocess=False`` (a data model's
+    dump, validated again here; a State's value untouched, as gradio gives it either way)."""
+    if getattr(component, "stateful", False):
+        return value
+    model = getattr(component, "data_model", None)
+    if model is not None and value is not None:
+        value = model.model_validate(value, context={"validate_meta": True})
+    return component.preprocess(value)
+
+
+def handler(fn: Callable[..., Any], inputs: Sequence[Any], outputs: Sequence[Any]) -> Callable[..., Any]:
+    """``fn`` pre- and postprocessed in its own thread: register it with ``preprocess=False, postprocess=False``."""
+    return postprocessed(preprocessed(fn, inputs), outputs)
+
+
 def with_extra_outputs(fn: Callable[..., Any], *extras: Callable[[tuple, tuple], Any]) -> Callable[..., Any]:
     """``fn``'s outputs followed by ``extra(args, outputs)`` for each extra: what chained ``.then``
     events computed from them, answered in the same event (one queue round trip instead of several)."""
