@@ -384,7 +384,8 @@ class SearchEngine:
         missing = [r for r in dict.fromkeys(rows) if r not in known]
         if missing:
             for meta in self.store.get(missing):  # KeyError for a row the store does not hold
-                known[meta.row_id] = replace(meta.study, image_paths=tuple(self.resolve_path(p) for p in meta.study.image_paths))
+                paths = tuple(self.resolve_path(p) for p in meta.study.image_paths)
+                known[meta.row_id] = replace(meta.study, image_paths=paths)
             with self._study_lock:
                 self._study_cache.update((r, known[r]) for r in missing)
                 while len(self._study_cache) > STUDY_CACHE:

@@ -96,6 +96,6 @@ def hybrid_search(engine: Any, text: str, emb: np.ndarray, k: int, filters: Any,
         allowed = set(engine.store.matching_ids(f.label, f.view, f.finding, f.side).tolist())
     ranking = fuse(engine.store.read, text, parsed, Ranking([int(i) for i in ids]), allowed)
     top = ranking.fused.ids[:int(k)]
-    hits = [replace(h, channels=c) for h, c in zip(engine.hits_at(np.array(top, dtype=np.int64), ranking.fused.scores[:len(top)]),
-                                                   ranking.fused.channels)]
+    shown = engine.hits_at(np.array(top, dtype=np.int64), ranking.fused.scores[:len(top)])  # fused scores
+    hits = [replace(h, channels=c) for h, c in zip(shown, ranking.fused.channels)]
     return replace(dense, hits=hits, mode="hybrid", n_below_floor=0)
