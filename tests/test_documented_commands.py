@@ -34,7 +34,8 @@ COVERED_ELSEWHERE = {
     "make run": "tests/test_newcomer_errors.py runs `make setup` (its first half); tests/test_app_e2e.py runs app.py",
     "make test": ".ci/run (this suite)",
     "python app.py": "tests/test_app_e2e.py, tests/test_serving_security.py, tests/test_bundle.py (tests/app_server.py)",
-    "python -m index embed": "tests/test_ray_ingest.py::test_index_embed_command_embeds_only_the_missing_shard",
+    "python -m index embed": "tests/test_ray_ingest.py::test_index_embed_command_embeds_only_the_missing_shard "
+                             "(in-process on that module's Ray; `python -m index build --engine ray` is its subprocess)",
     "python -m data.pediatric": "make setup (every fresh machine) and the pediatric_films fixture",
     "python -m pip": "make setup installs the same files",
     "python -m bench.report": "tests/test_report.py (python -m bench.report --check, in-process)",

@@ -15,9 +15,8 @@ QUERY = "small left pleural effusion"
 
 
 @pytest.fixture(scope="module")
-def app_url(demo_built):
-    with running_app() as (url, _proc, _seconds):
-        yield url
+def app_url(demo_app_url):
+    return demo_app_url  # the session's app on the full demo (conftest): these tests only query it
 
 
 @pytest.fixture(scope="module")

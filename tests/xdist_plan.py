@@ -17,7 +17,8 @@ from typing import Any, Iterator
 import pytest
 
 # Modules whose tests share one session app (conftest's demo_app_url / small_app_url): one unit.
-SAME_UNIT = {"tests/test_browser.py": "tests/test_app_e2e.py", "tests/test_load.py": "tests/test_browser_compose.py"}
+SAME_UNIT = {"tests/test_browser.py": "tests/test_app_e2e.py", "tests/test_hybrid_app.py": "tests/test_app_e2e.py",
+             "tests/test_load.py": "tests/test_browser_compose.py"}
 ONE_TEST_A_UNIT = ("tests/test_documented_commands.py",)
 LONGEST_FIRST = (
     "tests/test_space.py",
