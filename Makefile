@@ -11,11 +11,13 @@ setup: $(STAMP)
 
 # uv installs the same requirements from the same sources as pip (bench/pip_sources.py passes pip's config),
 # hard-linked from its cache of unpacked wheels: seconds on a second clone instead of pip's minutes.
+# --compile-bytecode writes the .pyc files once, as pip does: where PYTHONDONTWRITEBYTECODE is set (or the venv
+# is read-only) every cold process would otherwise compile torch, gradio and the rest from source again.
 $(STAMP): requirements.txt requirements-dev.txt requirements-scale.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { echo "make: this project needs Python 3.11 (found: $$($(PYTHON) --version 2>/dev/null || echo "no $(PYTHON)")): install it (apt-get install python3.11-venv, or pyenv install 3.11) and run make again, or point make at it: make run PYTHON=/path/to/python3.11" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip uv==0.13.8
-	$(BIN)/uv pip install -q --python $(BIN)/python $$($(BIN)/python -m bench.pip_sources) -r requirements-dev.txt
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python $$($(BIN)/python -m bench.pip_sources) -r requirements-dev.txt
 	$(BIN)/python -m data.pediatric  # real example films, fetched at set-up (never by the app)
 	touch $(STAMP)
 

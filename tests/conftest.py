@@ -14,6 +14,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The CLIs (app, train, index) default to --runtime auto; the suite tests runtimes in
 # tests/test_runtime.py and runs everything else on torch, without per-test exports.
 os.environ.setdefault("CXR_RUNTIME", "torch")
+# `make test`'s xdist workers are one per core: a worker's torch/BLAS pools of one thread each (as the Ray
+# workers get) instead of a pool per core in every worker, whose threads wait on one another on a busy
+# host. Set before torch or numpy is imported; code that sets its own thread counts still does.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:

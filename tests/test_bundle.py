@@ -88,15 +88,21 @@ def test_pack_refuses_a_mismatched_pair_and_a_used_folder(small_demo, tmp_path, 
 
 
 def test_app_serves_a_bundle_folder_and_refuses_a_hub_id_offline(bundle, tmp_path):
+    """Also ``--text-mode dense`` (issue 23, one app start for both flags): the API's default mode is then
+    dense, and a caller can still ask for hybrid."""
     from gradio_client import Client, handle_file
 
     from tests.app_server import running_app
 
-    with running_app(["--bundle", str(bundle.root)]) as (url, _proc, _s):
+    with running_app(["--bundle", str(bundle.root), "--text-mode", "dense"]) as (url, _proc, _s):
         client = Client(url, verbose=False)
         gallery, _html, status, records = client.predict("left pleural effusion", 5, "any", "any", "any",
                                                          api_name="/search_text")
         assert len(records["hits"]) == 5 and len(gallery) == 5
+        assert records["mode"] == "dense" and "(dense search)" in status  # --text-mode sets the default
+        *_, records = client.predict("left pleural effusion", 4, "any", "any", "any", "any", "hybrid",
+                                     api_name="/search_text")
+        assert records["mode"] == "hybrid"
         # the composed query's named endpoint, with the frozen side by side (bundled frozen vectors)
         image = sorted((bundle.root / "images").rglob("*.png"))[0]
         out = client.predict(handle_file(str(image)), "left pleural effusion", "with", 1.5, 4, True,

@@ -34,7 +34,8 @@ COVERED_ELSEWHERE = {
     "make run": "tests/test_newcomer_errors.py runs `make setup` (its first half); tests/test_app_e2e.py runs app.py",
     "make test": ".ci/run (this suite)",
     "python app.py": "tests/test_app_e2e.py, tests/test_serving_security.py, tests/test_bundle.py (tests/app_server.py)",
-    "python -m index embed": "tests/test_ray_ingest.py::test_index_embed_command_embeds_only_the_missing_shard",
+    "python -m index embed": "tests/test_ray_ingest.py::test_index_embed_command_embeds_only_the_missing_shard "
+                             "(in-process on that module's Ray; `python -m index build --engine ray` is its subprocess)",
     "python -m data.pediatric": "make setup (every fresh machine) and the pediatric_films fixture",
     "python -m pip": "make setup installs the same files",
     "python -m bench.report": "tests/test_report.py (python -m bench.report --check, in-process)",
@@ -230,14 +231,15 @@ def test_bench_composed_heatmap_and_scale_at_tiny_size(demo_built):
 
 def test_training_bench_commands_at_tiny_size(demo_built, tmp_path):
     """The ablation grid (two variants: the paper's and one against it) and the train.py wall-time bench,
-    one epoch each, on the cached demo features."""
-    run("-m", "bench.ablation", "--seeds", "0", "--variants", "paper", "side", "--epochs", "1",
-               "--workers", "1", "--out", str(tmp_path / "ablation"), timeout=1500)
+    one epoch each, on the cached demo features. Both in-process (the bench family's entry point starts cold in
+    test_bench_entry_point_runs_a_part_as_a_subprocess; bench.train_cli times train.py as its own subprocess)."""
+    in_process("bench.ablation", "--seeds", "0", "--variants", "paper", "side", "--epochs", "1",
+               "--workers", "1", "--out", str(tmp_path / "ablation"))
     assert (tmp_path / "ablation" / "ablation.md").is_file() and "Δ" in (tmp_path / "ablation" / "ablation.md").read_text()
     grid = json.loads((tmp_path / "ablation" / "ablation.json").read_text())
     assert set(grid["variants"]) == {"paper: clip+supcon+bce", "clip+supcon[findings]+bce+side"}
     assert len(grid["runs"]) == 2 and grid["winner_on_validation"] in grid["variants"]
     assert {"load_average"} <= set(grid["machine"])  # bench.report quotes the load a result was taken at
-    timed = json.loads(run("-m", "bench.train_cli", "--reuse-features",
-                           "--train-args", "--epochs 1 --no-maps --bootstrap 0", timeout=1500).stdout)
+    timed = json.loads(in_process("bench.train_cli", "--reuse-features",
+                                  "--train-args", "--epochs 1 --no-maps --bootstrap 0"))
     assert timed["train_py_wall_s"] > 0 and timed["best_epoch"] == 1

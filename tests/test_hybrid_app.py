@@ -1,5 +1,5 @@
 """Hybrid text search in the running app (issue 23 §3-4): the /search_text API's added side and mode
-parameters (old callers unchanged), ``--text-mode``, and the parse chips and side filter in headless
+parameters (old callers unchanged), and the parse chips and side filter in headless
 Chromium. The demo index's reports make hybrid the default."""
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import pytest
 from gradio_client import Client
 
 from data.findings import LEFT, RIGHT
-from tests.app_server import running_app
 from tests.test_browser import page  # noqa: F401  (the headless Chromium fixture)
 
 pytestmark = pytest.mark.slow
@@ -15,9 +14,8 @@ QUERY = "small left pleural effusion"
 
 
 @pytest.fixture(scope="module")
-def app_url(demo_built):
-    with running_app() as (url, _proc, _seconds):
-        yield url
+def app_url(demo_app_url):
+    return demo_app_url  # the session's app on the full demo (conftest): these tests only query it
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +65,8 @@ def test_mode_and_side_on_the_api(client):
         client.predict(QUERY, 4, "any", "any", "any", "any", "sparse", api_name="/search_text")
 
 
-def test_text_mode_flag_sets_the_default(demo_built):
-    with running_app(["--text-mode", "dense"]) as (url, _proc, _seconds):
-        dense_client = Client(url, verbose=False)
-        _, _, status, records = dense_client.predict(QUERY, 4, "any", "any", "any", api_name="/search_text")
-        assert records["mode"] == "dense" and "(dense search)" in status
-        _, _, _, records = dense_client.predict(QUERY, 4, "any", "any", "any", "any", "hybrid", api_name="/search_text")
-        assert records["mode"] == "hybrid"
+# `--text-mode dense` (the API's default becomes dense, hybrid still on request) is checked on the app that
+# tests/test_bundle.py::test_app_serves_a_bundle_folder_and_refuses_a_hub_id_offline starts: one start, not two.
 
 
 @pytest.mark.browser

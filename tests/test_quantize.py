@@ -111,7 +111,7 @@ def test_int8_fidelity_on_real_pretrained_weights():
     assert cosine.mean() < 0.9999  # real weights DO move: the random-weight figure above is not the whole story
 
 
-def test_train_index_and_query_with_an_int8_backbone(small_demo, tmp_path, monkeypatch):
+def test_train_index_and_query_with_an_int8_backbone(small_demo, vit_pair, tmp_path, monkeypatch):
     """The whole path at int8: train.py names '+int8' in the run, the run recreates the int8
     backbone, and an index built from it answers an image query."""
     import train
@@ -132,5 +132,5 @@ def test_train_index_and_query_with_an_int8_backbone(small_demo, tmp_path, monke
     result = engine.search_by_image(Image.open(studies[0].image_path), k=5)
     assert len(result.hits) == 5 and result.hits[0].study_id == studies[0].study_id  # its own film comes first
     with pytest.raises(CheckpointError):
-        RetrievalModel.from_run(run, backbone=create_backbone(RANDOM_VIT))  # float32 backbone, int8 run
+        RetrievalModel.from_run(run, backbone=vit_pair[0])  # float32 backbone, int8 run
     engine.store.close()

@@ -148,9 +148,13 @@ def test_ray_built_index_answers_like_the_cached_build(small_demo, collection, s
 
 
 def test_index_embed_command_embeds_only_the_missing_shard(collection, shards, ray_local, model, tmp_path):
-    """``python -m index embed`` as documented (docs/scaling.md), run as a user types it: on a copy of the
-    finished shards with the last one deleted, the command embeds that shard alone, equal to the original."""
+    """``python -m index embed`` as documented (docs/scaling.md), with a user's arguments: on a copy of the
+    finished shards with the last one deleted, the command embeds that shard alone, equal to the original.
+    In-process (``runpy``, on this module's local Ray): ``python -m index``'s entry point starts cold as a
+    subprocess above (``index build --engine ray``) and in tests/test_documented_commands.py."""
     import shutil
+
+    from tests.test_documented_commands import in_process
 
     data, studies = collection
     ray_ingest.ingest(studies, shards, model.backbone, ray_ingest.backbone_factory_for("offline"), workers=2,
@@ -159,11 +163,9 @@ def test_index_embed_command_embeds_only_the_missing_shard(collection, shards, r
     shutil.copytree(shards, copy)
     n_shards = -(-len(studies) // SHARD)
     shard_path(copy, n_shards - 1).unlink()
-    done = subprocess.run([sys.executable, "-m", "index", "embed", "--backbone", "offline", "--shards", str(copy),
-                           "--data", str(data), "--workers", "1", "--shard-size", str(SHARD)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"embedded 1, already there {n_shards - 1}" in done.stdout, done.stdout
+    out = in_process("index", "embed", "--backbone", "offline", "--shards", str(copy), "--data", str(data),
+                     "--workers", "1", "--shard-size", str(SHARD))
+    assert f"embedded 1, already there {n_shards - 1}" in out, out
     original, again = read_shards(shards), read_shards(copy)
     assert again.study_ids == original.study_ids
     assert _cosines(again.image, original.image).min() >= 0.9999 and _cosines(again.text, original.text).min() >= 0.9999

@@ -74,10 +74,12 @@ def test_the_two_workers_get_whole_modules_in_units_longest_first():
 
     assert unit_of("tests/test_index.py::test_cli_build_and_add") == "tests/test_index.py"
     assert unit_of("tests/test_browser.py::test_x") == unit_of("tests/test_app_e2e.py::test_y") == "tests/test_app_e2e.py"
+    assert unit_of("tests/test_hybrid_app.py::test_z") == "tests/test_app_e2e.py"  # it queries the same session app
     part = "tests/test_documented_commands.py::test_bench_part_at_quick_size[embed]"
     assert unit_of(part) == part
     queue = {"tests/test_index.py": 1, part: 2, "tests/test_split.py": 3, "tests/test_space.py": 4}
     assert list(longest_first(queue)) == ["tests/test_space.py", part, "tests/test_index.py", "tests/test_split.py"]
     for entry in LONGEST_FIRST:  # every entry names a test module (and test) that exists: a rename shows here
         module, _, test = entry.partition("::")
+        test = test.split("[", 1)[0]  # a parametrised case: its function
         assert (ROOT / module).is_file() and (not test or f"def {test}(" in (ROOT / module).read_text()), entry

@@ -17,12 +17,19 @@ from typing import Any, Iterator
 import pytest
 
 # Modules whose tests share one session app (conftest's demo_app_url / small_app_url): one unit.
-SAME_UNIT = {"tests/test_browser.py": "tests/test_app_e2e.py", "tests/test_load.py": "tests/test_browser_compose.py"}
+SAME_UNIT = {"tests/test_browser.py": "tests/test_app_e2e.py", "tests/test_hybrid_app.py": "tests/test_app_e2e.py",
+             "tests/test_load.py": "tests/test_browser_compose.py"}
 ONE_TEST_A_UNIT = ("tests/test_documented_commands.py",)
 LONGEST_FIRST = (
+    "tests/test_ray_ingest.py",
+    "tests/test_quantize.py",
+    "tests/test_search_workers.py",
     "tests/test_space.py",
     "tests/test_documented_commands.py::test_training_bench_commands_at_tiny_size",
-    "tests/test_ray_ingest.py",
+    "tests/test_serving_security.py",
+    "tests/test_documented_commands.py::test_bench_part_at_quick_size[serving]",
+    "tests/test_runtime.py",
+    "tests/test_pipeline.py",
     "tests/test_documented_commands.py::test_train_index_bundle_commands",
     "tests/test_documented_commands.py::test_bench_entry_point_runs_a_part_as_a_subprocess",
     "tests/test_documented_commands.py::test_bench_part_at_quick_size",
