@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", help="address to listen on (default: $CXR_HOST, else 0.0.0.0 on a Space, else 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: $CXR_PORT, else $GRADIO_SERVER_PORT, else 7860)")
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
-    p.add_argument("--concurrency", type=int, default=4, help="queries processed at once (default 4: the best text + image "
+    p.add_argument("--concurrency", type=int, default=2, help="queries processed at once (default 2: the best text + image "
                         "throughput at 16 clients on 2 cores with one search worker, python -m bench.serving --sweep)")
     p.add_argument("--search-workers", type=int, metavar="N",  # argparse converts (and checks) a string default
                    default=os.environ.get("CXR_SEARCH_WORKERS", "").strip() or None,
