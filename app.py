@@ -202,41 +202,35 @@ def build_ui(service, examples: list[str], phantom_examples: list[str], pacs_sou
                                                                 records_at=3))
         txt_outputs = [gallery_txt, reports_txt, status_txt, json_txt, query_state]
         txt_inputs = [text, k_txt, label_txt, view_txt, finding_txt, side_txt, mode_txt]  # mode last: API callers
+        image_verdict = (lambda a, out: verdict_of(out[5]), verdict_img)  # the badge beside the preview
         if pacs_source is not None:  # a StudyInstanceUID: its frontal image over WADO-RS, searched like an upload
             uid_answer = serving.gallery_outputs(UidQuery(linked_image, pacs_source).search)
-            uid_inputs = [study_uid, *img_inputs[1:]]
-            gr.Button(visible=False, elem_id="api-search_study_uid").click(  # scripts: the search outputs
-                serving.handler(uid_answer, uid_inputs, img_outputs), uid_inputs, img_outputs,
-                api_name="search_study_uid", preprocess=False, postprocess=False)
-            study_uid.submit(serving.handler(  # the page: the verdict badge in the same event
-                serving.with_extra_outputs(uid_answer, lambda a, out: verdict_of(out[5])), uid_inputs,
-                [*img_outputs, verdict_img]),
-                uid_inputs, [*img_outputs, verdict_img], api_visibility="private", preprocess=False, postprocess=False)
-        # issue 26: the named endpoints (scripts) answer the search outputs; the page's own events answer the
-        # verdict badge and parse chips in the same event (no chained .then round trips), and every search
-        # event pre- and postprocesses its inputs and outputs in the handler's thread (serving.handler)
-        for fn, inputs, outputs, name in ((image_answer, img_inputs, img_outputs, "search_image"),
-                                          (text_answer, txt_inputs, txt_outputs, "search_text")):
-            gr.Button(visible=False, elem_id=f"api-{name}").click(
-                serving.handler(fn, inputs, outputs), inputs, outputs, api_name=name, preprocess=False,
-                postprocess=False)
-        page_image = serving.handler(serving.with_extra_outputs(image_answer, lambda a, out: verdict_of(out[5])),
-                                     img_inputs, [*img_outputs, verdict_img])
-        page_text = serving.handler(serving.with_extra_outputs(
-            text_answer, lambda a, out: verdict_of(out[3]), lambda a, out: chips_html(a[0], a[6])),
-            txt_inputs, [*txt_outputs, verdict_txt, chips_txt])
-        for trigger in (search_img_btn.click, upload.upload):
-            trigger(page_image, img_inputs, [*img_outputs, verdict_img], api_visibility="private", preprocess=False,
-                    postprocess=False)
-        for trigger in (search_txt_btn.click, text.submit):
-            trigger(page_text, txt_inputs, [*txt_outputs, verdict_txt, chips_txt], api_visibility="private",
-                    preprocess=False, postprocess=False)
+            search_events(uid_answer, [study_uid, *img_inputs[1:]], img_outputs, "search_study_uid", [study_uid.submit],
+                          image_verdict)
+        search_events(image_answer, img_inputs, img_outputs, "search_image", [search_img_btn.click, upload.upload],
+                      image_verdict)
+        search_events(text_answer, txt_inputs, txt_outputs, "search_text", [search_txt_btn.click, text.submit],
+                      (lambda a, out: verdict_of(out[3]), verdict_txt), (lambda a, out: chips_html(a[0], a[6]), chips_txt))
         serving.add_noop_endpoint()  # issue 26: bench.serving's measure of gradio's own cost per call
         # issue 26: the map is drawn when its tab is opened (with the last query's star), not on every
         # query: two 3,955-point figures per search cost more than the search itself
         for trigger in (method.change, map_tab.select, demo.load):
             trigger(service.map_figures, [method, query_state], [plot_frozen, plot_tuned], api_visibility="private")
     return demo
+
+
+def search_events(fn, inputs: list, outputs: list, name: str, page_triggers: list, *extras: tuple) -> None:
+    """One search's events (issue 26): the named endpoint for scripts (its search outputs, on a hidden button) and
+    the page's triggers, which answer each ``extras`` (``(fn(args, outputs), component)``: the verdict badge, the
+    parse chips) in the same event instead of chained ``.then`` round trips. Inputs and outputs are processed in
+    the handler's thread (``serving.on``)."""
+    import gradio as gr
+
+    serving.on(gr.Button(visible=False, elem_id=f"api-{name}").click, fn, inputs, outputs, api_name=name)
+    page = serving.with_extra_outputs(fn, *(extra for extra, _ in extras))
+    page_outputs = [*outputs, *(component for _, component in extras)]
+    for trigger in page_triggers:
+        serving.on(trigger, page, inputs, page_outputs, api_visibility="private")
 
 
 def search_workers(service, args: argparse.Namespace):

@@ -54,11 +54,11 @@ def build_compose_tab(extras, examples: list[str]) -> None:
     inputs = [upload, modifier, mode, weight, k, compare]
     outputs = [preview, gallery, why, status, records, frozen_gallery, compare_md, state]
     # gallery images: copies in the temp folder; inputs and outputs processed in the handler's thread (issue 26)
-    search = serving.handler(serving.gallery_outputs(extras.search_composed), inputs, outputs)
-    button.click(search, inputs, outputs, api_name="search_composed", preprocess=False, postprocess=False)
-    modifier.submit(search, inputs, outputs, api_visibility="private", preprocess=False, postprocess=False)
+    search = serving.gallery_outputs(extras.search_composed)
+    serving.on(button.click, search, inputs, outputs, api_name="search_composed")
+    serving.on(modifier.submit, search, inputs, outputs, api_visibility="private")
     compare.change(lambda on: gr.update(visible=bool(on)), compare, frozen_col, api_visibility="private")
-    compare.change(search, inputs, outputs, api_visibility="private", preprocess=False, postprocess=False)
+    serving.on(compare.change, search, inputs, outputs, api_visibility="private")
     heat_btn.click(extras.heatmap, [state, rank], [heat_img, heat_caption], api_name="heatmap")
 
     def on_select(st, evt: gr.SelectData):

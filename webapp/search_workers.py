@@ -80,10 +80,7 @@ class SearchWorkers:
 
     def _give_up(self, exc: BaseException) -> None:
         log.warning("search workers unavailable (%s); text search continues in the app process", exc)
-        self._ready.clear()
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        self.close()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait until the workers have started or failed to; True if they answer (tests and the bench

@@ -327,9 +327,13 @@ def deserialise(component: Any, value: Any) -> Any:
     return component.preprocess(value)
 
 
-def handler(fn: Callable[..., Any], inputs: Sequence[Any], outputs: Sequence[Any]) -> Callable[..., Any]:
-    """``fn`` pre- and postprocessed in its own thread: register it with ``preprocess=False, postprocess=False``."""
-    return postprocessed(preprocessed(fn, inputs), outputs)
+def on(trigger: Callable[..., Any], fn: Callable[..., Any], inputs: Sequence[Any], outputs: Sequence[Any],
+       **event_kwargs: Any) -> Any:
+    """Register ``fn`` on a gradio event ``trigger`` (e.g. ``button.click``), its inputs and outputs processed in
+    its own thread (``preprocessed`` / ``postprocessed``): the wrappers and ``preprocess=False,
+    postprocess=False`` always go together, so a search event never converts its values twice."""
+    return trigger(postprocessed(preprocessed(fn, inputs), outputs), inputs, outputs, preprocess=False,
+                   postprocess=False, **event_kwargs)
 
 
 def with_extra_outputs(fn: Callable[..., Any], *extras: Callable[[tuple, tuple], Any]) -> Callable[..., Any]:
