@@ -109,7 +109,7 @@ def example_uploads() -> list[str]:
 def build_ui(service, examples: list[str], phantom_examples: list[str], pacs_source=None, viewer_url: str | None = None,
              text_search=None):
     """The page; ``text_search`` answers text queries (default ``service.search_text``; the app passes
-    ``webapp.search_workers.SearchWorkers.search_text``)."""
+    ``webapp.search_workers.SearchWorkers.search_text_async``, which gradio awaits on its event loop)."""
     import gradio as gr
 
     from webapp.service import ANY
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     workers = search_workers(service, args)
     examples = example_uploads()
     phantoms = phantom_examples(service)
-    demo = build_ui(service, examples, phantoms, *pacs_options(args), text_search=workers and workers.search_text)
+    demo = build_ui(service, examples, phantoms, *pacs_options(args), text_search=workers and workers.search_text_async)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=64)
     import gradio as gr
 

@@ -183,3 +183,72 @@ def test_a_query_that_fails_in_the_worker_is_answered_in_process():
         assert pool.active  # one failed query does not stop the workers
     finally:
         pool.close()
+
+
+def test_awaited_searches_answer_the_same_and_a_cancelled_one_leaves_nothing_behind(local_service, workers):
+    """The app's handler awaits the worker on the event loop (``search_text_async``): concurrent queries
+    share the one worker and each gets its own answer; a query cancelled while the worker is busy with it
+    (a client gone) is drained, so the next query never reads its answer."""
+    import asyncio
+
+    rng = random.Random(27)
+    queries = [(PHRASES[i % len(PHRASES)], rng.choice([3, 5, 8]), "any", "any", "any", rng.choice(["any", "left"]),
+                rng.choice(["dense", "hybrid"])) for i in range(12)]
+    expected = [local_service.search_text(*q) for q in queries]
+
+    async def scenario():
+        answers = await asyncio.gather(*(workers.search_text_async(*q) for q in queries))
+        first = asyncio.ensure_future(workers.search_text_async("large right pleural effusion", 8, "any", "any", "any"))
+        await asyncio.sleep(0)  # sent: the worker is searching it
+        first.cancel()
+        after = await workers.search_text_async("cardiomegaly", 3, "any", "any", "any")
+        return answers, first, after
+
+    answers, first, after = asyncio.run(scenario())
+    assert answers == expected
+    assert first.cancelled()
+    assert after == local_service.search_text("cardiomegaly", 3, "any", "any", "any")
+    assert workers.active and workers.search_text("no pneumothorax", 4, "any", "any", "any") == \
+        local_service.search_text("no pneumothorax", 4, "any", "any", "any")  # the blocking path shares the pipe
+
+
+def test_the_page_handler_awaits_the_worker_and_answers_as_the_app_process(local_service, workers):
+    """build_ui with the worker's coroutine: the text events are coroutine functions (gradio runs them on
+    its event loop, no thread hop), through every wrapper, and give the payload of the in-process search."""
+    import asyncio
+    import inspect
+
+    import app
+    from gradio.state_holder import SessionState
+
+    def payloads(text_search):
+        demo = app.build_ui(local_service, [], [], text_search=text_search)
+        api = next(fn for fn in demo.fns.values() if fn.api_name == "search_text")
+
+        async def run():
+            out = await demo.process_api(api, ["left pleural effusion", 5, "any", "any", "any", "any", "hybrid"],
+                                         state=SessionState(demo), session_hash="t")
+            return out["data"]
+        return inspect.iscoroutinefunction(api.fn), asyncio.run(run())
+
+    awaited, remote = payloads(workers.search_text_async)
+    threaded, here = payloads(None)
+    assert awaited and not threaded
+    assert remote == here
+
+
+def test_an_awaited_search_is_answered_in_process_when_the_worker_dies(local_service, demo_built):
+    import asyncio
+
+    from webapp.loading import load_worker_service
+
+    pool = SearchWorkers(local_service, 1, load_worker_service, worker_args(*demo_built))
+    try:
+        assert pool.wait_ready(300)
+        os.kill(pool.in_worker(os.getpid), signal.SIGKILL)
+        query = ("right pneumothorax", 5, "any", "any", "any")
+        assert asyncio.run(pool.search_text_async(*query)) == local_service.search_text(*query)
+        assert not pool.active
+        assert asyncio.run(pool.search_text_async(*query)) == local_service.search_text(*query)
+    finally:
+        pool.close()

@@ -10,7 +10,6 @@ verdict; the temporary copy is deleted once read).
 """
 from __future__ import annotations
 
-import functools
 import html
 import os
 import re
@@ -20,6 +19,7 @@ from urllib.parse import quote
 
 from data.dicomweb import is_study_uid  # a PACS-sourced hit's study id is its StudyInstanceUID
 from data.errors import ImageLoadError, PacsError
+from webapp.serving import then
 
 PLACEHOLDER = "{study_uid}"
 VIEWER_LINK_TEXT = "Open in viewer"
@@ -72,9 +72,8 @@ def with_viewer_links(fn: Callable[..., tuple], template: str | None, html_at: S
     """Wrap a search handler returning a tuple: PACS hits in its JSON get their ``study_uid`` (always) and
     ``viewer_url``, its report-card HTML a link (with a template)."""
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> tuple:
-        out = list(fn(*args, **kwargs))
+    def linked(answer: tuple, args: tuple) -> tuple:
+        out = list(answer)
         for i in html_at:
             if isinstance(out[i], str):
                 out[i] = link_cards(out[i], template)
@@ -84,7 +83,7 @@ def with_viewer_links(fn: Callable[..., tuple], template: str | None, html_at: S
                                              for key in ("hits", "reports") if isinstance(records.get(key), list)}}
         return tuple(out)
 
-    return wrapper
+    return then(fn, linked)  # a coroutine function when fn is one (webapp.serving.then)
 
 
 class UidQuery:

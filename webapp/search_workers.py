@@ -7,6 +7,15 @@ own no-op endpoint reaches only 0.45 of its floor (cores / time per call) at 16 
 ``/search_text`` 0.28. A worker process holds its own copy of the service (model, index,
 caches) and answers ``search_text`` while the web process does HTTP, pre- and postprocessing.
 
+Why a pipe per worker, awaited on the event loop (``search_text_async``), and not a
+``ProcessPoolExecutor``: the executor hands each call through a feeder thread and a result thread
+in the web process, and gradio hands a plain handler to a thread of its own; each hand-over is a
+GIL switch against the busy event loop. Measured under 16 clients (py-spy ``--gil``), those
+switches held the web process's GIL longer per text query than all of gradio's HTTP work. Here
+the event loop writes the query down the worker's pipe and is woken by the answer (``add_reader``):
+no thread in the web process takes part. ``search_text`` (blocking, for threads and tests) uses the
+same pipes.
+
 Same answers: the worker runs the very same ``SearchService.search_text`` on the same run and
 index (``tests/test_search_workers.py`` compares them). Nothing is lost when a worker is not
 there yet (start-up: in-process until the worker has loaded) or dies (in-process from then on,
@@ -15,44 +24,182 @@ logged once). Image queries stay in process: the image tower already releases th
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections import deque
+from multiprocessing.connection import Connection
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
-_service: Any = None  # the worker's own SearchService (set by _start in each worker process)
+_service: Any = None  # the worker's own SearchService (set by _serve in each worker process)
+READY, FAILED, OK, ERROR = "ready", "failed", "ok", "error"
 
 
-def _start(loader: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> None:
-    """Worker initializer: exit with the app, one intra-op thread, then the service from the same args."""
+def _serve(conn: Connection, loader: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> None:
+    """A worker's life: exit with the app, one intra-op thread, load the service from the same args,
+    then answer ``(fn, args)`` calls until the app closes its end of the pipe."""
     global _service
-    import torch
-
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="exit-with-app", daemon=True).start()
-    torch.set_num_threads(1)
-    _service = loader(args)
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        _service = loader(args)
+        conn.send((READY, None))
+    except BaseException as exc:  # noqa: BLE001 - told to the app, which then searches in process
+        conn.send((FAILED, f"{type(exc).__name__}: {exc}"))
+        return
+    while True:
+        try:
+            fn, call_args = conn.recv()
+        except (EOFError, OSError):  # the app closed the pipe or is gone
+            return
+        try:
+            answer = (OK, fn(*call_args))
+            conn.send(answer)  # pickled before anything is written: an answer that will not pickle fails here whole
+        except Exception as exc:  # noqa: BLE001 - one query's failure; the app answers it itself
+            conn.send((ERROR, f"{type(exc).__name__}: {exc}"))
 
 
 def _exit_with_parent(parent: int) -> None:
-    """A worker whose app is gone (killed, or exited without closing its pool) exits too: its queue's
-    pipe never reports the parent's end closed, since the worker holds both ends."""
+    """A worker whose app is gone (killed, or exited without closing its pipe) exits too, even while
+    it is still loading or busy with a query."""
     while os.getppid() == parent:
         time.sleep(1.0)
     os._exit(0)
 
 
-def _ready() -> bool:
-    return _service is not None
-
-
 def _search_text(*query: Any) -> tuple:
     return _service.search_text(*query)
+
+
+class WorkerGone(RuntimeError):
+    """The worker process died or its pipe closed."""
+
+
+class _Worker:
+    """One spawned worker process and the app's end of its pipe (used by one thread at a time)."""
+
+    def __init__(self, ctx: Any, loader: Callable[[argparse.Namespace], Any], args: argparse.Namespace):
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child, loader, args), name="cxr-search-worker", daemon=True)
+        self.process.start()
+        child.close()  # the worker holds the only other end: its exit shows here as EOF
+
+    def started(self) -> None:
+        """Wait until the worker has loaded its service; ``RuntimeError`` if it could not."""
+        status, detail = self._receive()
+        if status != READY:
+            raise RuntimeError(detail)
+
+    def call(self, fn: Callable[..., Any], args: tuple) -> Any:
+        """``fn(*args)`` in the worker: its value, ``RuntimeError`` if it raised there, ``WorkerGone``."""
+        try:
+            self.conn.send((fn, args))
+        except (OSError, ValueError) as exc:  # broken pipe; closed
+            raise WorkerGone(str(exc)) from exc
+        status, value = self._receive()
+        if status != OK:
+            raise RuntimeError(value)
+        return value
+
+    def call_async(self, fn: Callable[..., Any], args: tuple, done: Callable[["_Worker"], None]) -> asyncio.Future:
+        """``fn(*args)`` in the worker, answered on the running event loop: a future of its value
+        (``RuntimeError`` if it raised there, ``WorkerGone``). ``done(self)`` runs once the answer is
+        read, even when the future was cancelled meanwhile (the answer is drained, never left in the
+        pipe for the next query); it is not called when the worker is gone."""
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+        try:
+            self.conn.send((fn, args))  # a few hundred bytes: the pipe's buffer takes them at once
+        except (OSError, ValueError) as exc:
+            answer.set_exception(WorkerGone(str(exc)))
+            return answer
+        fd = self.conn.fileno()
+
+        def readable() -> None:
+            loop.remove_reader(fd)
+            try:
+                status, value = self._receive()
+            except WorkerGone as exc:
+                if not answer.done():
+                    answer.set_exception(exc)
+                return
+            done(self)
+            if not answer.done():
+                answer.set_result(value) if status == OK else answer.set_exception(RuntimeError(value))
+
+        loop.add_reader(fd, readable)
+        return answer
+
+    def _receive(self) -> tuple[str, Any]:
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError) as exc:
+            raise WorkerGone(f"search worker {self.process.pid} exited") from exc
+
+    def close(self) -> None:
+        self.conn.close()  # an idle worker sees EOF and exits; a busy one when it answers or its app is gone
+
+
+class _Idle:
+    """The idle workers, each handed to one caller at a time: threads wait on a condition,
+    coroutines on a future; ``close`` wakes every waiter with ``WorkerGone``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: deque[_Worker] = deque()
+        self._freed = threading.Condition(self._lock)
+        self._waiters: deque[asyncio.Future] = deque()
+        self.closed = False
+
+    def put(self, worker: _Worker) -> None:
+        with self._lock:
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.get_loop().call_soon_threadsafe(self._hand, waiter, worker)
+                    return
+            self._free.append(worker)
+            self._freed.notify()
+
+    def _hand(self, waiter: asyncio.Future, worker: _Worker) -> None:
+        if waiter.done():  # cancelled meanwhile: the next caller gets it
+            self.put(worker)
+        else:
+            waiter.set_result(worker)
+
+    def get(self) -> _Worker:
+        with self._lock:
+            while not self._free:
+                if self.closed:
+                    raise WorkerGone("no search worker is running")
+                self._freed.wait()
+            return self._free.popleft()
+
+    async def get_async(self) -> _Worker:
+        with self._lock:
+            if self.closed:
+                raise WorkerGone("no search worker is running")
+            if self._free:
+                return self._free.popleft()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+        return await waiter
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            self._freed.notify_all()
+            for waiter in self._waiters:
+                waiter.get_loop().call_soon_threadsafe(
+                    lambda w=waiter: w.done() or w.set_exception(WorkerGone("no search worker is running")))
+            self._waiters.clear()
 
 
 class SearchWorkers:
@@ -62,15 +209,19 @@ class SearchWorkers:
     def __init__(self, local: Any, n: int, loader: Callable[[argparse.Namespace], Any], args: argparse.Namespace):
         self.local, self.n = local, n
         self._ready, self._settled = threading.Event(), threading.Event()
+        self._idle = _Idle()
         log.info("search workers: starting %d process(es)", n)
-        self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(
-            n, mp_context=multiprocessing.get_context("spawn"), initializer=_start, initargs=(loader, args))
+        ctx = multiprocessing.get_context("spawn")
+        self._workers: list[_Worker] | None = [_Worker(ctx, loader, args) for _ in range(n)]
         threading.Thread(target=self._warm, name="search-workers-start", daemon=True).start()
 
     def _warm(self) -> None:
-        """Start every worker (each loads the service) without holding up the app's start."""
+        """Wait for every worker to load (each loads the service) without holding up the app's start."""
         try:
-            if all(f.result() for f in [self._pool.submit(_ready) for _ in range(self.n)]):
+            for worker in list(self._workers or []):
+                worker.started()
+                self._idle.put(worker)
+            if self._workers is not None:
                 self._ready.set()
                 log.info("search workers: %d process(es) ready", self.n)
         except Exception as exc:  # noqa: BLE001 - a worker that cannot start leaves the app in process
@@ -79,7 +230,8 @@ class SearchWorkers:
             self._settled.set()
 
     def _give_up(self, exc: BaseException) -> None:
-        log.warning("search workers unavailable (%s); text search continues in the app process", exc)
+        if self._workers is not None:
+            log.warning("search workers unavailable (%s); text search continues in the app process", exc)
         self.close()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
@@ -91,31 +243,64 @@ class SearchWorkers:
     @property
     def active(self) -> bool:
         """Whether searches go to the workers (False before they are ready and after they broke)."""
-        return self._pool is not None and self._ready.is_set()
+        return self._workers is not None and self._ready.is_set()
+
+    def _call(self, fn: Callable[..., Any], args: tuple) -> Any:
+        """``fn(*args)`` on the next idle worker, blocking (waiting for one if all are busy)."""
+        worker = self._idle.get()
+        try:
+            value = worker.call(fn, args)
+        except WorkerGone:  # not given back: it is gone
+            raise
+        except BaseException:  # the call failed there; the worker is fine
+            self._idle.put(worker)
+            raise
+        self._idle.put(worker)
+        return value
+
+    async def _call_async(self, fn: Callable[..., Any], args: tuple) -> Any:
+        """``fn(*args)`` on the next idle worker, awaited on the event loop."""
+        worker = await self._idle.get_async()
+        return await worker.call_async(fn, args, self._idle.put)
 
     def in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` run by a worker (a picklable, module-level function): diagnostics and tests."""
-        if self._pool is None:
+        if self._workers is None:
             raise RuntimeError("no search worker is running")
-        return self._pool.submit(fn, *args).result()
+        return self._call(fn, args)  # waits for a worker still loading
 
     def search_text(self, *query: Any) -> tuple:
-        pool = self._pool
-        if pool is None or not self._ready.is_set():
+        """``SearchService.search_text`` in a worker, blocking the calling thread."""
+        if not self.active:
             return self.local.search_text(*query)
         try:
-            return pool.submit(_search_text, *query).result()
-        except BrokenProcessPool as exc:  # a worker died (killed, out of memory): answer here, from now on
+            return self._call(_search_text, query)
+        except WorkerGone as exc:  # a worker died (killed, out of memory): answer here, from now on
             self._give_up(exc)
             return self.local.search_text(*query)
         except Exception:  # noqa: BLE001 - one query that failed there (e.g. an answer that would not pickle)
             log.exception("a search worker failed on one query; answered in the app process")
             return self.local.search_text(*query)
 
+    async def search_text_async(self, *query: Any) -> tuple:
+        """``SearchService.search_text`` in a worker, awaited on the event loop (the app's handler: gradio
+        awaits it without a thread); in the app process, in a thread, when no worker answers."""
+        if self.active:
+            try:
+                return await self._call_async(_search_text, query)
+            except WorkerGone as exc:  # a worker died (killed, out of memory): answer here, from now on
+                self._give_up(exc)
+            except Exception:  # noqa: BLE001 - one query that failed there
+                log.exception("a search worker failed on one query; answered in the app process")
+        import anyio
+
+        return await anyio.to_thread.run_sync(lambda: self.local.search_text(*query))
+
     def close(self) -> None:
-        """Stop taking searches; idle workers exit now, a busy or still-loading one when its parent is
-        gone (``_exit_with_parent``), so an app never waits on a worker to exit."""
+        """Stop taking searches; idle workers exit now, a busy or still-loading one when it is done or
+        its parent is gone (``_exit_with_parent``), so an app never waits on a worker to exit."""
         self._ready.clear()
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        workers, self._workers = self._workers, None
+        self._idle.close()
+        for worker in workers or []:
+            worker.close()

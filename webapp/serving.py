@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import functools
+import inspect
 import ipaddress
 import logging
 import os
@@ -275,15 +276,46 @@ def _is_gallery(value: Any) -> bool:
         isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], (str, os.PathLike)) for item in value)
 
 
-def gallery_outputs(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a handler so every gallery it returns ((path, caption) lists) points at staged copies."""
+def then(fn: Callable[..., Any], after: Callable[[Any, tuple], Any]) -> Callable[..., Any]:
+    """``fn`` followed by ``after(result, args)``, of the same kind as ``fn``: a coroutine function when
+    ``fn`` is one. Why: gradio awaits a coroutine handler on its event loop but hands a plain one to a
+    thread (issue 26: the text search's worker is awaited, so its wrappers must not turn it back
+    into a plain function)."""
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def awaited(*args: Any, **kwargs: Any) -> Any:
+            return after(await fn(*args, **kwargs), args)
+        return awaited
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        out = fn(*args, **kwargs)
-        if isinstance(out, tuple):
-            return tuple([(stage_file(str(p)), c) for p, c in v] if _is_gallery(v) else v for v in out)
-        return [(stage_file(str(p)), c) for p, c in out] if _is_gallery(out) else out
+        return after(fn(*args, **kwargs), args)
     return wrapper
+
+
+def before(fn: Callable[..., Any], convert: Callable[[tuple], tuple]) -> Callable[..., Any]:
+    """``fn(*convert(args))``, of the same kind as ``fn`` (see ``then``)."""
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def awaited(*args: Any) -> Any:
+            return await fn(*convert(args))
+        return awaited
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        return fn(*convert(args))
+    return wrapper
+
+
+def _staged(out: Any) -> Any:
+    if isinstance(out, tuple):
+        return tuple([(stage_file(str(p)), c) for p, c in v] if _is_gallery(v) else v for v in out)
+    return [(stage_file(str(p)), c) for p, c in out] if _is_gallery(out) else out
+
+
+def gallery_outputs(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a handler so every gallery it returns ((path, caption) lists) points at staged copies."""
+    return then(fn, lambda out, args: _staged(out))
 
 
 def postprocessed(fn: Callable[..., Any], outputs: Sequence[Any]) -> Callable[..., Any]:
@@ -293,13 +325,11 @@ def postprocessed(fn: Callable[..., Any], outputs: Sequence[Any]) -> Callable[..
     Why (issue 26): gradio otherwise postprocesses each output in a thread hop of its own (seven for
     an image search), the gallery through a new thread pool per query, and walks every output
     twice for files; on 2 cores that was more CPU than the text search itself."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        out = fn(*args, **kwargs)
+    def serialised(out: Any, args: tuple) -> Any:
         values = out if len(outputs) > 1 else (out,)
         done = tuple(serialise(component, value) for component, value in zip(outputs, values, strict=True))
         return done if len(outputs) > 1 else done[0]
-    return wrapper
+    return then(fn, serialised)
 
 
 def preprocessed(fn: Callable[..., Any], inputs: Sequence[Any]) -> Callable[..., Any]:
@@ -310,10 +340,8 @@ def preprocessed(fn: Callable[..., Any], inputs: Sequence[Any]) -> Callable[...,
     Why (issue 26): gradio otherwise preprocesses each input in a thread hop of its own: seven per
     text search, each a GIL hand-over between the event loop and a worker thread under load. Gradio
     still validates each payload and moves uploaded files into its cache before the handler runs."""
-    @functools.wraps(fn)
-    def wrapper(*payloads: Any) -> Any:
-        return fn(*(deserialise(component, value) for component, value in zip(inputs, payloads, strict=True)))
-    return wrapper
+    return before(fn, lambda payloads: tuple(deserialise(component, value)
+                                            for component, value in zip(inputs, payloads, strict=True)))
 
 
 def deserialise(component: Any, value: Any) -> Any:
@@ -339,11 +367,10 @@ def on(trigger: Callable[..., Any], fn: Callable[..., Any], inputs: Sequence[Any
 def with_extra_outputs(fn: Callable[..., Any], *extras: Callable[[tuple, tuple], Any]) -> Callable[..., Any]:
     """``fn``'s outputs followed by ``extra(args, outputs)`` for each extra: what chained ``.then``
     events computed from them, answered in the same event (one queue round trip instead of several)."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any) -> tuple:
-        out = tuple(fn(*args))
+    def extended(out: Any, args: tuple) -> tuple:
+        out = tuple(out)
         return (*out, *(extra(args, out) for extra in extras))
-    return wrapper
+    return then(fn, extended)
 
 
 def serialise(component: Any, value: Any) -> Any:
