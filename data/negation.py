@@ -23,8 +23,11 @@ RADIOLOGY_TERMS = {
     "following_negations": [
         "is not seen", "are not seen", "is not identified", "are not identified", "is not present",
         "are not present", "is not visualized", "are not visualized", "has resolved", "have resolved", "resolved",
+        "has cleared", "have cleared",
     ],
-    "preceding_negations": ["no evidence for", "clear of", "no definite", "no visible", "resolution of"],
+    # "clearing of the left base airspace disease": gone, not present (a report's own follow-up wording)
+    "preceding_negations": ["no evidence for", "clear of", "no definite", "no visible", "resolution of",
+                            "clearing of", "interval clearing of"],
     "termination": [";"],
 }
 

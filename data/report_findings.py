@@ -22,15 +22,17 @@ import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from data.findings import LEFT, NEGATIVE, POSITIVE, UNCERTAIN, Finding
+from data.findings import LEFT, NEGATIVE, POSITIVE, UNCERTAIN, VOCABULARY, Finding
 from data.findings_text import ParsedPhrase, parse_phrase, surface_forms
 from data.negation import negated
 
 # Sentence ends, also where the full stop lacks its space ("Heart size normal.No effusion").
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|(?<=[a-z][.!?])(?=[A-Z])|\n+")
 # Scope breaks; "without" opens a new (negated) segment instead of negating what precedes it
-# ("Stable cardiomegaly without acute abnormality").
-_SCOPE_BREAK = re.compile(r"\bbut\b|\bwith\b|\bwhile\b|\bhowever\b|\balthough\b|;|(?=\bwithout\b)", re.IGNORECASE)
+# ("Stable cardiomegaly without acute abnormality"). "consistent / compatible with" is no break: what
+# follows names the same finding ("Right middle lobe infiltrate consistent with pneumonia": a right one).
+_SCOPE_BREAK = re.compile(r"\bbut\b|(?<!consistent )(?<!compatible )\bwith\b|\bwhile\b|\bhowever\b|\balthough\b|;"
+                          r"|(?=\bwithout\b)", re.IGNORECASE)
 # Report wordings the phrase vocabulary lacks, rewritten to its names before parsing.
 _REWRITES = (
     (re.compile(r"\b(?:the )?(?:heart|heart size|cardiac silhouette|cardiac size)\s+(?:is |are |appears |remains )*"
@@ -56,6 +58,11 @@ _REWRITES = (
 # names a place, not a finding ("The aorta is normal", "scoliosis of the thoracic spine").
 GENERIC_FORMS = frozenset({"aorta", "spine", "diaphragm"})
 _NORMAL_WORDINGS = re.compile(r"\b(lungs are clear|no active disease|within normal limits|normal chest)\b", re.IGNORECASE)
+_ATTRIBUTION = re.compile(r"\b(?:consistent|compatible) with\b", re.IGNORECASE)
+# What an index's report findings were read with (recorded in its metadata: index.store): 2 = "clearing of X"
+# and "X has cleared" negate X; "X consistent with Y" gives Y the side of X. The demo's index is re-read
+# when it was written by an older reader (pipeline.demo); a user's index keeps its reading until rebuilt.
+READER_VERSION = 2
 REPORT_CACHE = 8192  # reports whose findings are kept (the demo has 3,955; ~1 kB each)
 _FORM_PATTERNS = [(re.compile(rf"\b{re.escape(form)}\b"), name) for form, name in surface_forms()]
 
@@ -126,7 +133,20 @@ def _segment_findings(part: str) -> tuple[Finding, ...]:
         if f.certainty != NEGATIVE and f.name in negated_names:
             f = replace(f, certainty=NEGATIVE)
         out.append(f)
-    return tuple(out)
+    return _attributed_sides(tuple(out), part)
+
+
+def _attributed_sides(findings: tuple[Finding, ...], part: str) -> tuple[Finding, ...]:
+    """"X consistent with Y": Y is X, so a sided finding's side goes to the unsided (lateral) ones it is
+    attributed to ("Right middle lobe infiltrate consistent with pneumonia" is a right pneumonia)."""
+    if not _ATTRIBUTION.search(part):
+        return findings
+    sides = {f.side for f in findings if f.side and f.certainty != NEGATIVE}
+    if len(sides) != 1:
+        return findings
+    side = sides.pop()
+    return tuple(replace(f, side=side) if not f.side and f.certainty != NEGATIVE and VOCABULARY.get(f.name, ((), False))[1] else f
+                 for f in findings)
 
 
 def mention_spans(text: str) -> list[tuple[int, int, str]]:

@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from data.errors import LOAD_ERRORS, InputError, one_line
@@ -72,6 +73,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report_reader_line(folder: Path) -> None:
+    """Say on stderr which report reader read the index's reports, and when this code reads them differently."""
+    from data.report_findings import READER_VERSION
+    from index.manifest import META
+    from index.store import report_reader_version
+
+    reader = report_reader_version(Path(folder) / META)
+    if reader is None:
+        return
+    note = "" if reader == READER_VERSION else f" (this code reads reports as v{READER_VERSION}: rebuild the index to re-read them)"
+    print(f"report reader: v{reader}{note}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
@@ -92,6 +106,7 @@ def _run(args: argparse.Namespace) -> int:
         manifest = read_manifest(artifacts_dir(args.index))
         verify_files(artifacts_dir(args.index), manifest)
         print(f"studies: {manifest.count}", file=sys.stderr)  # stdout stays one JSON document for scripts
+        _report_reader_line(artifacts_dir(args.index))
         print(json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
         return 0
     from index import pacs_cli

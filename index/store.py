@@ -25,6 +25,7 @@ import numpy as np
 from data.errors import StoreSchemaError  # noqa: F401 (defined in data.errors, re-exported)
 from data.findings import BILATERAL, LEFT, RIGHT, canonical_name, profile
 from data.records import Study
+from data.report_findings import READER_VERSION
 from index.report_findings import write_reports
 
 # 2: one JSON ``record`` per study (Study.to_dict, with structured findings) instead of a column per
@@ -123,12 +124,24 @@ def _meta(row: Sequence) -> ItemMeta:
 
 def schema_version(path: Path | str) -> int | None:
     """The schema version a store file was written with (``None`` when unreadable / not a store)."""
+    return _info_number(path, "schema_version")
+
+
+def report_reader_version(path: Path | str) -> int | None:
+    """The version of the report reader (``data.report_findings.READER_VERSION``) that read the store's
+    reports: 1 for a store written before it was recorded, ``None`` when unreadable / not a store."""
+    if schema_version(path) is None:
+        return None
+    return _info_number(path, "report_reader") or 1
+
+
+def _info_number(path: Path | str, key: str) -> int | None:
     try:
         conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
     except sqlite3.Error:
         return None
     try:
-        row = conn.execute("SELECT value FROM info WHERE key = 'schema_version'").fetchone()
+        row = conn.execute("SELECT value FROM info WHERE key = ?", (key,)).fetchone()
         return int(row[0]) if row else None
     except (sqlite3.Error, ValueError):
         return None
@@ -170,6 +183,8 @@ def append_to_store(path: Path, studies: Sequence[Study], data_root: Path | str 
         with conn:  # one transaction
             conn.execute("INSERT OR REPLACE INTO info VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             current = conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+            if current == 0:  # rows appended later keep the version of the reader that read the first ones
+                conn.execute("INSERT OR REPLACE INTO info VALUES ('report_reader', ?)", (str(READER_VERSION),))
             if start is not None and start != current:
                 raise ValueError(f"store has {current} rows, expected {start}")
             ids = [s.study_id for s in studies]

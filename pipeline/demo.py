@@ -54,22 +54,23 @@ def ensure_demo(run_dir: Path | None = None, index_dir: Path | None = None,
 
 
 def outdated_demo_index(index_dir: Path) -> bool:
-    """The demo index was written by older code: another metadata schema, or no frozen vectors
+    """The demo index was written by older code: another metadata schema or report reader, or no frozen vectors
     (``index.frozen``) or familiarity model (``trust.familiarity``). It is rebuilt from the cached
     features instead of failing; an index the user built is never rebuilt behind their back. A
     damaged index is left for the loader to report."""
     from index.frozen import FROZEN_IMAGES
     from index.manifest import FAMILIARITY, MANIFEST, META
-    from index.store import SCHEMA_VERSION, schema_version
+    from data.report_findings import READER_VERSION
+    from index.store import SCHEMA_VERSION, report_reader_version, schema_version
 
     try:  # only the list of files: verifying them is the loader's job
         files = json.loads((index_dir / MANIFEST).read_text()).get("files", {})
     except (OSError, ValueError, AttributeError):
         return False
-    found = schema_version(index_dir / META)
+    found, reader = schema_version(index_dir / META), report_reader_version(index_dir / META)
     missing = [name for name in (FROZEN_IMAGES, FAMILIARITY) if name not in files]
-    if found != SCHEMA_VERSION or missing:
-        log.info("the demo index is outdated (schema %s, this code writes %s; missing %s): rebuilding it",
-                 found, SCHEMA_VERSION, ", ".join(missing) or "nothing")
+    if found != SCHEMA_VERSION or (found is not None and reader != READER_VERSION) or missing:
+        log.info("the demo index is outdated (schema %s, report reader %s; this code writes %s, %s; missing %s): "
+                 "rebuilding it", found, reader, SCHEMA_VERSION, READER_VERSION, ", ".join(missing) or "nothing")
         return True
     return False

@@ -72,6 +72,48 @@ def test_report_wordings_and_missing_spaces():
     assert said("The aorta is normal.") == set()  # a bare anatomy word is not a finding
 
 
+def test_a_cleared_finding_is_absent_and_an_attributed_one_takes_the_side_it_is_attributed_to(reports):
+    """Report reader v2 (validation hybrid side-swaps were these two readings): CXR1181's cleared left base
+    disease is not a left opacity; CXR3312's right middle lobe infiltrate "consistent with pneumonia" is
+    a right pneumonia (its tags: Pneumonia/right), so neither answers a left-sided query."""
+    cleared = real(reports, "CXR1181", "There has been clearing of the left base airspace disease.")
+    assert said(cleared) == {("opacity", LEFT, "", NEGATIVE)}
+    assert said("The left basilar opacity has cleared.") == {("opacity", LEFT, "", NEGATIVE)}
+    attributed = real(reports, "CXR3312", "Right middle lobe infiltrate consistent with pneumonia.")
+    assert {(n, side) for n, side, _, c in said(attributed) if c == POSITIVE} == {("opacity", RIGHT), ("pneumonia", RIGHT)}
+    # only where one thing is said to be another: a plain list keeps its unsided findings unsided
+    assert ("cardiomegaly", "", "", POSITIVE) in said("Cardiomegaly consistent with the right pleural effusion history.")
+    assert ("pneumonia", "", "", POSITIVE) in said("Right middle lobe infiltrate. Findings of pneumonia.")
+
+
+def test_the_report_reader_version_is_recorded_and_an_older_demo_index_is_re_read(tmp_path):
+    import sqlite3
+
+    from data.report_findings import READER_VERSION
+    from index.store import append_to_store, report_reader_version
+
+    import json
+
+    from index.frozen import FROZEN_IMAGES
+    from index.manifest import FAMILIARITY, MANIFEST, META
+    from pipeline.demo import outdated_demo_index
+
+    path = tmp_path / META
+    write_store(path, [_study(0, "Small left pleural effusion.")])
+    assert report_reader_version(path) == READER_VERSION == 2
+    (tmp_path / MANIFEST).write_text(json.dumps({"files": {FROZEN_IMAGES: {}, FAMILIARITY: {}, META: {}}}))
+    assert not outdated_demo_index(tmp_path)
+    conn = sqlite3.connect(path)
+    with conn:  # a store written before the version was recorded
+        conn.execute("DELETE FROM info WHERE key = 'report_reader'")
+    conn.close()
+    assert report_reader_version(path) == 1
+    assert outdated_demo_index(tmp_path)  # the demo's index is re-read; a user's index is left as it is
+    append_to_store(path, [_study(1, "Cardiomegaly.")])  # rows added later do not relabel the earlier ones
+    assert report_reader_version(path) == 1
+    assert report_reader_version(tmp_path / "missing.sqlite") is None
+
+
 def test_query_parse():
     q = parse_query("small left pleural effusion, no pneumothorax")
     assert [(f.name, f.side, f.severity) for f in q.positive] == [("pleural effusion", LEFT, "mild")]
