@@ -252,3 +252,28 @@ def test_an_awaited_search_is_answered_in_process_when_the_worker_dies(local_ser
         assert asyncio.run(pool.search_text_async(*query)) == local_service.search_text(*query)
     finally:
         pool.close()
+
+
+def test_closing_the_workers_during_an_awaited_search_answers_it_in_process(local_service, demo_built):
+    """close() (the app stopping, or another worker found dead) while a query waits on a worker: the query is
+    answered in process, it does not wait on a closed pipe."""
+    import asyncio
+    import threading
+
+    from webapp.loading import load_worker_service
+
+    pool = SearchWorkers(local_service, 1, load_worker_service, worker_args(*demo_built))
+    query = ("left lower lobe pneumonia", 6, "any", "any", "any")
+    try:
+        assert pool.wait_ready(300)
+
+        async def scenario():
+            pending = asyncio.ensure_future(pool.search_text_async(*query))
+            await asyncio.sleep(0)  # sent: waiting on the worker's answer
+            threading.Thread(target=pool.close).start()
+            return await asyncio.wait_for(pending, 60)
+
+        assert asyncio.run(scenario()) == local_service.search_text(*query)
+        assert not pool.active
+    finally:
+        pool.close()

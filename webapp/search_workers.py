@@ -60,10 +60,14 @@ def _serve(conn: Connection, loader: Callable[[argparse.Namespace], Any], args: 
         except (EOFError, OSError):  # the app closed the pipe or is gone
             return
         try:
-            answer = (OK, fn(*call_args))
-            conn.send(answer)  # pickled before anything is written: an answer that will not pickle fails here whole
-        except Exception as exc:  # noqa: BLE001 - one query's failure; the app answers it itself
-            conn.send((ERROR, f"{type(exc).__name__}: {exc}"))
+            try:
+                conn.send((OK, fn(*call_args)))  # pickled before anything is written: one that will not fails whole
+            except (OSError, ValueError):  # the app closed its end meanwhile
+                raise
+            except Exception as exc:  # noqa: BLE001 - one query's failure; the app answers it itself
+                conn.send((ERROR, f"{type(exc).__name__}: {exc}"))
+        except (OSError, ValueError):
+            return
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -90,6 +94,7 @@ class _Worker:
         self.process = ctx.Process(target=_serve, args=(child, loader, args), name="cxr-search-worker", daemon=True)
         self.process.start()
         child.close()  # the worker holds the only other end: its exit shows here as EOF
+        self._pending: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None  # an awaited call in flight
 
     def started(self) -> None:
         """Wait until the worker has loaded its service; ``RuntimeError`` if it could not."""
@@ -124,6 +129,7 @@ class _Worker:
 
         def readable() -> None:
             loop.remove_reader(fd)
+            self._pending = None
             try:
                 status, value = self._receive()
             except WorkerGone as exc:
@@ -135,6 +141,7 @@ class _Worker:
                 answer.set_result(value) if status == OK else answer.set_exception(RuntimeError(value))
 
         loop.add_reader(fd, readable)
+        self._pending = (loop, answer)
         return answer
 
     def _receive(self) -> tuple[str, Any]:
@@ -144,7 +151,26 @@ class _Worker:
             raise WorkerGone(f"search worker {self.process.pid} exited") from exc
 
     def close(self) -> None:
-        self.conn.close()  # an idle worker sees EOF and exits; a busy one when it answers or its app is gone
+        """Close the app's end (an idle worker sees EOF and exits; a busy one when it answers or its app is
+        gone); an awaited call in flight fails with ``WorkerGone`` instead of waiting on a closed pipe."""
+        pending = self._pending
+        if pending is None:
+            self.conn.close()
+            return
+        loop, answer = pending
+
+        def abandon() -> None:
+            if self._pending is not None:
+                self._pending = None
+                loop.remove_reader(self.conn.fileno())
+                if not answer.done():
+                    answer.set_exception(WorkerGone("the search workers were closed"))
+            self.conn.close()
+
+        try:
+            loop.call_soon_threadsafe(abandon)
+        except RuntimeError:  # the loop is closed: nothing waits any more
+            self.conn.close()
 
 
 class _Idle:
