@@ -51,6 +51,8 @@ _REWRITES = (
     (re.compile(r"\baorta (?:is |appears |remains )*(?:mildly |slightly )?tortuous\b|\btortuous (?:thoracic )?aorta\b",
                 re.IGNORECASE), "tortuous aorta"),
     (re.compile(r"\bdegenerative changes\b", re.IGNORECASE), "degenerative change"),
+    # a view's name, not a side: "right-sided pneumothorax only visible on the left lateral decubitus film"
+    (re.compile(r"\b(?:left|right)[- ](?:lateral )?(decubitus|oblique)\b", re.IGNORECASE), r"\1"),
     (re.compile(r"\batherosclerotic (?:calcifications? (?:of|in) the (?:thoracic )?aorta|(?:thoracic )?aorta|changes|"
                 r"(?:aortic |vascular )?calcifications?)\b", re.IGNORECASE), "atherosclerosis"),
 )
@@ -60,7 +62,7 @@ GENERIC_FORMS = frozenset({"aorta", "spine", "diaphragm"})
 _NORMAL_WORDINGS = re.compile(r"\b(lungs are clear|no active disease|within normal limits|normal chest)\b", re.IGNORECASE)
 _ATTRIBUTION = re.compile(r"\b(?:consistent|compatible) with\b", re.IGNORECASE)
 # What an index's report findings were read with (recorded in its metadata: index.store): 2 = "clearing of X"
-# and "X has cleared" negate X; "X consistent with Y" gives Y the side of X. The demo's index is re-read
+# and "X has cleared" negate X; "X consistent with Y" gives Y the side of X; "left lateral decubitus" is a view. The demo's index is re-read
 # when it was written by an older reader (pipeline.demo); a user's index keeps its reading until rebuilt.
 READER_VERSION = 2
 REPORT_CACHE = 8192  # reports whose findings are kept (the demo has 3,955; ~1 kB each)

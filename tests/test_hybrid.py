@@ -81,6 +81,10 @@ def test_a_cleared_finding_is_absent_and_an_attributed_one_takes_the_side_it_is_
     assert said("The left basilar opacity has cleared.") == {("opacity", LEFT, "", NEGATIVE)}
     attributed = real(reports, "CXR3312", "Right middle lobe infiltrate consistent with pneumonia.")
     assert {(n, side) for n, side, _, c in said(attributed) if c == POSITIVE} == {("opacity", RIGHT), ("pneumonia", RIGHT)}
+    # a view's name is not a side: CXR1339 (tags: Pneumothorax/right/small) was read as bilateral
+    decubitus = real(reports, "CXR1339", "Small 3.3 mm right-sided pneumothorax only visible on the left lateral "
+                                         "decubitus film.")
+    assert said(decubitus) == {("pneumothorax", RIGHT, "", POSITIVE)}  # ("3.3 mm" cuts "small" off: a size not read)
     # only where one thing is said to be another: a plain list keeps its unsided findings unsided
     assert ("cardiomegaly", "", "", POSITIVE) in said("Cardiomegaly consistent with the right pleural effusion history.")
     assert ("pneumonia", "", "", POSITIVE) in said("Right middle lobe infiltrate. Findings of pneumonia.")
