@@ -277,3 +277,32 @@ def test_closing_the_workers_during_an_awaited_search_answers_it_in_process(loca
         assert not pool.active
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2])
+def test_a_worker_handed_to_a_query_cancelled_meanwhile_is_given_back(turns):
+    """A waiting query cancelled (its client gone) around the moment a worker is handed to it: before the
+    hand-over, between the hand-over and its resumption, or after: the worker is never lost (one lost
+    worker would leave every later query waiting)."""
+    import asyncio
+
+    from webapp.search_workers import _Idle
+
+    idle = _Idle()
+
+    async def scenario():
+        waiting = asyncio.ensure_future(idle.get_async())
+        await asyncio.sleep(0)  # no worker free: it waits
+        idle.put("worker")
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        waiting.cancel()
+        try:
+            got = await waiting
+        except asyncio.CancelledError:
+            got = None
+        if got is not None:  # it resumed with the worker before the cancel: it gives it back itself
+            idle.put(got)
+        return await asyncio.wait_for(idle.get_async(), 5)
+
+    assert asyncio.run(scenario()) == "worker"

@@ -216,7 +216,12 @@ class _Idle:
                 return self._free.popleft()
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
-        return await waiter
+        try:
+            return await waiter
+        except asyncio.CancelledError:  # cancelled just after a worker was handed over: give it back
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.put(waiter.result())
+            raise
 
     def close(self) -> None:
         with self._lock:
