@@ -216,6 +216,8 @@ def test_bench_part_at_quick_size(part, demo_built):
     assert isinstance(result, dict) and result and "error" not in result and report["machine"]["cpus"] >= 1
     if part == "train_head":
         assert report["train_head"]["train_head"]["epochs_run"] <= 2  # --quick caps the timed training
+    if part == "startup":  # --quick times one warm start (the full bench the best of two)
+        assert len(result["warm"]["runs"]) == 1 and result["warm"]["first_page_s"] > 0, result["warm"]
 
 
 def test_bench_composed_heatmap_and_scale_at_tiny_size(demo_built):
