@@ -33,7 +33,8 @@ if str(ROOT) not in sys.path:
 
 import pytest  # noqa: E402
 
-from tests.xdist_plan import one_builder, pytest_xdist_make_scheduler  # noqa: E402,F401
+from tests.xdist_plan import (  # noqa: E402,F401
+    one_builder, pytest_runtest_logreport, pytest_terminal_summary, pytest_xdist_make_scheduler)
 
 
 @pytest.fixture(scope="session")

@@ -83,3 +83,30 @@ def test_the_two_workers_get_whole_modules_in_units_longest_first():
         module, _, test = entry.partition("::")
         test = test.split("[", 1)[0]  # a parametrised case: its function
         assert (ROOT / module).is_file() and (not test or f"def {test}(" in (ROOT / module).read_text()), entry
+
+
+def test_the_run_summary_gives_each_workers_busy_time_and_the_idle_tail():
+    """tests/xdist_plan.py's clock: the controller's reports of gw0 and gw1 add up per worker; the summary line
+    (printed at the end of `make test`) names when each worker's last test ended and the gap between them."""
+    import types
+
+    import tests.xdist_plan as plan
+
+    clock = plan.WorkerClock()
+    start = clock.started
+    for worker, seconds, at in (("gw0", 10.0, 11), ("gw1", 4.0, 5), ("gw0", 2.5, 14), ("gw1", 30.0, 40)):
+        clock.add(worker, seconds, now=start + at)
+    assert clock.busy == {"gw0": 12.5, "gw1": 34.0}
+    assert clock.summary() == ("gw0 busy 12 s, last test ended at 14 s; gw1 busy 34 s, last test ended at 40 s; "
+                               "idle tail 26 s")
+    one = plan.WorkerClock()
+    one.add("gw0", 1.0)
+    assert one.summary() == ""  # one worker (or none: -p no:xdist): no line
+    report = types.SimpleNamespace(duration=3.0, node=types.SimpleNamespace(gateway=types.SimpleNamespace(id="gw7")))
+    saved, plan.CLOCK = plan.CLOCK, plan.WorkerClock()
+    try:
+        plan.pytest_runtest_logreport(report)
+        plan.pytest_runtest_logreport(types.SimpleNamespace(duration=5.0))  # a worker's own report: no node
+        assert plan.CLOCK.busy == {"gw7": 3.0}
+    finally:
+        plan.CLOCK = saved
