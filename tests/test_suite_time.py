@@ -83,6 +83,9 @@ def test_the_two_workers_get_whole_modules_in_units_longest_first():
         module, _, test = entry.partition("::")
         test = test.split("[", 1)[0]  # a parametrised case: its function
         assert (ROOT / module).is_file() and (not test or f"def {test}(" in (ROOT / module).read_text()), entry
+    # the second and third units start beside the first (which builds the small demo): neither waits on that build
+    assert all("small_demo" not in (ROOT / unit).read_text() for unit in LONGEST_FIRST[1:3])
+    assert "small_demo" in (ROOT / LONGEST_FIRST[0]).read_text()
 
 
 def test_the_run_summary_gives_each_workers_busy_time_and_the_idle_tail():
