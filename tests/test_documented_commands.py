@@ -187,10 +187,11 @@ def test_train_index_bundle_commands(tiny, tmp_path):
 
 
 def test_pipeline_command_is_a_no_op_once_built(demo_built):
-    """`python -m pipeline` (what `make test` runs first) finds the built demo and leaves it as it is."""
+    """`python -m pipeline` (what `make test` runs first) finds the built demo and leaves it as it is.
+    In-process: `make test` (.ci/run) starts the same command cold just before pytest."""
     run_dir, index_dir = demo_built
     before = {p: p.stat().st_mtime_ns for p in (run_dir / "head.safetensors", index_dir / "manifest.json")}
-    out = run("-m", "pipeline").stdout
+    out = in_process("pipeline")
     assert f"run {run_dir}, index {index_dir}" in out
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
