@@ -34,6 +34,15 @@ def test_a_pytest_log_gives_its_counts_wall_time_and_slowest_phases():
     assert [(t["phase"], t["seconds"]) for t in parsed["slowest"]] == [("call", 566.02), ("call", 359.5),
                                                                          ("setup", 24.08)]
     assert parsed["slowest"][1]["test"] == "tests/test_space.py::test_space_as_pushed_starts_and_answers"
+    assert "workers" not in parsed  # a one-process run has no workers' line
+
+
+def test_a_two_worker_log_gives_each_workers_busy_time_and_the_idle_tail():
+    line = "xdist workers: gw0 busy 512 s, last test ended at 530 s; gw1 busy 470 s, last test ended at 505 s; idle tail 25 s"
+    parsed = parse_log(LOG.replace("1 failed, 142 passed", line + "\n1 failed, 142 passed"))
+    assert parsed["workers"] == {"gw0": {"busy_s": 512.0, "last_test_ended_s": 530.0},
+                                 "gw1": {"busy_s": 470.0, "last_test_ended_s": 505.0}}
+    assert parsed["idle_tail_s"] == 25.0 and parsed["pytest_wall_s"] == 2028.37
 
 
 def test_the_command_adds_a_labelled_run_and_keeps_the_others(tmp_path, capsys):
