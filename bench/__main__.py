@@ -31,7 +31,7 @@ QUICK_ARGS = {
     "search": ["--demo-n", "300", "--big-n", "2000", "--small-n", "500", "--queries", "20"],
     "query": ["--backbones", "offline", "--n-image", "3", "--n-policy", "0", "--no-runtimes"],
     "train_head": ["--no-thread-compare", "--epochs", "2"],
-    "startup": ["--warm-demo-limit", "40"],
+    "startup": ["--warm-demo-limit", "40", "--warm-runs", "1"],
     "familiarity": ["--quick"],
     "hybrid": ["--no-quality", "--reps", "1"],
     "pacs_ingest": ["--reps", "1"],

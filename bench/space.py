@@ -96,6 +96,13 @@ def seed_cache(cache: Path, reuse: str) -> list[str]:
     return reused
 
 
+# Settings a Space has only when its owner sets them as variables: the simulated Space starts without the
+# developer's (or the test suite's) values, with the app's own defaults (one search worker on 2+ cores).
+# PYTHONDONTWRITEBYTECODE too: a Space's pip byte-compiles what it installs, uv does not unless asked, so the
+# simulation lets its first imports (the import check) write the .pyc files its app then reads, as a Space's would.
+SET_BY_THE_USER = ("CXR_HOST", "CXR_PORT", "CXR_RUNTIME", "CXR_SEARCH_WORKERS", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE")
+
+
 # What a Space imports: every module of the app's layers (``scale`` needs requirements-scale.txt).
 APP_PACKAGES = ("data", "runtime", "evaluation", "model", "trust", "index", "pipeline", "webapp")
 _IMPORT_ALL = """
@@ -115,7 +122,7 @@ def import_check(py: Path, repo: Path) -> dict[str, Any]:
     """Import every module of the app's layers, ``train`` and ``app`` in the Space's venv: a dependency
     that requirements.txt lacks fails here even where the first start does not reach it (training,
     when the run is reused)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    env = {**{k: v for k, v in os.environ.items() if k not in SET_BY_THE_USER}, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([str(py), "-c", _IMPORT_ALL, *APP_PACKAGES], cwd=repo, env=env, capture_output=True,
                           text=True, check=False)
     if done.returncode != 0:
@@ -144,7 +151,7 @@ def _get(url: str) -> bytes | None:
 
 def start_space(py: Path, repo: Path, cache: Path, port: int, timeout: float) -> dict[str, Any]:
     """``SPACE_ID=test python app.py`` in the copy; watch the page, the binding, memory; query once."""
-    env = {k: v for k, v in os.environ.items() if k not in ("CXR_HOST", "CXR_PORT", "CXR_RUNTIME", "PYTHONPATH")}
+    env = {k: v for k, v in os.environ.items() if k not in SET_BY_THE_USER}
     env.update({"SPACE_ID": "test", "GRADIO_SERVER_PORT": str(port), "CXR_CACHE": str(cache),
                 "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
     log_path = cache / "space-app.log"

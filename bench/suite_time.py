@@ -28,13 +28,20 @@ RESULT = ROOT / "bench" / "results" / "suite_time.json"
 PYTEST = ["-m", "pytest", "-q", "--durations=60", "-p", "no:cacheprovider"]
 _SUMMARY = re.compile(r"^=*\s*(?P<counts>\d+ \w+.*) in (?P<seconds>[\d.]+)s")
 _DURATION = re.compile(r"^(?P<seconds>[\d.]+)s (?P<phase>call|setup|teardown)\s+(?P<test>\S+)")
+_WORKER = re.compile(r"(?P<worker>gw\d+) busy (?P<busy>[\d.]+) s, last test ended at (?P<ended>[\d.]+) s")
+_IDLE_TAIL = re.compile(r"idle tail (?P<seconds>[\d.]+) s")
 
 
 def parse_log(text: str, top: int = 8) -> dict[str, Any]:
-    """Counts (passed, failed, ...), pytest's own wall time and the ``top`` slowest phases of a -q log."""
+    """Counts (passed, failed, ...), pytest's own wall time, the ``top`` slowest phases of a -q log and, from
+    two xdist workers' summary line (tests/xdist_plan.py), each worker's busy seconds, its end and the idle tail."""
     out: dict[str, Any] = {"pytest_wall_s": None, "counts": {}, "slowest": []}
     for line in text.splitlines():
-        if m := _DURATION.match(line):
+        if line.startswith("xdist workers: ") and (tail := _IDLE_TAIL.search(line)):
+            out["workers"] = {m["worker"]: {"busy_s": float(m["busy"]), "last_test_ended_s": float(m["ended"])}
+                              for m in _WORKER.finditer(line)}
+            out["idle_tail_s"] = float(tail["seconds"])
+        elif m := _DURATION.match(line):
             if len(out["slowest"]) < top:
                 out["slowest"].append({"test": m["test"], "phase": m["phase"], "seconds": float(m["seconds"])})
         elif m := _SUMMARY.match(line.strip()):

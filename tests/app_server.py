@@ -27,6 +27,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def app_log(url: str) -> Path:
+    """The log file of the app ``running_app`` started at ``url`` (it lives while the app runs)."""
+    port = url.rstrip("/").rsplit(":", 1)[1]
+    return Path(os.environ.get("CXR_CACHE", ROOT / ".cache")) / f"app-{port}.log"
+
+
+def wait_for_log_line(url: str, proc: subprocess.Popen, text: str, timeout: float = 300) -> None:
+    """Poll the app's log until a line holds ``text``: a condition, where a fixed sleep would guess a time."""
+    deadline = time.monotonic() + timeout
+    while text not in app_log(url).read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"no {text!r} in the app's log (exit {proc.poll()}):\n{app_log(url).read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
 @contextmanager
 def running_app(extra_args: list[str] | None = None, env: dict[str, str] | None = None, timeout: float = 600) -> Iterator[tuple[str, subprocess.Popen, float]]:
     """Yields (base url, process, seconds to first served page); stops the app afterwards."""

@@ -14,6 +14,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The CLIs (app, train, index) default to --runtime auto; the suite tests runtimes in
 # tests/test_runtime.py and runs everything else on torch, without per-test exports.
 os.environ.setdefault("CXR_RUNTIME", "torch")
+# The app's default is one text-search worker process on 2+ cores, which loads a second copy of the run and
+# index. The apps the suite starts to query (session apps, bundle, security) search in the web process;
+# tests/test_search_workers.py and tests/test_privacy.py start theirs with `--search-workers 1`, bench.serving
+# and bench.space start the app's own default, and the default itself is checked in test_search_workers.py.
+os.environ.setdefault("CXR_SEARCH_WORKERS", "0")
 # `make test`'s xdist workers are one per core: a worker's torch/BLAS pools of one thread each (as the Ray
 # workers get) instead of a pool per core in every worker, whose threads wait on one another on a busy
 # host. Set before torch or numpy is imported; code that sets its own thread counts still does.
@@ -28,7 +33,8 @@ if str(ROOT) not in sys.path:
 
 import pytest  # noqa: E402
 
-from tests.xdist_plan import one_builder, pytest_xdist_make_scheduler  # noqa: E402,F401
+from tests.xdist_plan import (  # noqa: E402,F401
+    one_builder, pytest_runtest_logreport, pytest_terminal_summary, pytest_xdist_make_scheduler)
 
 
 @pytest.fixture(scope="session")

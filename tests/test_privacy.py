@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.app_server import running_app
+from tests.app_server import app_log, running_app, wait_for_log_line
 from tests.helpers_dicom import PATIENT_ID, PATIENT_NAME, make_dicom
 from webapp.presenters import OK, WARNING
 
@@ -108,11 +108,12 @@ def audited_app(small_demo, tmp_path_factory):
     seed_example_films(cache)
     env.update({"CXR_CACHE": str(cache), "GRADIO_TEMP_DIR": str(uploads), "PIP_RETRIES": "0", "PIP_TIMEOUT": "2"})
     _, run, index = small_demo
-    with running_app(["--run", str(run), "--index", str(index)], env=env, timeout=300) as (url, proc, seconds):
+    # as users run it: with a search worker (the suite's other apps run without one), loaded before the audit is read
+    with running_app(["--run", str(run), "--index", str(index), "--search-workers", "1"], env=env, timeout=300) as (
+            url, proc, seconds):
         print(f"\naudited app up in {seconds:.1f}s")
-        port = url.rstrip("/").rsplit(":", 1)[1]
-        app_log = Path(os.environ.get("CXR_CACHE", ROOT / ".cache")) / f"app-{port}.log"
-        yield url, audit_log, app_log, uploads
+        wait_for_log_line(url, proc, "search workers: 1 process(es) ready")
+        yield url, audit_log, app_log(url), uploads
 
 
 @pytest.fixture(scope="module")

@@ -95,17 +95,15 @@ def test_the_app_answers_text_from_its_worker_and_stops_it_on_exit(demo_built, l
     from gradio_client import Client
 
     from bench.serving_load import child_pids, process_cpu_s
-    from tests.app_server import running_app
+    from tests.app_server import running_app, wait_for_log_line
 
     run_dir, index_dir = demo_built
     with running_app(["--run", str(run_dir), "--index", str(index_dir), "--search-workers", "1"]) as (url, proc, _):
-        deadline = time.monotonic() + 300
-        while not (workers := [c for c in child_pids(proc.pid) if process_cpu_s(c) > 1.0]):  # loaded: a model costs CPU
-            assert time.monotonic() < deadline, "no search worker started"
-            time.sleep(1)
+        wait_for_log_line(url, proc, "search workers: 1 process(es) ready")  # the worker's start is asynchronous
+        workers = [c for c in child_pids(proc.pid) if process_cpu_s(c) > 1.0]  # loaded: a model costs CPU
+        assert len(workers) == 1, f"one loaded search worker expected, found {workers}"
         client = Client(url, verbose=False)
         query = ("small left pleural effusion", 8, "any", "any", "any")
-        time.sleep(5)  # the worker's start is asynchronous: let it finish loading
         before = {c: process_cpu_s(c) for c in workers}
         for _ in range(30):
             *_, records = client.predict(*query, api_name="/search_text")
@@ -153,7 +151,7 @@ def test_a_worker_exits_when_its_app_is_killed(tmp_path):
         owner.kill()
 
 
-def test_no_worker_for_a_milvus_index_or_when_asked_for_none():
+def test_no_worker_for_a_milvus_index_or_when_asked_for_none(monkeypatch):
     """A Milvus index is searched by Milvus itself (and Milvus Lite's file takes one client): no worker."""
     import types
 
@@ -163,11 +161,30 @@ def test_no_worker_for_a_milvus_index_or_when_asked_for_none():
     assert app.search_workers(service, app.parse_args(["--search-workers", "1"])) is None
     plain = types.SimpleNamespace(loaded_from=("runs/x", "indexes/x"))
     assert app.search_workers(plain, app.parse_args(["--search-workers", "0"])) is None
-    os.environ["CXR_SEARCH_WORKERS"] = "0"
-    try:
-        assert app.parse_args([]).search_workers == 0
-    finally:
-        del os.environ["CXR_SEARCH_WORKERS"]
+    monkeypatch.setenv("CXR_SEARCH_WORKERS", "0")
+    assert app.parse_args([]).search_workers == 0
+
+
+def test_the_default_is_one_worker_on_two_cores_and_none_on_one(monkeypatch):
+    """Without --search-workers or $CXR_SEARCH_WORKERS (the suite sets 0 for the apps it only queries: see
+    conftest), the app starts one worker on 2+ cores and searches in the web process on one core."""
+    import types
+
+    import app
+    import runtime.threads
+    import webapp.search_workers
+
+    started = []
+    monkeypatch.setattr(webapp.search_workers, "SearchWorkers", lambda service, n, load, args: started.append(
+        (n, args.run, args.index)) or "pool")
+    monkeypatch.delenv("CXR_SEARCH_WORKERS", raising=False)
+    plain = types.SimpleNamespace(loaded_from=("runs/x", "indexes/x"))
+    args = app.parse_args([])
+    assert args.search_workers is None
+    for cores, expected in ((2, "pool"), (16, "pool"), (1, None)):
+        monkeypatch.setattr(runtime.threads, "available_cores", lambda: cores)
+        assert app.search_workers(plain, args) == expected, cores
+    assert started == [(1, "runs/x", "indexes/x")] * 2
 
 
 def test_a_query_that_fails_in_the_worker_is_answered_in_process():

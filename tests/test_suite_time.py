@@ -34,6 +34,15 @@ def test_a_pytest_log_gives_its_counts_wall_time_and_slowest_phases():
     assert [(t["phase"], t["seconds"]) for t in parsed["slowest"]] == [("call", 566.02), ("call", 359.5),
                                                                          ("setup", 24.08)]
     assert parsed["slowest"][1]["test"] == "tests/test_space.py::test_space_as_pushed_starts_and_answers"
+    assert "workers" not in parsed  # a one-process run has no workers' line
+
+
+def test_a_two_worker_log_gives_each_workers_busy_time_and_the_idle_tail():
+    line = "xdist workers: gw0 busy 512 s, last test ended at 530 s; gw1 busy 470 s, last test ended at 505 s; idle tail 25 s"
+    parsed = parse_log(LOG.replace("1 failed, 142 passed", line + "\n1 failed, 142 passed"))
+    assert parsed["workers"] == {"gw0": {"busy_s": 512.0, "last_test_ended_s": 530.0},
+                                 "gw1": {"busy_s": 470.0, "last_test_ended_s": 505.0}}
+    assert parsed["idle_tail_s"] == 25.0 and parsed["pytest_wall_s"] == 2028.37
 
 
 def test_the_command_adds_a_labelled_run_and_keeps_the_others(tmp_path, capsys):
@@ -83,3 +92,33 @@ def test_the_two_workers_get_whole_modules_in_units_longest_first():
         module, _, test = entry.partition("::")
         test = test.split("[", 1)[0]  # a parametrised case: its function
         assert (ROOT / module).is_file() and (not test or f"def {test}(" in (ROOT / module).read_text()), entry
+    # the second and third units start beside the first (which builds the small demo): neither waits on that build
+    assert all("small_demo" not in (ROOT / unit).read_text() for unit in LONGEST_FIRST[1:3])
+    assert "small_demo" in (ROOT / LONGEST_FIRST[0]).read_text()
+
+
+def test_the_run_summary_gives_each_workers_busy_time_and_the_idle_tail():
+    """tests/xdist_plan.py's clock: the controller's reports of gw0 and gw1 add up per worker; the summary line
+    (printed at the end of `make test`) names when each worker's last test ended and the gap between them."""
+    import types
+
+    import tests.xdist_plan as plan
+
+    clock = plan.WorkerClock()
+    start = clock.started
+    for worker, seconds, at in (("gw0", 10.0, 11), ("gw1", 4.0, 5), ("gw0", 2.5, 14), ("gw1", 30.0, 40)):
+        clock.add(worker, seconds, now=start + at)
+    assert clock.busy == {"gw0": 12.5, "gw1": 34.0}
+    assert clock.summary() == ("gw0 busy 12 s, last test ended at 14 s; gw1 busy 34 s, last test ended at 40 s; "
+                               "idle tail 26 s")
+    one = plan.WorkerClock()
+    one.add("gw0", 1.0)
+    assert one.summary() == ""  # one worker (or none: -p no:xdist): no line
+    report = types.SimpleNamespace(duration=3.0, node=types.SimpleNamespace(gateway=types.SimpleNamespace(id="gw7")))
+    saved, plan.CLOCK = plan.CLOCK, plan.WorkerClock()
+    try:
+        plan.pytest_runtest_logreport(report)
+        plan.pytest_runtest_logreport(types.SimpleNamespace(duration=5.0))  # a worker's own report: no node
+        assert plan.CLOCK.busy == {"gw7": 3.0}
+    finally:
+        plan.CLOCK = saved
