@@ -303,9 +303,9 @@ def test_a_worker_handed_to_a_query_cancelled_meanwhile_is_given_back(turns):
     worker would leave every later query waiting)."""
     import asyncio
 
-    from webapp.search_workers import _Idle
+    from webapp.search_workers import IdleWorkers
 
-    idle = _Idle()
+    idle = IdleWorkers()
 
     async def scenario():
         waiting = asyncio.ensure_future(idle.get_async())

@@ -173,7 +173,7 @@ class _Worker:
             self.conn.close()
 
 
-class _Idle:
+class IdleWorkers:
     """The idle workers, each handed to one caller at a time: threads wait on a condition,
     coroutines on a future; ``close`` wakes every waiter with ``WorkerGone``."""
 
@@ -240,7 +240,7 @@ class SearchWorkers:
     def __init__(self, local: Any, n: int, loader: Callable[[argparse.Namespace], Any], args: argparse.Namespace):
         self.local, self.n = local, n
         self._ready, self._settled = threading.Event(), threading.Event()
-        self._idle = _Idle()
+        self._idle = IdleWorkers()
         log.info("search workers: starting %d process(es)", n)
         ctx = multiprocessing.get_context("spawn")
         self._workers: list[_Worker] | None = [_Worker(ctx, loader, args) for _ in range(n)]
