@@ -61,9 +61,10 @@ _REWRITES = (
 GENERIC_FORMS = frozenset({"aorta", "spine", "diaphragm"})
 _NORMAL_WORDINGS = re.compile(r"\b(lungs are clear|no active disease|within normal limits|normal chest)\b", re.IGNORECASE)
 _ATTRIBUTION = re.compile(r"\b(?:consistent|compatible) with\b", re.IGNORECASE)
-# What an index's report findings were read with (recorded in its metadata: index.store): 2 = "clearing of X"
-# and "X has cleared" negate X; "X consistent with Y" gives Y the side of X; "left lateral decubitus" is a view. The demo's index is re-read
-# when it was written by an older reader (pipeline.demo); a user's index keeps its reading until rebuilt.
+# What an index's report findings were read with (recorded in its metadata: index.store). 2: "clearing of X"
+# and "X has cleared" negate X; "X consistent with Y" gives Y the side of X; "left lateral decubitus" is a
+# view, not a side. The demo's index is re-read when an older reader wrote it (pipeline.demo); a user's index
+# keeps its reading until rebuilt (`python -m index info` says so).
 READER_VERSION = 2
 REPORT_CACHE = 8192  # reports whose findings are kept (the demo has 3,955; ~1 kB each)
 _FORM_PATTERNS = [(re.compile(rf"\b{re.escape(form)}\b"), name) for form, name in surface_forms()]
@@ -147,8 +148,8 @@ def _attributed_sides(findings: tuple[Finding, ...], part: str) -> tuple[Finding
     if len(sides) != 1:
         return findings
     side = sides.pop()
-    return tuple(replace(f, side=side) if not f.side and f.certainty != NEGATIVE and VOCABULARY.get(f.name, ((), False))[1] else f
-                 for f in findings)
+    lateral = lambda f: VOCABULARY.get(f.name, ((), False))[1]  # noqa: E731 - sided findings only (not cardiomegaly)
+    return tuple(replace(f, side=side) if not f.side and f.certainty != NEGATIVE and lateral(f) else f for f in findings)
 
 
 def mention_spans(text: str) -> list[tuple[int, int, str]]:

@@ -319,8 +319,8 @@ def gallery_outputs(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def postprocessed(fn: Callable[..., Any], outputs: Sequence[Any]) -> Callable[..., Any]:
-    """Wrap a handler for an event registered with ``postprocess=False``: the handler's thread turns
-    each output into what the component's ``postprocess`` would send (the same payload).
+    """Wrap a handler for an event registered with ``postprocess=False``: the handler (in its thread, or on
+    the event loop for a coroutine) turns each output into what the component's ``postprocess`` would send.
 
     Why (issue 26): gradio otherwise postprocesses each output in a thread hop of its own (seven for
     an image search), the gallery through a new thread pool per query, and walks every output
@@ -333,8 +333,8 @@ def postprocessed(fn: Callable[..., Any], outputs: Sequence[Any]) -> Callable[..
 
 
 def preprocessed(fn: Callable[..., Any], inputs: Sequence[Any]) -> Callable[..., Any]:
-    """Wrap a handler for an event registered with ``preprocess=False``: the handler's thread turns
-    each input payload into what the component's ``preprocess`` would give (the same values, the same
+    """Wrap a handler for an event registered with ``preprocess=False``: the handler (as ``postprocessed``)
+    turns each input payload into what the component's ``preprocess`` would give (the same values, the same
     ``gr.Error`` for a value out of range or not among the choices).
 
     Why (issue 26): gradio otherwise preprocesses each input in a thread hop of its own: seven per
