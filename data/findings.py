@@ -75,7 +75,7 @@ IGNORED_HEADINGS = frozenset({"no indexing", "technical quality of image unsatis
 _LUNG_QUALIFIERS = {"hypoinflation": "hypoinflation", "hyperdistention": "hyperinflation"}
 
 _HEADING_TO_NAME = {h: name for name, (headings, _) in VOCABULARY.items() for h in headings}
-_LATERAL = {name for name, (_, lateral) in VOCABULARY.items() if lateral}
+LATERAL = frozenset(name for name, (_, lateral) in VOCABULARY.items() if lateral)  # findings that have a side
 _SEVERITY = {"borderline": "mild", "mild": "mild", "small": "mild", "minimal": "mild",
              "moderate": "moderate", "large": "severe", "severe": "severe"}
 _LOCATION = (("retrocardiac", "retrocardiac"), ("apex", "apex"), ("upper lobe", "upper"),
@@ -144,7 +144,7 @@ def parse_tag(tag: str) -> Finding | None:
     severities = [_SEVERITY[q] for q in quals if q in _SEVERITY]
     severity = max(severities, key=("mild", "moderate", "severe").index) if severities else ""
     location = next((loc for q, loc in _LOCATION if q in quals), "")
-    return Finding(name=name, side=_side(quals) if name in _LATERAL else "", location=location,
+    return Finding(name=name, side=_side(quals) if name in LATERAL else "", location=location,
                    severity=severity, certainty=certainty)
 
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from data.findings import BILATERAL, LEFT, NEGATIVE, POSITIVE, RIGHT, UNCERTAIN, VOCABULARY, Finding
+from data.findings import BILATERAL, LATERAL, LEFT, NEGATIVE, POSITIVE, RIGHT, UNCERTAIN, VOCABULARY, Finding
 
 # Extra surface forms (report wording) beyond the vocabulary's names and source headings.
 _SYNONYMS: dict[str, str] = {
@@ -38,7 +38,6 @@ _LOCATION = (("retrocardiac", "retrocardiac"), ("apical", "apex"), ("apex", "ape
 _CLAUSE_SPLIT = re.compile(r"[,;.:\n]|\bbut\b|\bwith\b|\bwhile\b|\bhowever\b")
 _NORMAL = re.compile(r"\b(normal|unremarkable|no acute (?:cardiopulmonary )?(?:abnormality|disease|process)|clear lungs?)\b")
 
-_LATERAL = {name for name, (_, lateral) in VOCABULARY.items() if lateral}
 
 
 def _surface_forms() -> list[tuple[str, str]]:
@@ -108,7 +107,7 @@ def _clause_findings(clause: str) -> list[Finding]:
         severity = next((v for k, v in _SEVERITY.items() if _has_word(rest, k)), "")
         location = next((v for k, v in _LOCATION if _has_word(rest, k)), "")
         for name in names:
-            out.append(Finding(name=name, side=side if name in _LATERAL else "", location=location,
+            out.append(Finding(name=name, side=side if name in LATERAL else "", location=location,
                                severity=severity, certainty=certainty))
     return out
 

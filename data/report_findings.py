@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from data.findings import LEFT, NEGATIVE, POSITIVE, UNCERTAIN, VOCABULARY, Finding
+from data.findings import LATERAL, LEFT, NEGATIVE, POSITIVE, UNCERTAIN, Finding
 from data.findings_text import ParsedPhrase, parse_phrase, surface_forms
 from data.negation import negated
 
@@ -148,8 +148,8 @@ def _attributed_sides(findings: tuple[Finding, ...], part: str) -> tuple[Finding
     if len(sides) != 1:
         return findings
     side = sides.pop()
-    lateral = lambda f: VOCABULARY.get(f.name, ((), False))[1]  # noqa: E731 - sided findings only (not cardiomegaly)
-    return tuple(replace(f, side=side) if not f.side and f.certainty != NEGATIVE and lateral(f) else f for f in findings)
+    return tuple(replace(f, side=side) if not f.side and f.certainty != NEGATIVE and f.name in LATERAL else f
+                 for f in findings)
 
 
 def mention_spans(text: str) -> list[tuple[int, int, str]]:
