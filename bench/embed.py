@@ -151,7 +151,7 @@ def _legacy_embed_studies(backbone, studies, folder: Path, batch_size: int) -> N
 
     from data.atomic_io import atomic_write_bytes
     from data.images import load_radiograph
-    from model.backbones import OFFLINE_GRID
+    from model.backbones import stage_feature_map
     from model.features import CHUNK
     from runtime.threads import available_cores, torch_threads
 
@@ -166,8 +166,8 @@ def _legacy_embed_studies(backbone, studies, folder: Path, batch_size: int) -> N
                 for i in range(0, len(chunk), batch_size):
                     pixels = torch.stack([backbone.preprocess(load_radiograph(s.image_path).image) for s in chunk[i : i + batch_size]])
                     with torch.inference_mode():
-                        fmap = model.forward_features(pixels)
-                        images.append(F.normalize(F.adaptive_avg_pool2d(fmap, OFFLINE_GRID).flatten(1), dim=-1).clone())
+                        fmap = stage_feature_map(model, pixels)
+                        images.append(F.normalize(backbone.pool_feature_map(fmap), dim=-1).clone())
                 texts = [s.report_text for s in chunk]
                 reports = []
                 for i in range(0, len(texts), 64):
@@ -207,14 +207,13 @@ def _layout_comparison(backbone, batches) -> dict[str, Any]:
 
     from runtime.threads import torch_threads
 
-    from model.backbones import OFFLINE_GRID
+    from model.backbones import stage_feature_map
 
     model = backbone.image_model
     n = sum(len(b) for b in batches)
 
     def features(pixels, memory_format):  # OfflineBackbone._image_features with a chosen layout
-        fmap = model.forward_features(pixels.contiguous(memory_format=memory_format))
-        return torch.nn.functional.adaptive_avg_pool2d(fmap, OFFLINE_GRID).flatten(1)
+        return backbone.pool_feature_map(stage_feature_map(model, pixels.contiguous(memory_format=memory_format)))
 
     def rate(memory_format) -> float:
         model.to(memory_format=memory_format)

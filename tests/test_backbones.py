@@ -102,11 +102,11 @@ def test_registry_names():
 
 
 def test_offline_dims_and_identity(offline):
-    assert (offline.image_dim, offline.text_dim) == (5120, 384)
+    assert (offline.image_dim, offline.text_dim) == (1792, 384)  # 112 channels x 4x4 grid
     assert offline.shared_space is False
     assert offline.context_length == 256
     assert offline.name == "offline"
-    assert offline.backbone_id == "offline:efficientnet_lite0-imagenet-grid2x2+all-MiniLM-L6-v2"
+    assert offline.backbone_id == "offline:efficientnet_lite0-imagenet-stage4grid4x4+all-MiniLM-L6-v2"
     assert "224" in offline.preprocess_id and "0.485" in offline.preprocess_id
     assert not any(p.requires_grad for p in offline.image_model.parameters())
     assert not offline.image_model.training
@@ -116,13 +116,13 @@ def test_offline_image_embeddings_are_unit_deterministic_and_batch_independent(o
     images = [Image.fromarray(skdata.camera()), Image.fromarray(skdata.chelsea()), Image.fromarray(skdata.coffee())]
     first = offline.encode_images(images, batch_size=2)
     again = offline.encode_images(images, batch_size=3)
-    assert first.shape == (3, 5120) and first.dtype == torch.float32
+    assert first.shape == (3, 1792) and first.dtype == torch.float32
     assert torch.allclose(first.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert torch.allclose(first, again, atol=1e-5)
     single = offline.encode_images(images[:1])
     assert torch.allclose(single[0], first[0], atol=1e-5)
     assert not first.is_inference() and not first.requires_grad  # usable in autograd downstream
-    assert offline.encode_images([]).shape == (0, 5120)
+    assert offline.encode_images([]).shape == (0, 1792)
 
 
 @pytest.mark.parametrize("image_name, expected", [
@@ -135,6 +135,32 @@ def test_efficientnet_weights_give_known_imagenet_predictions(offline, image_nam
     logits = offline.imagenet_logits(pixels)
     assert logits.shape == (1, 1000)
     assert int(logits.argmax()) in expected
+
+
+def _disc_film(x: int) -> Image.Image:
+    """A grey square with a bright disc centred at image column ``x`` (off the picture: none)."""
+    a = np.full((256, 256), 90, np.uint8)
+    yy, xx = np.mgrid[:256, :256]
+    a[(yy - 150) ** 2 + (xx - x) ** 2 < 30 ** 2] = 230
+    return Image.fromarray(a)
+
+
+def test_offline_features_are_the_stage4_map_on_a_4x4_grid_and_keep_the_side(offline):
+    """The features are blocks[4]'s map pooled on a 4x4 grid, and they keep the side: a disc on the
+    image's left changes mostly the grid's left columns, one on the right mostly its right columns
+    (what a one-sided finding needs). The ImageNet logits continue from the same map."""
+    pixels = offline.preprocess(Image.fromarray(skdata.chelsea()))[None]
+    with torch.inference_mode():
+        fmap = offline.feature_map(pixels)
+        assert fmap.shape == (1, 112, 14, 14)
+        assert torch.allclose(offline.imagenet_logits_from_map(fmap), offline.imagenet_logits(pixels), atol=1e-4)
+        grids = {x: offline.pool_feature_map(offline.feature_map(offline.preprocess(_disc_film(x))[None])).reshape(112, 4, 4)
+                 for x in (-999, 60, 196)}
+    feats = offline.encode_image_batch(pixels)
+    assert torch.allclose(feats, torch.nn.functional.normalize(offline.pool_feature_map(fmap), dim=-1), atol=1e-5)
+    for x, (near, far) in ((60, (slice(0, 2), slice(2, 4))), (196, (slice(2, 4), slice(0, 2)))):
+        change = (grids[x] - grids[-999]).abs().sum(dim=(0, 1))  # per grid column
+        assert float(change[near].sum()) > 2 * float(change[far].sum()), (x, change.tolist())
 
 
 def test_minilm_semantic_sanity(offline):

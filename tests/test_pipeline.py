@@ -80,3 +80,22 @@ def test_train_with_index_reuses_the_loaded_backbone(tmp_path, monkeypatch, demo
     train.main(["--demo-limit", "40", "--epochs", "1", "--bootstrap", "0", "--no-maps", "--quiet",
                 "--out", str(tmp_path / "run"), "--index", str(index)])
     assert created == ["offline"] and read_manifest(index).count == 40
+
+
+@pytest.mark.parametrize("name, backbone_id, outdated", [
+    ("offline", "offline:efficientnet_lite0-imagenet-grid2x2+all-MiniLM-L6-v2", True),  # the former pooling
+    ("offline", None, True),
+    ("clip", "open_clip:ViT-B-16/openai", False),  # another backbone's run is the user's choice
+])
+def test_a_demo_run_of_another_offline_tower_is_retrained(tmp_path, name, backbone_id, outdated):
+    """A head trained on the former offline features would be refused by the checkpoint loader: the demo
+    is retrained (and re-indexed) instead; one trained on this code's tower is kept."""
+    from model.offline_tower import OFFLINE_BACKBONE_ID
+    from pipeline.demo import outdated_demo_run
+
+    (tmp_path / "config.json").write_text(json.dumps({"backbone_name": name, "backbone_id": backbone_id}))
+    assert outdated_demo_run(tmp_path) is outdated
+    (tmp_path / "config.json").write_text(json.dumps({"backbone_name": "offline", "backbone_id": OFFLINE_BACKBONE_ID}))
+    assert outdated_demo_run(tmp_path) is False
+    (tmp_path / "config.json").write_text("{not json")
+    assert outdated_demo_run(tmp_path) is False  # the loader reports a damaged run

@@ -46,7 +46,7 @@ def test_shipped_check_is_pinned_loads_and_refuses_a_changed_file(tmp_path, monk
 
     assert OFFLINE_BACKBONE_ID in SHIPPED
     model = for_backbone(OFFLINE_BACKBONE_ID)
-    assert model is not None and model.weight.shape == (5120,) and 0 < model.threshold < 1
+    assert model is not None and model.weight.shape == (1792,) and 0 < model.threshold < 1
     assert model.meta["cv_film_refused"] == 0 and model.meta["cv_probe_refused_share"] >= 0.98
     assert for_backbone("no-such-backbone") is None
     copy = tmp_path / slug(OFFLINE_BACKBONE_ID)

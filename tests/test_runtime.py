@@ -52,7 +52,7 @@ def _assert_same_features(name: str, runtime: str, path: str | None = None) -> N
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_offline_towers_give_torch_features(runtime):
-    """EfficientNet-Lite0 (2x2 grid pooling) and MiniLM (mean pooling), real pretrained weights."""
+    """EfficientNet-Lite0 (blocks[4] on a 4x4 grid) and MiniLM (mean pooling), real pretrained weights."""
     _assert_same_features("offline", runtime)
 
 

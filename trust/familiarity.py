@@ -281,7 +281,7 @@ def _radiograph_check(backbone_id: str) -> Any:
 
 
 def _top_components(centred: np.ndarray, r: int) -> np.ndarray:
-    """Top-r principal directions (r, D): randomized SVD (torch) is seconds even at 8000 x 5120."""
+    """Top-r principal directions (r, D): randomized SVD (torch) is seconds even at 8000 x 5120 (the offline tower's former width)."""
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(centred, dtype=np.float32))

@@ -27,8 +27,8 @@ FORMAT_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent / "radiograph_models"
 # backbone_id -> SHA-256 of the committed file: a changed file is refused, not silently used
 SHIPPED: dict[str, str] = {
-    "offline:efficientnet_lite0-imagenet-grid2x2+all-MiniLM-L6-v2":
-        "1598aa05b7e10a6909f5992badaec09109056a56b5d63b85263221c117d759e5",
+    "offline:efficientnet_lite0-imagenet-stage4grid4x4+all-MiniLM-L6-v2":
+        "8aa82e54b36456f15c1ffa2b2a095abcbb5e9e3a5f1df0d0399ad514643c166b",
 }
 
 
