@@ -9,7 +9,7 @@ never read). Why: the dense phrase side-swap of issue #23 stays above target for
 this says whether the image side can carry it, and which pooling of the offline tower keeps the most.
 
 Two probes per feature: "unit, C=1" (L2-normalised features, sklearn's default C: the protocol of the
-first figure, 0.731 for the 2x2 grid) and "standardised, CV C" (per-dimension standardised, C chosen by
+first figure, 0.731 for the former 2x2 grid of the last map) and "standardised, CV C" (per-dimension standardised, C chosen by
 5-fold cross-validated AUROC on train only), since C=1 on unit vectors of thousands of dimensions
 under-fits, and more dimensions would otherwise look worse for the wrong reason.
 
@@ -55,7 +55,7 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 POOLINGS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "final: global average (1x1)": lambda f, b: _grid(f, 1, 1),
     "final: halves (1x2)": lambda f, b: _grid(f, 1, 2),
-    "final: grid 2x2 (current)": lambda f, b: _grid(f, 2, 2),
+    "final: grid 2x2 (the former tower)": lambda f, b: _grid(f, 2, 2),
     "final: halves without the midline column": lambda f, b: torch.cat([f[..., :3].mean((2, 3)), f[..., 4:].mean((2, 3))], 1),
     "final: grid 2 rows x 4 columns": lambda f, b: _grid(f, 2, 4),
     "final: grid 3 rows x 2 columns": lambda f, b: _grid(f, 3, 2),
@@ -63,7 +63,7 @@ POOLINGS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "final: grid 2x2 avg + max": lambda f, b: torch.cat([_unit(_grid(f, 2, 2)), _unit(_max(f, 2).flatten(1))], 1),
     "final: halves avg + max": lambda f, b: torch.cat([_unit(_grid(f, 1, 2)), _unit(_max(f, (1, 2)).flatten(1))], 1),
     "final: grid 2x2 + lower-zone halves": lambda f, b: torch.cat([_unit(_grid(f, 2, 2)), _unit(_grid(f[:, :, 4:], 1, 2))], 1),
-    "blocks[4]: grid 4x4": lambda f, b: _grid(b, 4, 4),
+    "blocks[4]: grid 4x4 (the tower now)": lambda f, b: _grid(b, 4, 4),
     "blocks[4]: grid 7x7": lambda f, b: _grid(b, 7, 7),
     "final grid 2x2 + blocks[4] grid 4x4": lambda f, b: torch.cat([_unit(_grid(f, 2, 2)), _unit(_grid(b, 4, 4))], 1),
 }

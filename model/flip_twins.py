@@ -1,8 +1,9 @@
 """Flip twins: each one-sided study's film mirrored left-right, the image-side hard negative.
 
 Why: the side-swap term (``model.side_swap``) teaches the TEXT side which side a finding is on,
-but the image side stays the limit (i2i side-swap 0.17; a linear left/right probe on the frozen
-image features reaches validation AUROC 0.73 only, ``bench.side_probe``). A horizontally
+but the image side stayed the limit (i2i side-swap 0.17; a linear left/right probe on the frozen
+image features of the former 2x2-grid tower reached validation AUROC 0.73 only, ``bench.side_probe``;
+the blocks[4] 4x4-grid tower of ``model.offline_tower`` reaches 0.85). A horizontally
 mirrored film is a mirror patient whose findings' sides are exchanged, so for a study with a
 one-sided finding its report must be closer to its own image than to the mirrored one
 (``model.loss.flip_twin_loss``), and optionally the mirrored image pairs with the side-swapped
