@@ -7,7 +7,7 @@ size and moves cosines by < 1e-3) and listed in ``manifest.json`` with their sha
 other file, so a damaged copy is refused before it is read. Image->image only: the offline
 towers have no shared image-text space before the head.
 
-Searched exactly (a matrix-vector product: 3,955 x 5,120 in a few ms), so no second graph.
+Searched exactly (a matrix-vector product: 3,955 x 1,792 in a few ms), so no second graph.
 ``python -m index add`` extends them with the added rows' features (from the same feature cache);
 an encoder without a frozen backbone adds rows without them, and the folder is then republished
 without any: the side-by-side view says so until the index is rebuilt.
