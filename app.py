@@ -30,6 +30,9 @@ from runtime.option import add_runtime_argument, apply_runtime_argument
 
 log = logging.getLogger("app")
 
+# Text-search worker processes on 2+ cores (--search-workers): with --concurrency 4, the most text + image
+# queries/s at 16 clients among the settings `python -m bench.serving --sweep` compares (issue 26).
+DEFAULT_SEARCH_WORKERS = 2
 EXAMPLE_PHRASES = [
     "large right pleural effusion",
     "small left pleural effusion",
@@ -67,12 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", help="address to listen on (default: $CXR_HOST, else 0.0.0.0 on a Space, else 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: $CXR_PORT, else $GRADIO_SERVER_PORT, else 7860)")
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
-    p.add_argument("--concurrency", type=int, default=2, help="queries processed at once (default 2: the best text + image "
-                        "throughput at 16 clients on 2 cores with one search worker, python -m bench.serving --sweep)")
+    p.add_argument("--concurrency", type=int, default=4, help="queries processed at once (default 4: the best text + image "
+                        "throughput at 16 clients on 2 cores with two search workers, python -m bench.serving --sweep)")
     p.add_argument("--search-workers", type=int, metavar="N",  # argparse converts (and checks) a string default
                    default=os.environ.get("CXR_SEARCH_WORKERS", "").strip() or None,
                    help="processes answering text searches beside the web process (default: $CXR_SEARCH_WORKERS, "
-                        "else 1 on 2+ cores, else 0 = in the web process; webapp.search_workers, python -m bench.serving)")
+                        "else 2 on 2+ cores, else 0 = in the web process; webapp.search_workers, python -m bench.serving --sweep)")
     p.add_argument("--text-mode", choices=("dense", "hybrid"), default=None,
                    help="text search: hybrid fuses the indexed reports with image similarity (default when the "
                         "index has reports); dense is image similarity alone (the paper's setting)")
@@ -239,7 +242,7 @@ def search_workers(service, args: argparse.Namespace):
     from webapp.loading import load_worker_service
     from webapp.search_workers import SearchWorkers
 
-    n = args.search_workers if args.search_workers is not None else (1 if available_cores() >= 2 else 0)
+    n = args.search_workers if args.search_workers is not None else (DEFAULT_SEARCH_WORKERS if available_cores() >= 2 else 0)
     if n <= 0:
         return None
     run, index = service.loaded_from  # what the app loaded: the demo is never rebuilt, a bundle never re-verified

@@ -45,7 +45,8 @@ PHRASES = ["large right pleural effusion", "small left pleural effusion", "cardi
 MODIFIER = "left pleural effusion"
 # (--concurrency, CXR_QUERY_THREADS = torch threads per query, BLAS threads (OpenBLAS/MKL/OpenMP; None: default),
 #  --search-workers = text-search processes beside the web process)
-SWEEP = ((1, 2, None, 0), (2, 1, None, 0), (2, 1, 1, 0), (4, 1, 1, 0), (2, 1, None, 1), (4, 1, None, 1))
+SWEEP = ((1, 2, None, 0), (2, 1, None, 0), (2, 1, 1, 0), (4, 1, 1, 0), (2, 1, None, 1), (4, 1, None, 1),
+         (2, 1, None, 2), (4, 1, None, 2))
 # the app's log lines (webapp.search_workers): the bench measures once the workers have started or failed to
 STARTING_WORKERS, WORKERS_SETTLED = "search workers: starting", ("process(es) ready", "search workers unavailable")
 

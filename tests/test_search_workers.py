@@ -23,10 +23,15 @@ def worker_args(run_dir, index_dir) -> argparse.Namespace:
 
 @pytest.fixture(scope="module")
 def local_service(demo_built):
+    """The in-process service the workers' answers are compared with, its queries on one thread as a
+    worker's are (a float sum's last bits depend on how many threads share it)."""
+    from runtime.threads import QUERY_THREADS_ENV
     from webapp.loading import load_service
 
     run_dir, index_dir = demo_built
-    return load_service(worker_args(run_dir, index_dir), with_maps=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(QUERY_THREADS_ENV, "1")
+        yield load_service(worker_args(run_dir, index_dir), with_maps=False)
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +59,16 @@ def test_fifty_text_queries_answer_the_same_in_the_worker(local_service, workers
 def test_the_worker_runs_in_another_process(workers):
     pids = {workers.in_worker(os.getpid) for _ in range(3)}
     assert pids and os.getpid() not in pids
+
+
+def test_a_worker_gives_each_query_one_thread(workers, monkeypatch):
+    """Two workers beside the web process on 2 cores: a query "alone" in a worker still takes one thread
+    (runtime.threads would give it every core), where the web process's own lone query takes them all."""
+    from runtime.threads import QUERY_THREADS_ENV, query_thread_cap
+
+    monkeypatch.delenv(QUERY_THREADS_ENV, raising=False)
+    assert workers.in_worker(query_thread_cap, 4) == 1
+    assert query_thread_cap(4) == 4
 
 
 def test_searches_continue_in_process_before_the_worker_is_ready_and_after_it_dies(local_service, demo_built):
@@ -165,9 +180,10 @@ def test_no_worker_for_a_milvus_index_or_when_asked_for_none(monkeypatch):
     assert app.parse_args([]).search_workers == 0
 
 
-def test_the_default_is_one_worker_on_two_cores_and_none_on_one(monkeypatch):
+def test_the_default_is_two_workers_on_two_cores_and_none_on_one(monkeypatch):
     """Without --search-workers or $CXR_SEARCH_WORKERS (the suite sets 0 for the apps it only queries: see
-    conftest), the app starts one worker on 2+ cores and searches in the web process on one core."""
+    conftest), the app starts two workers on 2+ cores (bench.serving --sweep) and searches in the web process
+    on one core."""
     import types
 
     import app
@@ -184,7 +200,8 @@ def test_the_default_is_one_worker_on_two_cores_and_none_on_one(monkeypatch):
     for cores, expected in ((2, "pool"), (16, "pool"), (1, None)):
         monkeypatch.setattr(runtime.threads, "available_cores", lambda: cores)
         assert app.search_workers(plain, args) == expected, cores
-    assert started == [(1, "runs/x", "indexes/x")] * 2
+    assert started == [(2, "runs/x", "indexes/x")] * 2 and app.DEFAULT_SEARCH_WORKERS == 2
+    assert args.concurrency == 4
 
 
 def test_a_query_that_fails_in_the_worker_is_answered_in_process():

@@ -43,12 +43,20 @@ READY, FAILED, OK, ERROR = "ready", "failed", "ok", "error"
 
 def _serve(conn: Connection, loader: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> None:
     """A worker's life: exit with the app, one intra-op thread, load the service from the same args,
-    then answer ``(fn, args)`` calls until the app closes its end of the pipe."""
+    then answer ``(fn, args)`` calls until the app closes its end of the pipe.
+
+    One thread per query too (``$CXR_QUERY_THREADS``, read by ``runtime.threads.query_threads``): a
+    worker answers one query at a time beside the other workers and the web process, so a query that
+    runs "alone" in it must not take every core (two workers at two threads each on 2 cores spent
+    ~30% more CPU per text query waiting at OpenMP barriers, python -m bench.serving --sweep)."""
     global _service
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="exit-with-app", daemon=True).start()
     try:
         import torch
 
+        from runtime.threads import QUERY_THREADS_ENV
+
+        os.environ[QUERY_THREADS_ENV] = "1"
         torch.set_num_threads(1)
         _service = loader(args)
         conn.send((READY, None))
