@@ -74,8 +74,9 @@ REUSE_LEVELS = ("none", "phantoms", "features", "run")
 
 def seed_cache(cache: Path, reuse: str) -> list[str]:
     """Give the Space's empty cache what ``reuse`` names of the default cache: the demo phantoms (linked),
-    their frozen features and their report sentences' (copied), the trained demo run (copied; its index is not, so the first start
-    still serves its progress page and builds the index, step [2/2] of ``pipeline.demo.ensure_demo``)."""
+    their frozen features and their report sentences' (copied), the trained demo run (copied; its index is
+    not, so the first start still serves its progress page and builds the index, step [2/2] of
+    ``pipeline.demo.ensure_demo``)."""
     from data.demo import demo_dir
     from data.paths import cache_root
     from index.build import SENTENCE_CACHE
