@@ -35,7 +35,7 @@ QUICK_ARGS = {
     "familiarity": ["--quick"],
     "hybrid": ["--no-quality", "--reps", "1"],
     "pacs_ingest": ["--reps", "1"],
-    "serving": ["--seconds", "1", "--reps", "3", "--max-queries", "40"],
+    "serving": ["--seconds", "0.5", "--reps", "3", "--max-queries", "20"],
 }
 
 

@@ -74,10 +74,12 @@ REUSE_LEVELS = ("none", "phantoms", "features", "run")
 
 def seed_cache(cache: Path, reuse: str) -> list[str]:
     """Give the Space's empty cache what ``reuse`` names of the default cache: the demo phantoms (linked),
-    their frozen features (copied), the trained demo run (copied; its index is not, so the first start
-    still serves its progress page and builds the index, step [2/2] of ``pipeline.demo.ensure_demo``)."""
+    their frozen features and their report sentences' (copied), the trained demo run (copied; its index is
+    not, so the first start still serves its progress page and builds the index, step [2/2] of
+    ``pipeline.demo.ensure_demo``)."""
     from data.demo import demo_dir
     from data.paths import cache_root
+    from index.build import SENTENCE_CACHE
     from pipeline.demo import default_run_dir
 
     level = REUSE_LEVELS.index(reuse)
@@ -89,6 +91,8 @@ def seed_cache(cache: Path, reuse: str) -> list[str]:
     if level >= 2 and (cache_root() / "features").is_dir():
         shutil.copytree(cache_root() / "features", cache / "features")
         reused.append(f"frozen features: {cache_root() / 'features'}")
+        if (cache_root() / SENTENCE_CACHE).is_dir():  # the report sentences' features (the familiarity model's)
+            shutil.copytree(cache_root() / SENTENCE_CACHE, cache / SENTENCE_CACHE)
     run_dir = default_run_dir()
     if level >= 3 and (run_dir / "config.json").is_file():
         shutil.copytree(run_dir, cache / run_dir.relative_to(cache_root()))

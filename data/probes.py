@@ -8,6 +8,7 @@ Everything is generated or read locally with fixed seeds: same bytes on every ma
 """
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
@@ -135,6 +136,8 @@ def app_screenshot() -> list[tuple[str, bytes]]:
     return [("screenshot:app", path.read_bytes())] if path.is_file() else []
 
 
-def non_radiographs() -> list[tuple[str, bytes]]:
-    """(name, encoded file bytes) of 50+ images that are not chest radiographs."""
-    return skimage_samples() + generated() + app_screenshot()
+@functools.lru_cache(maxsize=1)
+def non_radiographs() -> tuple[tuple[str, bytes], ...]:
+    """(name, encoded file bytes) of 50+ images that are not chest radiographs. Made once per process (a tuple,
+    so no caller can change it): encoding them costs ~2 s, and every index build's calibration report asks."""
+    return tuple(skimage_samples() + generated() + app_screenshot())

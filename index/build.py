@@ -209,13 +209,19 @@ def frozen_features(encoder: Encoder, studies: Sequence[Study], shards: Path | s
     return kept, image, text
 
 
+SENTENCE_CACHE = "sentence-features"  # under the cache root: the report sentences' features, by backbone and sentences
+
+
 def fit_familiarity(encoder: Encoder, studies: Sequence[Study], image_feats: np.ndarray) -> Any:
     """The familiarity model of an index of ``studies`` from their frozen image features (the
-    report sentences are the only texts it embeds: ``trust.familiarity.fit_for_studies``)."""
+    report sentences are the only texts it embeds: ``trust.familiarity.fit_for_studies``, kept in
+    ``SENTENCE_CACHE`` for the next build over the same reports)."""
+    from data.paths import cache_root
     from trust.familiarity import fit_for_studies
     from trust.report import attach  # calibration report; refuses an index its own films fail
 
-    familiarity = fit_for_studies(encoder.backbone, image_feats, [s.report_text for s in studies])
+    familiarity = fit_for_studies(encoder.backbone, image_feats, [s.report_text for s in studies],
+                                  cache_dir=cache_root() / SENTENCE_CACHE)
     return attach(familiarity, encoder.backbone, studies, image_feats)
 
 

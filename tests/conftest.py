@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("CXR_RUNTIME", "torch")
 # The app's default is one text-search worker process on 2+ cores, which loads a second copy of the run and
 # index. The apps the suite starts to query (session apps, bundle, security) search in the web process;
-# tests/test_search_workers.py and tests/test_privacy.py start theirs with `--search-workers 1`, bench.serving
+# tests/test_privacy.py starts its app with `--search-workers 1` (the worker's app test runs on it), bench.serving
 # and bench.space start the app's own default, and the default itself is checked in test_search_workers.py.
 os.environ.setdefault("CXR_SEARCH_WORKERS", "0")
 # `make test`'s xdist workers are one per core: a worker's torch/BLAS pools of one thread each (as the Ray

@@ -34,8 +34,8 @@ COVERED_ELSEWHERE = {
     "make run": "tests/test_newcomer_errors.py runs `make setup` (its first half); tests/test_app_e2e.py runs app.py",
     "make test": ".ci/run (this suite)",
     "python app.py": "tests/test_app_e2e.py, tests/test_serving_security.py, tests/test_bundle.py (tests/app_server.py)",
-    "python -m index embed": "tests/test_ray_ingest.py::test_index_embed_command_embeds_only_the_missing_shard "
-                             "(in-process on that module's Ray; `python -m index build --engine ray` is its subprocess)",
+    "python -m index embed": "tests/test_ray_ingest.py::test_killed_run_resumes_with_only_missing_shards (the "
+                             "resume, in-process; the killed `python -m index build --engine ray` is its subprocess)",
     "python -m data.pediatric": "make setup (every fresh machine) and the pediatric_films fixture",
     "python -m pip": "make setup installs the same files",
     "python -m bench.report": "tests/test_report.py (python -m bench.report --check, in-process)",
@@ -170,8 +170,9 @@ def test_train_index_bundle_commands(tiny, tmp_path):
                *common, "--out", str(tmp_path / "run-bmc"), expect=2, err=bad)
     assert bad.getvalue().strip().splitlines()[-1].startswith("error: backbone folder") and "Traceback" not in bad.getvalue()
 
-    run("-m", "index", "build", "--run", str(run_dir), "--out", str(index_dir), "--manifest", str(tiny["manifest"]),
-        env_extra=cache)
+    # in-process: the `python -m index` entry point starts cold in tests/test_ray_ingest.py (`index build --engine ray`)
+    in_process("index", "build", "--run", str(run_dir), "--out", str(index_dir), "--manifest", str(tiny["manifest"]),
+               env=cache)
     assert sorted((tmp_path / "cache" / "features").iterdir()) == features  # one feature cache, no second embedding
     in_process("index", "add", "--index", str(index_dir), "--manifest", str(tiny["more"]))
     info = json.loads(in_process("index", "info", "--index", str(index_dir)))

@@ -80,6 +80,35 @@ def test_report_sentences_are_distinct_lowercase_and_most_frequent_first():
     assert set(sentences) == {"heart size normal", "no effusion", "small left effusion"}
 
 
+def test_sentence_features_are_kept_for_the_next_build_over_the_same_reports(tmp_path):
+    """An index built again over the same reports (the demo's first start after `python -m pipeline`) reads its
+    sentences' features back instead of embedding them again; other sentences, another backbone or a damaged
+    file are embedded."""
+    from trust.familiarity import sentence_features
+
+    class Counting:
+        def __init__(self, backbone_id: str) -> None:
+            self.backbone_id, self.calls = backbone_id, []
+
+        def encode_texts(self, texts):
+            self.calls.append(list(texts))
+            return np.array([[len(t), hash(t) % 97, 1.0] for t in texts], np.float32)
+
+    stub, sentences = Counting("stub-a"), ["heart size normal", "no effusion"]
+    first = sentence_features(stub, sentences, tmp_path)
+    again = sentence_features(stub, sentences, tmp_path)
+    assert stub.calls == [sentences] and np.array_equal(first, again) and again.dtype == np.float32
+    sentence_features(stub, sentences[:1], tmp_path)
+    other = Counting("stub-b")
+    sentence_features(other, sentences, tmp_path)
+    assert stub.calls[1:] == [sentences[:1]] and other.calls == [sentences]
+    for path in tmp_path.glob("sentences-*.npy"):
+        path.write_bytes(b"not an array")
+    assert np.array_equal(sentence_features(stub, sentences, tmp_path), first) and len(stub.calls) == 3
+    sentence_features(stub, sentences, None)  # no cache folder: embedded every time
+    assert len(stub.calls) == 4
+
+
 # ----------------------------------------------------------------------------- the small demo
 @pytest.fixture(scope="module")
 def service(small_demo, model):

@@ -1,22 +1,45 @@
 """The build pipeline's own contracts (pipeline.steps, pipeline.demo): a demo run names its studies
 by its recorded options, the maps step redraws a run's maps from the shared feature cache, and the
-first start trains and indexes through one call."""
+first start trains and indexes through one call, with one backbone for the whole run.
+
+One 40-study first start serves every test here (it was three trainings: the first start, `train.py --index`
+and a run for the maps; `pipeline.demo.ensure_demo` runs `train.py`'s own steps, ``train_run`` with ``--index``)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-import train
 from pipeline.steps import maps_for_run, run_collection
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, demo_built):
-    """A 40-study demo run trained without maps (what the app's first start does), on the cached full demo."""
-    run = tmp_path_factory.mktemp("pipeline") / "run"
-    train.main(["--demo-limit", "40", "--epochs", "2", "--bootstrap", "0", "--no-maps", "--quiet", "--out", str(run)])
-    return run
+def first_start(tmp_path_factory, demo_built):
+    """The app's first start on a 40-study demo (``ensure_demo``: train with ``--index``, no maps), counting the
+    backbones it creates; (run, index, what ensure_demo returned, the names of the backbones created)."""
+    import model.factory
+    import pipeline.steps
+    from pipeline.demo import ensure_demo
+
+    folder = tmp_path_factory.mktemp("pipeline")
+    run, index = folder / "run", folder / "index"
+    real, created = model.factory.create_backbone, []
+
+    def counting(*args, **kwargs):
+        created.append(args[0] if args else kwargs.get("name"))
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model.factory, "create_backbone", counting)
+        patch.setattr(pipeline.steps, "create_backbone", counting)
+        got = ensure_demo(run, index, train_args=["--demo-limit", "40", "--epochs", "2", "--bootstrap", "0",
+                                                  "--no-maps", "--quiet"])
+    return run, index, got, created
+
+
+@pytest.fixture(scope="module")
+def demo_run(first_start):
+    return first_start[0]
 
 
 def test_a_demo_run_names_its_studies_by_its_recorded_options(demo_run):
@@ -45,13 +68,11 @@ def test_a_run_on_other_data_must_be_given_its_data(tmp_path):
         run_collection(tmp_path)
 
 
-def test_the_first_start_trains_and_indexes_in_one_pass(tmp_path, demo_built):
+def test_the_first_start_trains_and_indexes_in_one_pass(first_start):
     from index.manifest import FAMILIARITY, read_manifest
     from pipeline.demo import ensure_demo
 
-    run, index = tmp_path / "run", tmp_path / "index"
-    got = ensure_demo(run, index, train_args=["--demo-limit", "40", "--epochs", "2", "--bootstrap", "0", "--no-maps",
-                                              "--quiet"])
+    run, index, got, _ = first_start
     assert got == (run, index)
     manifest = read_manifest(index)
     assert manifest.count == 40 and manifest.run_dir == str(run.absolute())
@@ -61,24 +82,12 @@ def test_the_first_start_trains_and_indexes_in_one_pass(tmp_path, demo_built):
     assert (index / "manifest.json").stat().st_mtime_ns == before
 
 
-def test_train_with_index_reuses_the_loaded_backbone(tmp_path, monkeypatch, demo_built):
-    """`train.py --index` indexes with the backbone it trained on (so `--backbone-path` weights are used
-    again, not looked up on the hub): one backbone is created for the whole run."""
-    import model.factory
-    import pipeline.steps
+def test_train_with_index_reuses_the_loaded_backbone(first_start):
+    """`train.py --index` (``train_run``, what the first start runs) indexes with the backbone it trained on (so
+    `--backbone-path` weights are used again, not looked up on the hub): one backbone is created for the whole run."""
     from index.manifest import read_manifest
 
-    real, created = model.factory.create_backbone, []
-
-    def counting(*args, **kwargs):
-        created.append(args[0] if args else kwargs.get("name"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(model.factory, "create_backbone", counting)
-    monkeypatch.setattr(pipeline.steps, "create_backbone", counting)
-    index = tmp_path / "index"
-    train.main(["--demo-limit", "40", "--epochs", "1", "--bootstrap", "0", "--no-maps", "--quiet",
-                "--out", str(tmp_path / "run"), "--index", str(index)])
+    _, index, _, created = first_start
     assert created == ["offline"] and read_manifest(index).count == 40
 
 

@@ -101,7 +101,8 @@ def seed_example_films(cache: Path) -> None:
 
 @pytest.fixture(scope="module")
 def audited_app(small_demo, tmp_path_factory):
-    """The real app on the small index, under the network audit; yields (url, audit log, app log, temp dir)."""
+    """The real app on the small index, under the network audit; yields (url, audit log, app log, temp dir,
+    process). The module's last app test (the search worker's) stops it."""
     tmp = tmp_path_factory.mktemp("audited-app")
     env, audit_log = audited_env(tmp)
     cache, uploads = tmp / "cache", tmp / "gradio"
@@ -113,7 +114,7 @@ def audited_app(small_demo, tmp_path_factory):
             url, proc, seconds):
         print(f"\naudited app up in {seconds:.1f}s")
         wait_for_log_line(url, proc, "search workers: 1 process(es) ready")
-        yield url, audit_log, app_log(url), uploads
+        yield url, audit_log, app_log(url), uploads, proc
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +212,35 @@ def test_an_api_call_cannot_make_the_app_read_or_delete_a_server_file(audited_ap
         answer = response.read().decode()
     assert "event: error" in answer and "CXR" not in answer, answer[:500]
     assert victim.is_file(), "a file outside the upload folder was deleted"
+
+
+def test_the_app_answers_text_from_its_worker_and_stops_it_on_exit(audited_app, client, small_demo, model):
+    """The app as users start it (one search worker; this module's app): once the worker is ready, /search_text
+    is answered with the in-process answer, the worker does the searching, and SIGTERM stops it too. Last test
+    of the module that uses the app: it stops it. (Was tests/test_search_workers.py's, on an app of its own.)"""
+    import time
+
+    from bench.serving_load import child_pids, process_cpu_s
+
+    proc = audited_app[4]
+    workers = [c for c in child_pids(proc.pid) if process_cpu_s(c) > 1.0]  # loaded: a model costs CPU
+    assert len(workers) == 1, f"one loaded search worker expected, found {workers}"
+    query = ("small left pleural effusion", 8, "any", "any", "any")
+    before = {c: process_cpu_s(c) for c in workers}
+    for _ in range(30):
+        *_, records = client.predict(*query, api_name="/search_text")
+    used = sum(process_cpu_s(c) - before[c] for c in workers)
+    expected = _service(small_demo, model, keep_uploads=False).search_text(*query)[3]
+    assert [h["study_id"] for h in records["hits"]] == [h["study_id"] for h in expected["hits"]]
+    assert len(records["hits"]) == 8
+    assert used > 0.05, f"the worker used {used:.2f} s of CPU for 30 searches: they ran in the web process"
+    proc.terminate()
+    assert proc.wait(60) == 0
+    deadline = time.monotonic() + 20
+    while any(os.path.exists(f"/proc/{c}") and not open(f"/proc/{c}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+              for c in workers):
+        assert time.monotonic() < deadline, "the search worker outlived the app"
+        time.sleep(0.5)
 
 
 def _phantom_pixels(small_demo, invert: bool = False) -> np.ndarray:

@@ -127,7 +127,7 @@ def test_train_index_and_query_with_an_int8_backbone(small_demo, vit_pair, tmp_p
     model = RetrievalModel.from_run(run)
     assert model.backbone.name == RANDOM_VIT + "+int8" and count_int8_linears(model.backbone.model.visual) > 0
     studies = load_dataset(data)
-    index_run(run, index, studies, progress=False)
+    index_run(run, index, studies, encoder=model, progress=False)  # the run's model above, not a second int8 build
     engine = SearchEngine.load(index, model)
     result = engine.search_by_image(Image.open(studies[0].image_path), k=5)
     assert len(result.hits) == 5 and result.hits[0].study_id == studies[0].study_id  # its own film comes first

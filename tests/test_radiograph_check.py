@@ -165,11 +165,19 @@ def _film_studies(films: list[Path]):
     return load_manifest(csv).studies
 
 
-def _build(tmp_path: Path, name: str, model, studies) -> object:
-    from index.build import build_from_encoder
+def _build(tmp_path: Path, name: str, model, studies, parts: tuple[list, ...] | None = None) -> object:
+    """An index of ``studies`` (``index.build.build_from_encoder``); with ``parts`` (lists of studies that make up
+    ``studies``, in order), the same index from each part's cached frozen features, so studies another index of
+    this module already embedded are not embedded again (the feature cache is keyed by the whole study list)."""
+    from index.build import build_from_encoder, build_from_features
     from index.engine import SearchEngine
+    from model.features import cached_frozen_features
 
-    build_from_encoder(tmp_path / name, model, studies, progress=False)
+    if parts is None:
+        build_from_encoder(tmp_path / name, model, studies, progress=False)
+    else:
+        cached = [cached_frozen_features(model.backbone, part, progress=False) for part in parts]
+        build_from_features(tmp_path / name, model, studies, *(np.concatenate(f) for f in zip(*cached)))
     return SearchEngine.load(tmp_path / name, model)
 
 
@@ -181,7 +189,8 @@ def film_engines(pediatric_films, model, small_demo, tmp_path_factory):
     root = tmp_path_factory.mktemp("trust-indexes")
     films = _film_studies(list(pediatric_films))
     phantoms = load_dataset(small_demo[0])
-    return {"films": _build(root, "films", model, films), "mixed": _build(root, "mixed", model, films + phantoms[:30]),
+    return {"films": _build(root, "films", model, films),
+            "mixed": _build(root, "mixed", model, films + phantoms[:30], parts=(films, phantoms[:30])),
             "held_phantoms": phantoms[30:]}
 
 

@@ -1,8 +1,10 @@
 """Ray Data ingest (scale.ray_ingest) on a local Ray over a slice of the small demo.
 
-One run is killed mid-way (SIGKILL to its process group) and rerun: only the missing
-shards are embedded. The shards' vectors, projected by the head, equal the single-process
-path's (``index.build.embed_into_head_space``); an undecodable image is reported and skipped.
+One run (``python -m index build --engine ray``, a subprocess) is killed mid-way (SIGKILL to its process
+group) and resumed by ``python -m index embed`` as documented: only the missing shards are embedded. The
+shards' vectors, projected by the head, equal the single-process path's (``index.build.embed_into_head_space``);
+an undecodable image is reported and skipped. Ray starts only where there is something to embed: the later
+tests read the shards the first one completed (and embed them when run alone).
 """
 from __future__ import annotations
 
@@ -45,11 +47,17 @@ def shards(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("shards")
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray_ingest.init_ray(None, workers=2)
+@pytest.fixture(scope="module", autouse=True)
+def ray_stopped_afterwards():
+    """``ray_ingest.ingest`` starts a local Ray when it has shards to embed; it is stopped with the module."""
     yield
     ray_ingest.shutdown()
+
+
+def _ingest(studies, shards: Path, model):
+    """The module's in-process ingest: two embedding workers (an actor pool), when anything is missing."""
+    return ray_ingest.ingest(studies, shards, model.backbone, ray_ingest.backbone_factory_for("offline"), workers=2,
+                             shard_size=SHARD, progress=False)
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -58,7 +66,10 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1)
 
 
-def test_killed_run_resumes_with_only_missing_shards(small_demo, collection, shards, ray_local, model):
+def test_killed_run_resumes_with_only_missing_shards(small_demo, collection, shards, model):
+    """Killed mid-way, then resumed by ``python -m index embed`` as documented (docs/scaling.md), in-process with
+    a user's arguments and two workers: the finished shards are kept as they are, the missing ones embedded.
+    (Also what tests/test_documented_commands.py's COVERED_ELSEWHERE names for ``python -m index embed``.)"""
     data, studies = collection
     n_shards = -(-len(studies) // SHARD)
     cmd = [sys.executable, "-m", "index", "build", "--run", str(small_demo[1]), "--data", str(data),
@@ -76,26 +87,24 @@ def test_killed_run_resumes_with_only_missing_shards(small_demo, collection, sha
     before = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.parquet")}
     assert 2 <= len(before) < n_shards, f"the kill came too late or too early: {sorted(before)}"
 
-    report = ray_ingest.ingest(studies, shards, model.backbone, ray_ingest.backbone_factory_for("offline"),
-                               workers=2, shard_size=SHARD, progress=False)
-    done_before = sorted(int(name[6:11]) for name in before)
-    assert report.skipped == done_before
-    assert report.embedded == sorted(set(range(n_shards)) - set(done_before))
+    from tests.test_documented_commands import in_process
+
+    out = in_process("index", "embed", "--backbone", "offline", "--shards", str(shards), "--data", str(data),
+                     "--workers", "2", "--shard-size", str(SHARD))
+    assert f"embedded {n_shards - len(before)}, already there {len(before)}" in out, out
     assert {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.parquet") if p.name in before} == before
     assert all(shard_path(shards, i).is_file() for i in range(n_shards))
 
-    again = ray_ingest.ingest(studies, shards, model.backbone, ray_ingest.backbone_factory_for("offline"),
-                              workers=2, shard_size=SHARD, progress=False)
+    again = _ingest(studies, shards, model)
     assert again.embedded == [] and again.skipped == list(range(n_shards))
 
 
-def test_ray_vectors_equal_single_process_and_bad_images_are_skipped(collection, shards, ray_local, model):
+def test_ray_vectors_equal_single_process_and_bad_images_are_skipped(collection, shards, model):
     """Reads the shards the test above completed (embeds them when run alone)."""
     from index.build import embed_into_head_space
 
     data, studies = collection
-    ray_ingest.ingest(studies, shards, model.backbone, ray_ingest.backbone_factory_for("offline"), workers=2,
-                      shard_size=SHARD, progress=False)
+    _ingest(studies, shards, model)
     features = read_shards(shards)
     assert [b["study_id"] for b in features.bad] == ["broken-study"]
     good = [s for s in studies if s.study_id != "broken-study"]
@@ -106,14 +115,13 @@ def test_ray_vectors_equal_single_process_and_bad_images_are_skipped(collection,
     assert image.min() >= 0.9999 and report.min() >= 0.9999, (image.min(), report.min())
 
 
-def test_shards_serve_as_the_training_feature_cache(collection, shards, ray_local, model):
+def test_shards_serve_as_the_training_feature_cache(collection, shards, model):
     """What ``train.py --features DIR`` reads equals what ``model.features.cached_frozen_features`` caches."""
     from index.shards import ShardMismatchError, features_for
     from model.features import cached_frozen_features
 
     data, studies = collection
-    ray_ingest.ingest(studies, shards, model.backbone, ray_ingest.backbone_factory_for("offline"), workers=2,
-                      shard_size=SHARD, progress=False)
+    _ingest(studies, shards, model)
     good = [s for s in studies if s.study_id != "broken-study"][::-1]  # any order, any subset
     image, text = features_for(shards, model.backbone, good)
     image_ref, text_ref = cached_frozen_features(model.backbone, good, cache_dir=shards.parent / "train-cache", progress=False)
@@ -122,15 +130,14 @@ def test_shards_serve_as_the_training_feature_cache(collection, shards, ray_loca
         features_for(shards, model.backbone, studies)  # the broken study has none
 
 
-def test_ray_built_index_answers_like_the_cached_build(small_demo, collection, shards, ray_local, model, tmp_path):
+def test_ray_built_index_answers_like_the_cached_build(small_demo, collection, shards, model, tmp_path):
     """The one builder from Ray's shards: the same artifacts as from the feature cache, the same answers."""
     from index.engine import SearchEngine
     from index.manifest import read_manifest
     from pipeline.steps import index_run
 
     data, studies = collection
-    ray_ingest.ingest(studies, shards, model.backbone, ray_ingest.backbone_factory_for("offline"), workers=2,
-                      shard_size=SHARD, progress=False)
+    _ingest(studies, shards, model)
     good = [s for s in studies if s.study_id != "broken-study"]
     index_run(small_demo[1], tmp_path / "ray", studies, data_root=data, encoder=model, progress=False, shards=shards)
     index_run(small_demo[1], tmp_path / "cache", good, data_root=data, encoder=model, progress=False)
@@ -145,27 +152,3 @@ def test_ray_built_index_answers_like_the_cached_build(small_demo, collection, s
                 assert recall >= 0.98 and a.familiarity.verdict == b.familiarity.verdict, (phrase, filters)
         for engine in engines:
             engine.close()
-
-
-def test_index_embed_command_embeds_only_the_missing_shard(collection, shards, ray_local, model, tmp_path):
-    """``python -m index embed`` as documented (docs/scaling.md), with a user's arguments: on a copy of the
-    finished shards with the last one deleted, the command embeds that shard alone, equal to the original.
-    In-process (``runpy``, on this module's local Ray): ``python -m index``'s entry point starts cold as a
-    subprocess above (``index build --engine ray``) and in tests/test_documented_commands.py."""
-    import shutil
-
-    from tests.test_documented_commands import in_process
-
-    data, studies = collection
-    ray_ingest.ingest(studies, shards, model.backbone, ray_ingest.backbone_factory_for("offline"), workers=2,
-                      shard_size=SHARD, progress=False)
-    copy = tmp_path / "shards"
-    shutil.copytree(shards, copy)
-    n_shards = -(-len(studies) // SHARD)
-    shard_path(copy, n_shards - 1).unlink()
-    out = in_process("index", "embed", "--backbone", "offline", "--shards", str(copy), "--data", str(data),
-                     "--workers", "1", "--shard-size", str(SHARD))
-    assert f"embedded 1, already there {n_shards - 1}" in out, out
-    original, again = read_shards(shards), read_shards(copy)
-    assert again.study_ids == original.study_ids
-    assert _cosines(again.image, original.image).min() >= 0.9999 and _cosines(again.text, original.text).min() >= 0.9999

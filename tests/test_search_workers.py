@@ -1,5 +1,6 @@
 """Issue 26: text searches answered by a worker process give the very answers of the app process,
-and nothing is lost while the worker starts or after it dies."""
+and nothing is lost while the worker starts or after it dies. The app started with a worker, answering through it
+and stopping it on SIGTERM, is tests/test_privacy.py's audited app (one app start for both)."""
 from __future__ import annotations
 
 import argparse
@@ -100,38 +101,6 @@ def test_a_worker_that_cannot_load_leaves_search_in_process(local_service, tmp_p
         assert pool.search_text(*query) == local_service.search_text(*query)
     finally:
         pool.close()
-
-
-def test_the_app_answers_text_from_its_worker_and_stops_it_on_exit(demo_built, local_service):
-    """The app as started (default: one worker on 2+ cores): once the worker is ready, /search_text
-    is answered with the in-process answer, the worker does the searching, and SIGTERM stops it too."""
-    import time
-
-    from gradio_client import Client
-
-    from bench.serving_load import child_pids, process_cpu_s
-    from tests.app_server import running_app, wait_for_log_line
-
-    run_dir, index_dir = demo_built
-    with running_app(["--run", str(run_dir), "--index", str(index_dir), "--search-workers", "1"]) as (url, proc, _):
-        wait_for_log_line(url, proc, "search workers: 1 process(es) ready")  # the worker's start is asynchronous
-        workers = [c for c in child_pids(proc.pid) if process_cpu_s(c) > 1.0]  # loaded: a model costs CPU
-        assert len(workers) == 1, f"one loaded search worker expected, found {workers}"
-        client = Client(url, verbose=False)
-        query = ("small left pleural effusion", 8, "any", "any", "any")
-        before = {c: process_cpu_s(c) for c in workers}
-        for _ in range(30):
-            *_, records = client.predict(*query, api_name="/search_text")
-        used = sum(process_cpu_s(c) - before[c] for c in workers)
-        expected = local_service.search_text(*query)[3]
-        assert [h["study_id"] for h in records["hits"]] == [h["study_id"] for h in expected["hits"]]
-        assert used > 0.05, f"the worker used {used:.2f} s of CPU for 30 searches: they ran in the web process"
-    assert proc.returncode == 0
-    deadline = time.monotonic() + 20
-    while any(os.path.exists(f"/proc/{c}") and not open(f"/proc/{c}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
-              for c in workers):
-        assert time.monotonic() < deadline, "the search worker outlived the app"
-        time.sleep(0.5)
 
 
 def test_a_worker_exits_when_its_app_is_killed(tmp_path):

@@ -8,10 +8,10 @@ bench.space`` times pip, as a Space runs it). Every module of the app's layers, 
 import in it, so a dependency missing from requirements.txt fails here even on the code paths the first start
 below does not reach.
 
-The Space's empty cache gets the demo's phantoms, frozen features and trained run (built by ``make test``'s
-``python -m pipeline``, which trains through the same ``pipeline.demo.ensure_demo``), but not its index: the
-first start serves its progress page, builds the index and then the app, without rendering, embedding and
-training on 3,955 studies again; ``python -m bench.space`` times the full first start.
+The Space's empty cache gets the demo's phantoms, frozen features (with its report sentences') and trained run
+(built by ``make test``'s ``python -m pipeline``, which trains through the same ``pipeline.demo.ensure_demo``), but
+not its index: the first start serves its progress page, builds the index and then the app, without rendering,
+embedding and training on 3,955 studies again; ``python -m bench.space`` times the full first start.
 """
 from __future__ import annotations
 

@@ -22,13 +22,14 @@ import pytest
 SAME_UNIT = {"tests/test_browser.py": "tests/test_app_e2e.py", "tests/test_hybrid_app.py": "tests/test_app_e2e.py",
              "tests/test_load.py": "tests/test_browser_compose.py"}
 ONE_TEST_A_UNIT = ("tests/test_documented_commands.py",)
-# The first two units start together: the Space and the app-with-worker tests need only the full demo (built by
+# The first two units start together: the Space and the search-worker tests need only the full demo (built by
 # `make test`'s `python -m pipeline` before pytest), so the other worker is not left waiting on the small demo's
 # build lock while the Ray module builds it (~20-30 s in a fresh clone).
 LONGEST_FIRST = (
     "tests/test_ray_ingest.py",
     "tests/test_space.py",
     "tests/test_search_workers.py",
+    "tests/test_privacy.py",
     "tests/test_quantize.py",
     "tests/test_documented_commands.py::test_training_bench_commands_at_tiny_size",
     "tests/test_serving_security.py",

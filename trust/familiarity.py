@@ -423,10 +423,36 @@ def report_sentences(reports: Iterable[str], limit: int = MAX_SENTENCES) -> list
     return ranked[:limit]
 
 
-def fit_for_studies(backbone: Any, image_feats: np.ndarray, reports: Sequence[str], seed: int = 0) -> FamiliarityModel:
-    """Fit from the indexed studies' frozen image features and their report texts."""
+def sentence_features(backbone: Any, sentences: Sequence[str], cache_dir: Path | None = None) -> np.ndarray:
+    """Frozen text features of ``sentences``; with ``cache_dir``, kept there under a key of the backbone and the
+    sentences, so an index built again over the same reports (the demo's first start after ``python -m pipeline``,
+    ``python -m index build`` after ``train.py --index``) does not embed them again: ~3,000 sentences for the demo,
+    seconds of a core each time."""
+    import hashlib
+    import io
+
+    from data.atomic_io import atomic_write_bytes
+
+    if cache_dir is None:
+        return np.asarray(backbone.encode_texts(sentences), np.float32)
+    key = hashlib.sha256("\n".join([str(backbone.backbone_id), *sentences]).encode()).hexdigest()[:32]
+    path = Path(cache_dir) / f"sentences-{key}.npy"
+    with contextlib.suppress(OSError, ValueError):
+        cached = np.load(path, allow_pickle=False)
+        if cached.shape[0] == len(sentences) and cached.dtype == np.float32:
+            return cached
+    feats = np.asarray(backbone.encode_texts(sentences), np.float32)
+    buffer = io.BytesIO()
+    np.save(buffer, feats, allow_pickle=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+    return feats
+
+
+def fit_for_studies(backbone: Any, image_feats: np.ndarray, reports: Sequence[str], seed: int = 0,
+                    cache_dir: Path | None = None) -> FamiliarityModel:
+    """Fit from the indexed studies' frozen image features and their report texts (their sentences' features
+    kept in ``cache_dir`` when given: ``sentence_features``)."""
     sentences = report_sentences(reports)
-    text_feats = None
-    if sentences:
-        text_feats = np.asarray(backbone.encode_texts(sentences), np.float32)
+    text_feats = sentence_features(backbone, sentences, cache_dir) if sentences else None
     return FamiliarityModel.fit(image_feats, text_feats, seed=seed, backbone_id=str(backbone.backbone_id))
