@@ -126,7 +126,7 @@ def test_every_documented_command_is_covered():
                     "python -m index.bundle pack", "python -m index.bundle verify", "python -m bench",
                     "make bench", "python -m bench.scale", "python -m bench.composed", "python -m bench.heatmap",
                     "python -m index", "python -m bench.ablation", "python -m bench.train_cli", "python -m pipeline",
-                    *BENCH_PARTS}
+                    "python -m bench.side_probe", *BENCH_PARTS}
     documented = documented_commands()
     assert {"python train.py", "python -m index build", "make test"} <= documented  # the parser reads the README
     missing = sorted(documented - smoke_tested - set(COVERED_ELSEWHERE))
@@ -231,6 +231,16 @@ def test_bench_composed_heatmap_and_scale_at_tiny_size(demo_built):
     assert heat["first_hit_ms"]["n"] == 2 and heat["extra_hit_ms"]["n"] == 2 and heat["first_hit_s"]["target"] == "< 1.5s"
     scale = json.loads(in_process("bench.scale", "--quick", "--only", "search"))
     assert "hnswlib" in json.dumps(scale)
+
+
+def test_side_probe_command_reads_the_side_from_the_cached_features(demo_built):
+    """`python -m bench.side_probe --no-poolings`, in-process: validation AUROC of left vs right from the demo's
+    cached frozen features (issue #23 chose the offline tower's pooling by it)."""
+    probe = json.loads(in_process("bench.side_probe", "--no-poolings"))
+    image, report = probe["frozen image features (cached)"], probe["frozen report features (cached)"]
+    assert probe["n_train"] > 500 and probe["n_val"] > 50 and image["dim"] == 1792
+    assert image["val AUROC (unit, C=1)"] >= 0.8  # blocks[4] on a 4x4 grid keeps the side (the former 2x2 grid: 0.73)
+    assert 0.5 < report["val AUROC (unit, C=1)"] <= 1.0
 
 
 def test_training_bench_commands_at_tiny_size(demo_built, tmp_path):
