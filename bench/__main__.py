@@ -35,7 +35,7 @@ QUICK_ARGS = {
     "familiarity": ["--quick"],
     "hybrid": ["--no-quality", "--reps", "1"],
     "pacs_ingest": ["--reps", "1"],
-    "serving": ["--seconds", "0.5", "--reps", "3", "--max-queries", "20"],
+    "serving": ["--seconds", "0.3", "--reps", "3", "--max-queries", "8"],
 }
 
 

@@ -97,17 +97,3 @@ def demo_app_url(demo_built):
         yield url
 
 
-@pytest.fixture(scope="session")
-def small_app_url(small_demo, tmp_path_factory):
-    """One app on the 40-study demo (--concurrency 2, its own cache and temp folder) for the tests that only
-    query it: the load burst and the compose/heat-map browser path."""
-    from tests.app_server import running_app
-    from tests.test_privacy import seed_example_films
-
-    _, run, index = small_demo
-    tmp = tmp_path_factory.mktemp("small-app")
-    seed_example_films(tmp / "cache")  # so start-up never tries to fetch the example films
-    env = {"CXR_CACHE": str(tmp / "cache"), "GRADIO_TEMP_DIR": str(tmp / "gradio")}
-    with running_app(["--run", str(run), "--index", str(index), "--concurrency", "2"], env=env, timeout=300) as (url, _, s):
-        print(f"\nsmall-demo app up in {s:.1f}s")
-        yield url

@@ -17,20 +17,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
 @pytest.fixture(scope="module")
-def served(request):
-    """(url, a phantom to upload): the 40-study demo by default, the full demo on request."""
-    from tests.app_server import running_app
-
-    if os.environ.get("CXR_COMPOSE_DEMO") != "full":  # the session's 40-study app (conftest), shared with test_load
+def served(request, demo_app_url):
+    """(url, a phantom to upload): the session's app on the full demo (conftest), shared with test_app_e2e and
+    test_load; a 40-study demo phantom by default, a normal film of the full demo for the README's screenshots."""
+    if os.environ.get("CXR_COMPOSE_DEMO") != "full":
         data = request.getfixturevalue("small_demo")[0]
-        yield request.getfixturevalue("small_app_url"), sorted((data / "images").glob("*.png"))[0]
+        yield demo_app_url, sorted((data / "images").glob("*.png"))[0]
         return
     from index.engine import SearchEngine
 
     engine = SearchEngine.load(request.getfixturevalue("demo_built")[1], None)
     normal = engine.store.get([int(engine.store.matching_ids(label=0)[3])])[0]
-    with running_app([]) as (url, _proc, _seconds):
-        yield url, Path(engine.resolve_path(normal.image_path))
+    yield demo_app_url, Path(engine.resolve_path(normal.image_path))
 
 
 def test_composed_query_heatmap_and_side_by_side(page, served, tmp_path):

@@ -1,9 +1,10 @@
 """Under load: 50 concurrent mixed image/text queries against the real app on loopback.
 
 Eight client threads (each with its own gradio_client) send 25 text and 25 image queries
-through the app's named endpoints; gradio's queue runs ``--concurrency 2`` of them at once
-and holds the rest (max 64 waiting). Every answer must be a success; p50/p95 latency as the
-client sees it (queue wait included) is printed, not asserted.
+through the app's named endpoints (the session's app on the full demo, with its own defaults);
+gradio's queue runs ``--concurrency`` of them at once and holds the rest (max 64 waiting). Every
+answer must be a success; p50/p95 latency as the client sees it (queue wait included) is
+printed, not asserted.
 """
 from __future__ import annotations
 
@@ -62,8 +63,8 @@ def test_the_hang_guard_returns_while_a_query_hangs():
 
 
 @pytest.fixture(scope="module")
-def app_url(small_app_url):
-    return small_app_url  # the session's app on the 40-study demo, --concurrency 2 (conftest)
+def app_url(demo_app_url):
+    return demo_app_url  # the session's app on the full demo (conftest), with the app's own defaults
 
 
 def test_fifty_concurrent_mixed_queries_all_succeed(app_url, tmp_path):
@@ -95,7 +96,10 @@ def test_fifty_concurrent_mixed_queries_all_succeed(app_url, tmp_path):
                                                        api_name="/search_image")[:6]
         seconds = time.perf_counter() - started
         hits = records["hits"]
-        ok = status.startswith(OK) and 1 <= len(hits) <= k and (label == "any" or all(h["label"] == label for h in hits))
+        # an answer: hits within k and the filter, or none with the reason (filtered results far below the
+        # query's best unfiltered match are cut as filler, webapp.service)
+        ok = (status.startswith(OK) and len(hits) <= k and (label == "any" or all(h["label"] == label for h in hits))
+              and (len(hits) >= 1 or "would only be filler" in status))
         return kind, seconds, ok, status
 
     started = time.perf_counter()
@@ -107,7 +111,7 @@ def test_fifty_concurrent_mixed_queries_all_succeed(app_url, tmp_path):
     failures = [(kind, status) for kind, _, ok, status in results if not ok]
     latencies = np.array([seconds for _, seconds, _, _ in results])
     by_kind = {kind: np.array([s for kd, s, _, _ in results if kd == kind]) for kind in ("text", "image")}
-    print(f"\n{N_QUERIES} queries ({WORKERS} client threads, app concurrency 2) in {wall:.1f}s "
+    print(f"\n{N_QUERIES} queries ({WORKERS} client threads, the app's default concurrency) in {wall:.1f}s "
           f"= {N_QUERIES / wall:.1f} queries/s; latency p50 {np.percentile(latencies, 50):.2f}s, "
           f"p95 {np.percentile(latencies, 95):.2f}s")
     for kind, values in by_kind.items():

@@ -60,6 +60,47 @@ def _ingest(studies, shards: Path, model):
                              shard_size=SHARD, progress=False)
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every process under ``pid`` (from /proc): Ray's raylet starts its workers in sessions of their own,
+    so a process-group kill alone can leave an embedding worker to write one more shard."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the run and everything it started, and wait until none of them can write a shard."""
+    tree = _descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    deadline = time.time() + 30
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in tree) and time.time() < deadline:
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
@@ -68,7 +109,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_killed_run_resumes_with_only_missing_shards(small_demo, collection, shards, model):
     """Killed mid-way, then resumed by ``python -m index embed`` as documented (docs/scaling.md), in-process with
-    a user's arguments and two workers: the finished shards are kept as they are, the missing ones embedded.
+    a user's arguments: the finished shards are kept as they are, the missing ones embedded.
     (Also what tests/test_documented_commands.py's COVERED_ELSEWHERE names for ``python -m index embed``.)"""
     data, studies = collection
     n_shards = -(-len(studies) // SHARD)
@@ -82,15 +123,14 @@ def test_killed_run_resumes_with_only_missing_shards(small_demo, collection, sha
         while len(list(shards.glob("shard-*.parquet"))) < 2 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.1)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _kill_tree(proc)
     before = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.parquet")}
     assert 2 <= len(before) < n_shards, f"the kill came too late or too early: {sorted(before)}"
 
     from tests.test_documented_commands import in_process
 
     out = in_process("index", "embed", "--backbone", "offline", "--shards", str(shards), "--data", str(data),
-                     "--workers", "2", "--shard-size", str(SHARD))
+                     "--workers", "1", "--shard-size", str(SHARD))
     assert f"embedded {n_shards - len(before)}, already there {len(before)}" in out, out
     assert {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.parquet") if p.name in before} == before
     assert all(shard_path(shards, i).is_file() for i in range(n_shards))

@@ -240,12 +240,26 @@ def test_the_page_handler_awaits_the_worker_and_answers_as_the_app_process(local
     assert remote == here
 
 
-def test_an_awaited_search_is_answered_in_process_when_the_worker_dies(local_service, demo_built):
+class _SlowService:
+    """A worker's service that answers after a pause, so a query sent to it is certainly still waiting."""
+
+    def search_text(self, *query):
+        import time
+
+        time.sleep(3)
+        return ("answered by the slow worker", query)
+
+
+def slow_service(args: argparse.Namespace) -> _SlowService:
+    """A loader (picklable: a module function) whose worker starts in a second, without the model: the tests
+    below are about the worker's pipe and death, and compare with the in-process answers."""
+    return _SlowService()
+
+
+def test_an_awaited_search_is_answered_in_process_when_the_worker_dies(local_service):
     import asyncio
 
-    from webapp.loading import load_worker_service
-
-    pool = SearchWorkers(local_service, 1, load_worker_service, worker_args(*demo_built))
+    pool = SearchWorkers(local_service, 1, slow_service, argparse.Namespace())
     try:
         assert pool.wait_ready(300)
         os.kill(pool.in_worker(os.getpid), signal.SIGKILL)
@@ -257,22 +271,20 @@ def test_an_awaited_search_is_answered_in_process_when_the_worker_dies(local_ser
         pool.close()
 
 
-def test_closing_the_workers_during_an_awaited_search_answers_it_in_process(local_service, demo_built):
-    """close() (the app stopping, or another worker found dead) while a query waits on a worker: the query is
-    answered in process, it does not wait on a closed pipe."""
+def test_closing_the_workers_during_an_awaited_search_answers_it_in_process(local_service):
+    """close() (the app stopping, or another worker found dead) while a query waits on a worker (one that takes
+    3 s to answer): the query is answered in process, it does not wait on a closed pipe."""
     import asyncio
     import threading
 
-    from webapp.loading import load_worker_service
-
-    pool = SearchWorkers(local_service, 1, load_worker_service, worker_args(*demo_built))
+    pool = SearchWorkers(local_service, 1, slow_service, argparse.Namespace())
     query = ("left lower lobe pneumonia", 6, "any", "any", "any")
     try:
         assert pool.wait_ready(300)
 
         async def scenario():
             pending = asyncio.ensure_future(pool.search_text_async(*query))
-            await asyncio.sleep(0)  # sent: waiting on the worker's answer
+            await asyncio.sleep(0.2)  # sent: waiting on the worker's answer
             threading.Thread(target=pool.close).start()
             return await asyncio.wait_for(pending, 60)
 

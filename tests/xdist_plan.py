@@ -18,9 +18,9 @@ from typing import Any, Iterator
 
 import pytest
 
-# Modules whose tests share one session app (conftest's demo_app_url / small_app_url): one unit.
+# Modules whose tests share one session app (conftest's demo_app_url): one unit.
 SAME_UNIT = {"tests/test_browser.py": "tests/test_app_e2e.py", "tests/test_hybrid_app.py": "tests/test_app_e2e.py",
-             "tests/test_load.py": "tests/test_browser_compose.py"}
+             "tests/test_load.py": "tests/test_app_e2e.py", "tests/test_browser_compose.py": "tests/test_app_e2e.py"}
 ONE_TEST_A_UNIT = ("tests/test_documented_commands.py",)
 # The first two units start together: the Space and the search-worker tests need only the full demo (built by
 # `make test`'s `python -m pipeline` before pytest), so the other worker is not left waiting on the small demo's
@@ -41,7 +41,6 @@ LONGEST_FIRST = (
     "tests/test_documented_commands.py::test_bench_part_at_quick_size",
     "tests/test_familiarity.py",
     "tests/test_app_e2e.py",
-    "tests/test_browser_compose.py",
 )
 
 
