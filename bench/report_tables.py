@@ -137,11 +137,12 @@ def search_1m_table(docs: Docs) -> str:
 
 def space_table(docs: Docs) -> str:
     s = docs[0]["space"]
-    install = cell(s.get("install_s"), 0, " s") if s.get("install_s") else "not timed in this run (a venv reused)"
+    installer = s.get("installer", "pip")
+    install = cell(s.get("install_s"), 1, f" s ({installer})") if s.get("install_s") else "not timed in this run (a venv reused)"
     reused = "; ".join(f"{r.split(':')[0]} (`.cache/{r.rstrip('/').rsplit('/', 1)[-1]}`)" for r in s.get("reused") or [])
     reused = reused or "nothing (a real first start: phantoms, embedding, training, index)"
     return rows_table(["Space as pushed (`SPACE_ID=test python app.py`, no Makefile)", "measured"], [
-        ["pip install -r requirements.txt into a fresh venv", install],
+        ["requirements.txt installed into a fresh venv", install],
         ["first page served (the progress page)", cell(s.get("first_page_s"), 1, " s")],
         ["search ready (`/search_text` in the page's config)", cell(s.get("search_ready_s"), 0, " s")],
         ["listening on", ", ".join(s.get("bound_to_when_ready") or s.get("bound_to") or []) or "—"],
@@ -236,7 +237,7 @@ TABLES: list[Table] = [
     Table("search-1m", ("bench/results/search_1m.json",), search_1m_table,
           "python -m bench.search --only-1m --m-1m M --keep-index PATH > bench/results/search_1m.json"),
     Table("space", ("bench/results/space.json",), space_table,
-          "python -m bench.space --reuse features --venv DIR > bench/results/space.json", page="docs/serving.md"),
+          "python -m bench.space --reuse features --installer uv > bench/results/space.json", page="docs/serving.md"),
     Table("suite-time", ("bench/results/suite_time.json",), suite_time_table,
           "python -m bench.suite_time --label LABEL", page="docs/development.md"),
 ]
