@@ -5,8 +5,10 @@ it leaves is swept here, so a test run leaves no ``cxr-gradio-*`` folders behind
 log (``<cache>/app-<port>.log``) is kept only when the app did not stop cleanly."""
 from __future__ import annotations
 
+import functools
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -14,11 +16,27 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from webapp.serving import remove_stale_temp_dirs
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@functools.lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
+
+
+def gradio_client(url: str, **kwargs: Any):
+    """A ``gradio_client.Client`` for an app this suite started. gradio_client opens a new httpx client for every
+    request (each predict, its event stream, each file it downloads) and httpx loads the CA bundle into a new SSL
+    context each time, ~16 ms of CPU even for an http:// URL (~2,000 of them in a run: 35 s, py-spy): here one
+    context serves them all (``ssl_verify`` goes to httpx's ``verify``, which takes a ready context; verification is
+    unchanged)."""
+    from gradio_client import Client
+
+    return Client(url, verbose=False, ssl_verify=_tls_context(), **kwargs)
 
 
 def free_port() -> int:

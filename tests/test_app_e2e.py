@@ -3,8 +3,9 @@ from __future__ import annotations
 
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 
+from tests.app_server import gradio_client
 from webapp.presenters import OK, WARNING
 
 pytestmark = pytest.mark.slow
@@ -17,7 +18,7 @@ def app_url(demo_app_url):
 
 @pytest.fixture(scope="module")
 def client(app_url):
-    return Client(app_url, verbose=False)
+    return gradio_client(app_url)
 
 
 def _text_search(client, text, k=5, label="any", view="any", finding="any"):

@@ -90,12 +90,12 @@ def test_pack_refuses_a_mismatched_pair_and_a_used_folder(small_demo, tmp_path, 
 def test_app_serves_a_bundle_folder_and_refuses_a_hub_id_offline(bundle, tmp_path):
     """Also ``--text-mode dense`` (issue 23, one app start for both flags): the API's default mode is then
     dense, and a caller can still ask for hybrid."""
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
-    from tests.app_server import running_app
+    from tests.app_server import gradio_client, running_app
 
     with running_app(["--bundle", str(bundle.root), "--text-mode", "dense"]) as (url, _proc, _s):
-        client = Client(url, verbose=False)
+        client = gradio_client(url)
         gallery, _html, status, records = client.predict("left pleural effusion", 5, "any", "any", "any",
                                                          api_name="/search_text")
         assert len(records["hits"]) == 5 and len(gallery) == 5

@@ -4,9 +4,9 @@ Chromium. The demo index's reports make hybrid the default."""
 from __future__ import annotations
 
 import pytest
-from gradio_client import Client
 
 from data.findings import LEFT, RIGHT
+from tests.app_server import gradio_client
 from tests.test_browser import page  # noqa: F401  (the headless Chromium fixture)
 
 pytestmark = pytest.mark.slow
@@ -20,7 +20,7 @@ def app_url(demo_app_url):
 
 @pytest.fixture(scope="module")
 def client(app_url):
-    return Client(app_url, verbose=False)
+    return gradio_client(app_url)
 
 
 def effusion_sides(records) -> list[frozenset[str] | None]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.app_server import gradio_client
 from tests.test_bad_inputs import ensure_small_demo
 from webapp.presenters import OK
 
@@ -68,7 +69,7 @@ def app_url(demo_app_url):
 
 
 def test_fifty_concurrent_mixed_queries_all_succeed(app_url, tmp_path):
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     images = sorted((ensure_small_demo()[0] / "images").glob("*.png"))
     rng = random.Random(0)
@@ -87,7 +88,7 @@ def test_fifty_concurrent_mixed_queries_all_succeed(app_url, tmp_path):
     def run(job):
         kind, payload, k, label = job
         if not hasattr(local, "client"):
-            local.client = Client(app_url, verbose=False, download_files=False)
+            local.client = gradio_client(app_url, download_files=False)
         started = time.perf_counter()
         if kind == "text":
             _, _, status, records, *_ = local.client.predict(payload, k, label, "any", "any", api_name="/search_text")

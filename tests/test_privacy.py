@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.app_server import app_log, running_app, wait_for_log_line
+from tests.app_server import app_log, gradio_client, running_app, wait_for_log_line
 from tests.helpers_dicom import PATIENT_ID, PATIENT_NAME, make_dicom
 from webapp.presenters import OK, WARNING
 
@@ -119,9 +119,7 @@ def audited_app(small_demo, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(audited_app):
-    from gradio_client import Client
-
-    return Client(audited_app[0], verbose=False)
+    return gradio_client(audited_app[0])
 
 
 @pytest.fixture(scope="module")

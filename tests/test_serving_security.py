@@ -23,7 +23,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.app_server import running_app
+from tests.app_server import gradio_client, running_app
 from tests.test_bad_inputs import ensure_small_demo
 from tests.test_privacy import seed_example_films
 from webapp import serving
@@ -282,11 +282,9 @@ def test_with_an_auth_file_unauthenticated_requests_are_refused(tmp_path):
             assert status in (401, 403), f"{what} answered {status} without a login: {answer[:200]!r}"
         assert not list((tmp_path / "gradio").rglob("query.png"))
 
-        from gradio_client import Client
-
         with pytest.raises(Exception):
-            Client(url, auth=("alice", "wrong"), verbose=False)
-        client = Client(url, auth=("alice", "s3cret:with-colon"), verbose=False)
+            gradio_client(url, auth=("alice", "wrong"))
+        client = gradio_client(url, auth=("alice", "s3cret:with-colon"))
         status_text = client.predict("small left pleural effusion", 3, "any", "any", "any", api_name="/search_text")[2]
         assert status_text.startswith(OK), status_text
 
