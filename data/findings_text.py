@@ -5,7 +5,10 @@ with the side the user asked for and respecting "no ...". The phrase is short an
 report language, so a small rule-based parser over the shared vocabulary is enough (and is
 predictable): the phrase is cut into clauses at punctuation and "but" / "with" / "and"; each
 clause names findings (longest surface form first), and its side, size, zone and negation words
-apply to the findings of that clause.
+apply to the findings of that clause. A negation carries over a list: in "no focal airspace
+disease, pleural effusion, or pneumothorax" (the commonest sentence of a normal report) all three
+are negated; an item with its own side, size or course ("no pneumothorax, small left pleural
+effusion") is not.
 """
 from __future__ import annotations
 
@@ -14,6 +17,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from data.findings import BILATERAL, LATERAL, LEFT, NEGATIVE, POSITIVE, RIGHT, UNCERTAIN, VOCABULARY, Finding
+
+# What the parser reads, recorded in a run's config (``versions.phrase_parser``): a head trained with its
+# knowledge input (model.knowledge) read its reports with it. 2: a negation carries over a list ("no focal
+# airspace disease, pleural effusion, or pneumothorax"); "clear of", "absence of", "ruled out", "none" negate.
+PARSER_VERSION = 2
 
 # Extra surface forms (report wording) beyond the vocabulary's names and source headings.
 _SYNONYMS: dict[str, str] = {
@@ -28,14 +36,20 @@ _SYNONYMS: dict[str, str] = {
     "hernia": "hiatal hernia", "edematous": "edema", "scar": "scarring", "scars": "scarring",
     "emphysematous": "emphysema", "blunting": "blunted costophrenic angle", "ptx": "pneumothorax",
 }
-_NEGATORS = ("no evidence of", "negative for", "free of", "without", "absent", "resolved", "no", "not")
+_NEGATORS = ("no evidence of", "negative for", "free of", "clear of", "absence of", "ruled out", "without", "absent",
+             "resolved", "none", "negative", "no", "not")
 _UNCERTAIN = ("possible", "possibly", "probable", "likely", "may represent", "questionable", "suspected", "?")
 _SEVERITY = {"small": "mild", "mild": "mild", "minimal": "mild", "trace": "mild", "tiny": "mild",
              "moderate": "moderate", "large": "severe", "severe": "severe", "massive": "severe"}
 _LOCATION = (("retrocardiac", "retrocardiac"), ("apical", "apex"), ("apex", "apex"), ("upper", "upper"),
              ("middle lobe", "middle"), ("lingula", "middle"), ("lingular", "middle"), ("lower", "lower"),
              ("basilar", "lower"), ("base", "lower"), ("bases", "lower"), ("hilar", "hilum"))
-_CLAUSE_SPLIT = re.compile(r"[,;.:\n]|\bbut\b|\bwith\b|\bwhile\b|\bhowever\b")
+_CLAUSE_SPLIT = re.compile(r"[;:\n]|\.(?!\d)|\bbut\b|\bwith\b|\bwhile\b|\bhowever\b")  # "3.3 mm" is one clause
+_AND_SPLIT = re.compile(r"\band\b(?!\s+(?:left|right|both|bilateral)\b)")
+_VERDICT_AFTER_COLON = re.compile(r":\s*(?=(?:none|negative|absent)\b)")  # "pneumothorax: none"
+# Words that give a listed item its own assertion, so a negation before it does not carry over to it.
+_OWN_ASSERTION = ("left", "right", "small", "large", "moderate", "severe", "mild", "stable", "new", "persistent",
+                  "increased", "unchanged")
 _NORMAL = re.compile(r"\b(normal|unremarkable|no acute (?:cardiopulmonary )?(?:abnormality|disease|process)|clear lungs?)\b")
 
 
@@ -74,7 +88,7 @@ class ParsedPhrase:
 
 def parse_phrase(text: str) -> ParsedPhrase:
     """Parse a findings phrase into Findings; unknown words are ignored (never raises)."""
-    q = " ".join(str(text or "").lower().replace("-", " ").split())
+    q = _VERDICT_AFTER_COLON.sub(" ", " ".join(str(text or "").lower().replace("-", " ").split()))
     found: list[Finding] = []
     for clause in _CLAUSE_SPLIT.split(q):
         for finding in _clause_findings(clause):
@@ -85,13 +99,20 @@ def parse_phrase(text: str) -> ParsedPhrase:
 
 
 def _clause_findings(clause: str) -> list[Finding]:
-    clause = f" {clause.strip()} "
+    out: list[Finding] = []
+    carried = False  # the list item before was negated: a bare item after the comma is too
+    for item in clause.split(","):
+        found = _item_findings(f" {item.strip()} ", carried)
+        carried = bool(found) and found[-1].certainty == NEGATIVE
+        out += found
+    return out
+
+
+def _item_findings(item: str, negated_scope: bool) -> list[Finding]:
     # Sub-clauses joined by "and" keep their own negation ("no effusion and a small left pneumothorax"),
     # except when "and" joins sides or sizes ("left and right", "small and large").
-    parts = re.split(r"\band\b(?!\s+(?:left|right|both|bilateral)\b)", clause)
     out: list[Finding] = []
-    negated_scope = False
-    for part in parts:
+    for part in _AND_SPLIT.split(item):
         names, rest = _names(part)
         if not names:
             negated_scope = negated_scope or _has_any(part, _NEGATORS)
@@ -101,7 +122,7 @@ def _clause_findings(clause: str) -> list[Finding]:
         elif _has_any(rest, _UNCERTAIN):
             certainty = UNCERTAIN
         else:
-            certainty = NEGATIVE if negated_scope and not _has_any(rest, ("left", "right", "small", "large")) else POSITIVE
+            certainty = NEGATIVE if negated_scope and not _has_any(rest, _OWN_ASSERTION) else POSITIVE
         negated_scope = certainty == NEGATIVE
         side = _side(rest)
         severity = next((v for k, v in _SEVERITY.items() if _has_word(rest, k)), "")

@@ -64,8 +64,9 @@ _ATTRIBUTION = re.compile(r"\b(?:consistent|compatible) with\b", re.IGNORECASE)
 # What an index's report findings were read with (recorded in its metadata: index.store). 2: "clearing of X"
 # and "X has cleared" negate X; "X consistent with Y" gives Y the side of X; "left lateral decubitus" is a
 # view, not a side. The demo's index is re-read when an older reader wrote it (pipeline.demo); a user's index
-# keeps its reading until rebuilt (`python -m index info` says so).
-READER_VERSION = 2
+# keeps its reading until rebuilt (`python -m index info` says so). 3: the phrase parser's v2
+# (data.findings_text.PARSER_VERSION: a negation carries over a list; "clear of", "ruled out", ... negate).
+READER_VERSION = 3
 REPORT_CACHE = 8192  # reports whose findings are kept (the demo has 3,955; ~1 kB each)
 _FORM_PATTERNS = [(re.compile(rf"\b{re.escape(form)}\b"), name) for form, name in surface_forms()]
 

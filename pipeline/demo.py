@@ -57,17 +57,26 @@ def ensure_demo(run_dir: Path | None = None, index_dir: Path | None = None,
 
 def outdated_demo_run(run_dir: Path) -> bool:
     """The demo run's head was trained on the features of another offline tower (an older pooling,
-    ``model.offline_tower``): its checkpoint would be refused, so the demo is retrained and
-    re-indexed. Runs of other backbones, and unreadable configs (the loader reports them), are kept."""
+    ``model.offline_tower``): its checkpoint would be refused; or its knowledge input was read by an
+    older phrase parser (``data.findings_text.PARSER_VERSION``): its reports' parsed findings differ
+    from what a query's are now. Either way the demo is retrained and re-indexed. Runs of other
+    backbones, and unreadable configs (the loader reports them), are kept."""
+    from data.findings_text import PARSER_VERSION
     from model.offline_tower import OFFLINE_BACKBONE_ID
 
     try:
         config = json.loads((Path(run_dir) / "config.json").read_text())
         name, found = config.get("backbone_name"), config.get("backbone_id")
+        parser = (config.get("versions") or {}).get("phrase_parser", 1)
+        knowledge = bool((config.get("head") or {}).get("knowledge_dim"))
     except (OSError, ValueError, AttributeError):
         return False
     if name == "offline" and found != OFFLINE_BACKBONE_ID:
         log.info("the demo run was trained on %s; this code's offline tower is %s: retraining it", found, OFFLINE_BACKBONE_ID)
+        return True
+    if name == "offline" and knowledge and parser != PARSER_VERSION:
+        log.info("the demo run read its reports with phrase parser v%s; this code's is v%s: retraining it", parser,
+                 PARSER_VERSION)
         return True
     return False
 

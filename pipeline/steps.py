@@ -27,6 +27,7 @@ import torch
 
 from data.atomic_io import atomic_write_bytes, atomic_write_json
 from data.dataset import studies_fingerprint
+from data.findings_text import PARSER_VERSION
 from data.paths import cache_root
 from data.records import Study
 from data.sources import DataSource, load_source
@@ -213,7 +214,8 @@ def run_config(args: argparse.Namespace, backbone: Any, trained: TrainedHead, da
         "args": {k: v for k, v in vars(args).items() if k not in PATH_ARGS},  # every option, once (run_option)
         "best_epoch": trained.best_epoch, "data": data.source.name, "calibration": calibration,
         "data_version": studies_fingerprint(data.studies), "split_hash": split_hash(data.split),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+                     "phrase_parser": PARSER_VERSION},
     }
 
 

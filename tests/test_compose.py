@@ -25,6 +25,20 @@ from webapp.why import consensus, conflicts_with, from_phrase, shared_with
                                                   ("pneumothorax", "left", "mild", POSITIVE)]),
     ("possible right pneumothorax", [("pneumothorax", "right", "", UNCERTAIN)]),
     ("enlarged heart", [("cardiomegaly", "", "", POSITIVE)]),
+    # a negation carries over a list (the commonest normal-report sentence), not to an item with its own assertion
+    ("No focal airspace disease, pleural effusion, or pneumothorax.",
+     [("opacity", "", "", NEGATIVE), ("pleural effusion", "", "", NEGATIVE), ("pneumothorax", "", "", NEGATIVE)]),
+    ("no pneumothorax, small left pleural effusion",
+     [("pneumothorax", "", "", NEGATIVE), ("pleural effusion", "left", "mild", POSITIVE)]),
+    ("No acute cardiopulmonary abnormality, stable cardiomegaly", [("cardiomegaly", "", "", POSITIVE)]),
+    ("left pleural effusion, pneumothorax", [("pleural effusion", "left", "", POSITIVE),
+                                             ("pneumothorax", "", "", POSITIVE)]),
+    # negation wordings besides "no": before the finding, after it, after a colon
+    ("The lungs are clear of focal airspace disease", [("opacity", "", "", NEGATIVE)]),
+    ("absence of pneumothorax", [("pneumothorax", "", "", NEGATIVE)]),
+    ("pneumothorax ruled out", [("pneumothorax", "", "", NEGATIVE)]),
+    ("pneumothorax: none", [("pneumothorax", "", "", NEGATIVE)]),
+    ("3.3 mm nodule in the left lung", [("nodule", "left", "", POSITIVE)]),  # one clause, not cut at the decimal point
 ])
 def test_parse_phrase(phrase, expected):
     got = [(f.name, f.side, f.severity, f.certainty) for f in parse_phrase(phrase).findings]

@@ -84,7 +84,7 @@ def test_a_cleared_finding_is_absent_and_an_attributed_one_takes_the_side_it_is_
     # a view's name is not a side: CXR1339 (tags: Pneumothorax/right/small) was read as bilateral
     decubitus = real(reports, "CXR1339", "Small 3.3 mm right-sided pneumothorax only visible on the left lateral "
                                          "decubitus film.")
-    assert said(decubitus) == {("pneumothorax", RIGHT, "", POSITIVE)}  # ("3.3 mm" cuts "small" off: a size not read)
+    assert said(decubitus) == {("pneumothorax", RIGHT, "mild", POSITIVE)}  # "3.3 mm" no longer cuts "small" off
     # only where one thing is said to be another: a plain list keeps its unsided findings unsided
     assert ("cardiomegaly", "", "", POSITIVE) in said("Cardiomegaly consistent with the right pleural effusion history.")
     assert ("pneumonia", "", "", POSITIVE) in said("Right middle lobe infiltrate. Findings of pneumonia.")
@@ -104,7 +104,7 @@ def test_the_report_reader_version_is_recorded_and_an_older_demo_index_is_re_rea
 
     path = tmp_path / META
     write_store(path, [_study(0, "Small left pleural effusion.")])
-    assert report_reader_version(path) == READER_VERSION == 2
+    assert report_reader_version(path) == READER_VERSION == 3
     (tmp_path / MANIFEST).write_text(json.dumps({"files": {FROZEN_IMAGES: {}, FAMILIARITY: {}, META: {}}}))
     assert not outdated_demo_index(tmp_path)
     conn = sqlite3.connect(path)

@@ -108,3 +108,22 @@ def test_a_demo_run_of_another_offline_tower_is_retrained(tmp_path, name, backbo
     assert outdated_demo_run(tmp_path) is False
     (tmp_path / "config.json").write_text("{not json")
     assert outdated_demo_run(tmp_path) is False  # the loader reports a damaged run
+
+
+def test_a_demo_run_whose_knowledge_input_an_older_parser_read_is_retrained(tmp_path):
+    """A head with the knowledge input (model.knowledge) learned from its reports' parsed findings: when the phrase
+    parser has changed since (data.findings_text.PARSER_VERSION), the demo is retrained so queries and reports are
+    read alike; a head without that input, or one read by this parser, is kept."""
+    from data.findings_text import PARSER_VERSION
+    from model.offline_tower import OFFLINE_BACKBONE_ID
+    from pipeline.demo import outdated_demo_run
+
+    def config(head: dict, versions: dict) -> bool:
+        (tmp_path / "config.json").write_text(json.dumps({"backbone_name": "offline", "backbone_id": OFFLINE_BACKBONE_ID,
+                                                          "head": head, "versions": versions}))
+        return outdated_demo_run(tmp_path)
+
+    assert config({"knowledge_dim": 125}, {}) is True  # written before the parser had a version
+    assert config({"knowledge_dim": 125}, {"phrase_parser": PARSER_VERSION - 1}) is True
+    assert config({"knowledge_dim": 125}, {"phrase_parser": PARSER_VERSION}) is False
+    assert config({}, {}) is False  # the paper's recipe: no parsed input
