@@ -79,11 +79,16 @@ def _pair_sums(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     return total, union, shares
 
 
+def relevance_and_shares(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(:func:`relevance_matrix`, :func:`shares_matrix`) from one pass over the pairs (evaluation needs both)."""
+    total, union, shares = _pair_sums(a, b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union == 0, 1.0, total / np.maximum(union, 1)), shares
+
+
 def relevance_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Graded relevance of every (a_i, b_j) pair: :func:`data.findings.relevance`, vectorised."""
-    total, union, _ = _pair_sums(a, b)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union == 0, 1.0, total / np.maximum(union, 1))
+    return relevance_and_shares(a, b)[0]
 
 
 def shares_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

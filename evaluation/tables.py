@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.metrics import label_ranking_average_precision_score
 
 from evaluation.relevance_metrics import (ceiling_per_query, chance_per_query, graded_per_query, mean_rows,
-                                     relevance_matrix, shares_matrix)
+                                         relevance_and_shares)
 
 KS = (1, 5, 10)
 
@@ -97,7 +97,7 @@ def evaluate_per_query(
     labels = np.asarray(labels)
     rel = shares = None
     if codes is not None:
-        rel, shares = relevance_matrix(codes, codes), shares_matrix(codes, codes)
+        rel, shares = relevance_and_shares(codes, codes)
     result: dict[str, dict[str, np.ndarray]] = {}
     if text_emb is not None:
         sim = image_emb @ text_emb.T
@@ -123,7 +123,7 @@ def evaluate_embeddings(
 def reference_rows(labels: np.ndarray, codes: np.ndarray) -> dict[str, dict[str, dict[str, float]]]:
     """``{"chance": {dir: metrics}, "ceiling": {dir: metrics}}`` for the test queries (model-free)."""
     labels = np.asarray(labels)
-    rel, shares = relevance_matrix(codes, codes), shares_matrix(codes, codes)
+    rel, shares = relevance_and_shares(codes, codes)
     same = labels[:, None] == labels[None, :]
     n = len(labels)
     out: dict[str, dict[str, dict[str, float]]] = {"chance": {}, "ceiling": {}}

@@ -10,8 +10,8 @@ import pytest
 from data.findings import Finding, profile, relevance, shares_finding
 from evaluation.tables import evaluate_embeddings, reference_rows
 from evaluation.relevance_metrics import (ceiling_per_query, chance_per_query, encode_profiles, expected_ap_random,
-                                     ndcg_at_k, ndcg_ir_measures, paired_bootstrap_diff, relevance_matrix,
-                                     shares_matrix)
+                                     ndcg_at_k, ndcg_ir_measures, paired_bootstrap_diff, relevance_and_shares,
+                                     relevance_matrix, shares_matrix)
 
 EFF_L = {"pleural effusion": frozenset({"left"})}
 EFF_R = {"pleural effusion": frozenset({"right"})}
@@ -40,6 +40,8 @@ def test_vectorised_relevance_equals_the_reference_pair_by_pair():
         for j, b in enumerate(profiles):
             assert rel[i, j] == pytest.approx(relevance(a, b))
             assert bool(sh[i, j]) == shares_finding(a, b)
+    both = relevance_and_shares(codes, codes)  # evaluation's one pass gives the same two matrices
+    assert np.array_equal(both[0], rel) and np.array_equal(both[1], sh)
     # the documented grades: same side 1, unknown/overlap 0.5, opposite 0.25, normal-normal 1, normal-abnormal 0
     i = {k: len(profiles) - 5 + n for n, k in enumerate(["N", "L", "R", "B", "U"])}
     assert rel[i["L"], i["L"]] == 1 and rel[i["L"], i["B"]] == 0.5 and rel[i["L"], i["U"]] == 0.5
