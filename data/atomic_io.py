@@ -2,6 +2,7 @@
 checkpoints, index manifests): a reader sees the old file or the new one, never half of one."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -32,3 +33,13 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(Path(path), json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def atomic_write_npz(path: Path, **arrays: Any) -> None:
+    """``numpy.savez`` of ``arrays`` written crash-safe (the feature caches: read back with
+    ``np.load(path, allow_pickle=False)``)."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(Path(path), buffer.getvalue())

@@ -7,7 +7,6 @@ missing chunk instead of recomputing finished batches.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import zipfile
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from data.atomic_io import atomic_write_bytes, atomic_write_json
+from data.atomic_io import atomic_write_json, atomic_write_npz
 from data.dataset import studies_fingerprint
 from data.images import load_radiograph
 from data.paths import cache_root
@@ -122,6 +121,4 @@ def _read_chunk(path: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _write_chunk(path: Path, image: np.ndarray, text: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, image=image, text=text)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_npz(path, image=image, text=text)

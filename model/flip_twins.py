@@ -15,7 +15,6 @@ in the key), in chunks written atomically, so an interrupted run resumes at the 
 """
 from __future__ import annotations
 
-import io
 import zipfile
 from pathlib import Path
 from typing import Sequence
@@ -25,7 +24,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from data.atomic_io import atomic_write_bytes
+from data.atomic_io import atomic_write_npz
 from data.images import load_radiograph
 from data.records import Study
 from model.side_swap import swap_rows
@@ -57,9 +56,7 @@ def flipped_image_features(backbone, studies: Sequence[Study], cache_dir: Path |
         feats = _read_chunk(path, chunk_mask, backbone.backbone_id)
         if feats is None:
             feats = _embed_chunk(backbone, studies[c:c + CHUNK], chunk_mask, batch_size)
-            buffer = io.BytesIO()
-            np.savez(buffer, features=feats, mask=chunk_mask, backbone_id=np.array(backbone.backbone_id))
-            atomic_write_bytes(path, buffer.getvalue())
+            atomic_write_npz(path, features=feats, mask=chunk_mask, backbone_id=np.array(backbone.backbone_id))
         parts.append(feats)
         bar.update(int(chunk_mask.sum()))
     bar.close()

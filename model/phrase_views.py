@@ -16,7 +16,6 @@ beside the study features (:func:`phrase_view_features`).
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from data.atomic_io import atomic_write_bytes
+from data.atomic_io import atomic_write_npz
 from data.findings import BILATERAL, LEFT, RIGHT, Finding, profile
 from data.findings_text import parse_phrase
 from model.findings_training import study_codes
@@ -207,10 +206,7 @@ def phrase_view_features(backbone, views: PhraseViews, studies: Sequence, cache_
         parts = [backbone.encode_texts(views.texts[i:i + batch_size]).numpy().astype(np.float32)
                  for i in range(0, len(views.texts), batch_size)]
         feats = np.concatenate(parts) if parts else np.zeros((0, int(backbone.text_dim)), np.float32)
-        buffer = io.BytesIO()
-        np.savez(buffer, features=feats, key=np.array(key))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_npz(path, features=feats, key=np.array(key))
     views.features = feats
     return feats
 

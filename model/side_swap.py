@@ -13,14 +13,13 @@ folder for the same backbone and collection), so they are embedded once.
 """
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from data.atomic_io import atomic_write_bytes
+from data.atomic_io import atomic_write_npz
 from data.findings import LEFT, RIGHT
 from data.records import Study
 
@@ -70,10 +69,7 @@ def swapped_text_features(backbone, studies: Sequence[Study], cache_dir: Path | 
         parts = [backbone.encode_texts(texts[i:i + batch_size]).numpy().astype(np.float32)
                  for i in range(0, len(texts), batch_size)]
         feats[mask] = np.concatenate(parts)
-    buffer = io.BytesIO()
-    np.savez(buffer, features=feats, mask=mask)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_npz(path, features=feats, mask=mask)
     return feats, mask
 
 
