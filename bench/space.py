@@ -53,7 +53,8 @@ def fresh_venv(where: Path, python: str, installer: str = "pip") -> tuple[Path, 
     requirements from the same sources into the same fresh venv, from uv's cache of unpacked wheels
     (hard links: seconds once warm, where pip unpacks and byte-compiles ~7 GB every time)."""
     started = time.monotonic()
-    subprocess.run([python, "-m", "venv", str(where)], check=True)
+    # uv installs into a venv without pip (ensurepip's own install takes ~3 s); pip needs its own copy
+    subprocess.run([python, "-m", "venv", *(["--without-pip"] if installer == "uv" else []), str(where)], check=True)
     py = where / "bin" / "python"
     requirements = ["-r", str(ROOT / "requirements.txt")]
     if installer == "uv":

@@ -2,7 +2,8 @@
 
     studies -> shards still missing (``index.shards``)
             -> read + decode + preprocess: Ray tasks on CPUs (``data.images``, the backbone's transform)
-            -> embed: an actor pool holding the frozen backbone (``map_batches``, a GPU each when asked)
+            -> embed: an actor pool holding the frozen backbone (``map_batches``, a GPU each when asked;
+               on CPU, Ray Data fuses the decode step into these actors)
             -> one Parquet shard per slice, written by the actor (temp file + rename)
 
 Each Ray row is one shard, so a shard is written whole by one actor and a rerun skips it.
@@ -123,8 +124,8 @@ class ShardEmbedder:
 def init_ray(address: str | None, workers: int, gpus_per_worker: float = 0.0) -> None:
     """Connect to a cluster at ``address`` or start a local Ray sized for ``workers``.
 
-    Local: one logical CPU per embedding worker plus one for the decode tasks (which take
-    half a CPU each). The project folder is put on the workers' path; on a cluster it is
+    Local: one logical CPU per embedding worker plus one for the decode tasks and Ray Data's own work.
+    The project folder is put on the workers' path; on a cluster it is
     shipped as the job's working directory (caches and the venv left out).
     """
     import ray
@@ -181,7 +182,12 @@ def ingest(
     rows = [{"shard": i, "studies": json.dumps([_study_row(s) for s in studies[slice(*slices[i])]])} for i in todo]
     transform = backbone.transform  # the backbone's own preprocessing, shipped without its weights
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    ds = ds.map_batches(preprocess_shard, batch_size=1, num_cpus=0.5, fn_kwargs={"transform": transform})
+    # On CPU a decode task asks for what an embedding worker asks for (a CPU), so Ray Data fuses decoding into the
+    # embedding actors: each decodes and embeds its own shards, with no decode processes to start and no pixel
+    # arrays through the object store (480 demo studies, 2 workers: 35.4 -> 29.2 s). With GPU workers decoding
+    # stays a pool of half-CPU tasks of its own that keeps them fed.
+    decode_cpus = 1 if not gpus_per_worker else 0.5
+    ds = ds.map_batches(preprocess_shard, batch_size=1, num_cpus=decode_cpus, fn_kwargs={"transform": transform})
     ds = ds.map_batches(
         ShardEmbedder,
         batch_size=1,

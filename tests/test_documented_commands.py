@@ -147,7 +147,8 @@ def test_train_index_bundle_commands(tiny, tmp_path):
     run_dir, index_dir = tmp_path / "run", tmp_path / "index"
     common = ["--manifest", str(tiny["manifest"]), "--epochs", "2", "--bootstrap", "0", "--no-maps", "--quiet"]
     cache = {"CXR_CACHE": str(tmp_path / "cache")}  # a fresh cache: what train.py embeds, the index build reuses
-    run("train.py", *common, "--out", str(run_dir), env_extra=cache)  # the train.py entry point; in-process after
+    # in-process: the train.py entry point starts cold in bench.train_cli (test_training_bench_commands_at_tiny_size)
+    in_process("train.py", *common, "--out", str(run_dir), env=cache)
     assert "--supcon-temperature" in in_process("train.py", "--help")
     report = json.loads((run_dir / "eval.json").read_text())
     features = sorted((tmp_path / "cache" / "features").iterdir())

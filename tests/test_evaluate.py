@@ -75,3 +75,20 @@ def test_query_lands_near_its_neighbours_in_a_map():
     coords = np.array([[-5, 0], [-4, 0], [5, 0], [4, 0]], dtype=np.float32)
     x, _ = place_query(np.array([0.98, 0.2]), gallery, coords, k=2)
     assert -5 <= x <= -4
+
+
+def test_ranking_average_precision_equals_scikit_learn_with_ties():
+    """The vectorised per-query AP is sklearn's label-ranking AP, ties (rounded scores) included."""
+    from sklearn.metrics import label_ranking_average_precision_score
+
+    from evaluation.tables import ranking_average_precision
+
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.normal(size=(300, 40)), 1)  # many ties
+    relevant = rng.random((300, 40)) < rng.random((300, 1))
+    relevant[0], relevant[1] = False, True  # nothing relevant (0 here), everything relevant (1)
+    ours = ranking_average_precision(relevant, scores, rows_per_block=7)
+    expected = [label_ranking_average_precision_score(relevant[i:i + 1], scores[i:i + 1]) if relevant[i].any() else 0.0
+                for i in range(len(scores))]
+    np.testing.assert_allclose(ours, expected, rtol=1e-12)
+    assert ours[0] == 0.0 and ours[1] == 1.0

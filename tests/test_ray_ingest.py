@@ -120,12 +120,12 @@ def test_killed_run_resumes_with_only_missing_shards(small_demo, collection, sha
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 400
     try:
-        while len(list(shards.glob("shard-*.parquet"))) < 2 and time.time() < deadline and proc.poll() is None:
+        while not list(shards.glob("shard-*.parquet")) and time.time() < deadline and proc.poll() is None:
             time.sleep(0.1)
     finally:
         _kill_tree(proc)
     before = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.parquet")}
-    assert 2 <= len(before) < n_shards, f"the kill came too late or too early: {sorted(before)}"
+    assert 1 <= len(before) < n_shards, f"the kill came too late or too early: {sorted(before)}"
 
     from tests.test_documented_commands import in_process
 

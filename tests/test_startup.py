@@ -77,3 +77,29 @@ def test_progress_page_serves_then_hands_the_port_to_the_app():
     finally:
         app.close()
     print(f"progress page served {first_page:.1f}s after start")
+
+
+def test_a_stop_while_gradio_is_still_starting_exits_cleanly(tmp_path):
+    """SIGTERM (or Ctrl-C) that lands inside ``demo.launch`` before gradio blocks - a supervisor stopping an app
+    that has just opened its port - ends like a stop after start: the exit steps run (the search workers are
+    closed), the temp folder goes, exit 0, and no traceback in the log."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    temp = tmp_path / "cxr-gradio-test"
+    temp.mkdir()
+    code = (
+        "import os, sys\n"
+        "os.environ['GRADIO_TEMP_DIR'] = sys.argv[1]\n"
+        "from webapp import serving\n"
+        "class StoppedWhileLaunching:\n"
+        "    def launch(self, **kwargs):\n"
+        "        raise KeyboardInterrupt  # what the app's SIGTERM handler raises\n"
+        "serving.serve(StoppedWhileLaunching(), on_exit=[lambda: print('search workers closed')])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(temp)], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "search workers closed" in done.stdout and "Traceback" not in done.stderr
+    assert not temp.exists()

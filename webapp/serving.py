@@ -183,7 +183,10 @@ def serve(demo: Any, on_exit: Sequence[Callable[[], Any]] = (), **launch_kwargs:
     """``demo.launch`` until Ctrl-C or SIGTERM, then run ``on_exit`` (stop the search workers), remove
     the temp folder and exit at once: the interpreter's own teardown (garbage-collecting the model and
     the page) takes ~10 s on 2 busy cores, long enough for a supervisor to give up and SIGKILL."""
-    demo.launch(**launch_kwargs)  # returns once gradio has closed its server
+    try:
+        demo.launch(**launch_kwargs)  # returns once gradio has closed its server
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while gradio was still starting: stop as cleanly
+        log.info("stopped while starting")
     for stop in on_exit:
         try:
             stop()
