@@ -191,7 +191,7 @@ def run(threads_compare: bool = True, epochs: int | None = None) -> dict[str, An
 
 def _validation_before_after(head, xi, xt, labels, reps: int = 3) -> dict[str, Any]:
     """The per-epoch validation score: through evaluation.tables (the code before: it also
-    computes mAP with one sklearn call per query, and i2i) vs model.training.validation_score now."""
+    computes mAP and i2i) vs model.training.validation_score now."""
     import time
 
     from evaluation.tables import evaluate_embeddings
