@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -38,7 +39,9 @@ def test_upload_search_switch_tabs_and_screenshot(page, app_url, pediatric_films
     page.goto(app_url)
     page.get_by_text("Chest X-ray retrieval").first.wait_for(timeout=60_000)
     page.locator("input[type=file]").first.set_input_files(str(pediatric_films[0]))
-    page.get_by_text("similar studies from").first.wait_for(timeout=120_000)
+    # the answer's status line ("8 similar studies from 3,955 candidates."), not the page's disclaimer, which also
+    # says "similar studies from"
+    page.get_by_text(re.compile(r"similar studies from [\d,]+ candidates")).first.wait_for(timeout=120_000)
     page.wait_for_function("document.querySelectorAll('img').length >= 6", timeout=60_000)
     # a real film against the phantom index: the verdict beside the preview and the warning above the results
     badge = page.locator("[data-verdict='unlike_index']").first
