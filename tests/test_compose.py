@@ -140,6 +140,35 @@ def test_composed_search_bad_inputs_give_messages(extras, small_demo, tmp_path):
     assert "Cannot search" in extras.search_composed(_upload(small_demo, tmp_path, "b.png"), "effusion", "with", 9, 8)[3]
 
 
+def test_composed_search_refuses_a_photo_and_warns_on_a_film_unlike_the_index(extras, pediatric_films, tmp_path):
+    """The Compose tab applies the image tab's familiarity check: a photo is not searched at all, and a real film
+    against the phantom index gets its results with a warning, its "why" table saying the neighbours' findings are
+    not a reading of the image (before, a cat photo was composed and read as "left opacity, left pleural effusion")."""
+    from data.probes import non_radiographs
+    from webapp.presenters import REFUSED, WARNING
+
+    photo = tmp_path / "cat.png"
+    photo.write_bytes(dict(non_radiographs())["skimage:chelsea"])
+    refused = extras.search_composed(str(photo), "left pleural effusion", "with", 1.5, 5)
+    assert refused[3].startswith(REFUSED) and "No search was run" in refused[3]
+    assert refused[1] == [] and refused[2] == "" and refused[4]["hits"] == []
+    assert refused[4]["familiarity"]["verdict"] == "not_radiograph"
+
+    film = str(shutil.copy(pediatric_films[0], tmp_path / pediatric_films[0].name))
+    unlike = extras.search_composed(film, "left pleural effusion", "with", 1.5, 5)
+    assert unlike[3].startswith(WARNING) and "unlike the studies in the index" in unlike[3]
+    assert len(unlike[1]) == 5 and unlike[4]["familiarity"]["verdict"] == "unlike_index"
+    assert "not a reading of the query image" in unlike[2] and "query read as" not in unlike[2]
+
+
+def test_composed_search_of_an_indexed_study_is_trusted(extras, small_demo, tmp_path):
+    from webapp.presenters import OK
+
+    out = extras.search_composed(_upload(small_demo, tmp_path), "left pleural effusion", "with", 1.5, 5)
+    assert out[3].startswith(OK) and out[4]["familiarity"]["verdict"] == "familiar"
+    assert "query read as" in out[2]
+
+
 def test_side_by_side_uses_the_frozen_vectors(extras, small_demo, tmp_path):
     from index.frozen import FROZEN_IMAGES
 

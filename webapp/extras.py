@@ -19,9 +19,11 @@ from data.images import ImageLoadError
 from model.attribution import OcclusionMaps, occlusion_maps, overlay
 from runtime.threads import query_threads
 from webapp.composed import DEFAULT_WEIGHT, MAX_WEIGHT, MODES, NEUTRAL_PHRASE, compose, compose_findings
-from webapp.presenters import gallery_caption, hits_as_records, preview
+from trust.familiarity import NOT_RADIOGRAPH
+from webapp.presenters import OK, REFUSED, WARNING, gallery_caption, hits_as_records, preview
 from webapp.queries import QueryError, clean_query, parse_k
 from webapp.service import report_unexpected
+from webapp.trust import warning_lines
 from webapp.why import consensus, from_phrase, why_html, why_rows
 
 log = logging.getLogger(__name__)
@@ -51,33 +53,48 @@ class ExtrasService:
             mode = mode if mode in MODES else _bad_mode(mode)
             weight = _weight(weight)
             phrase = clean_query(modifier)[0] if modifier and str(modifier).strip() else ""
-            out = self.run_composed(loaded.image, phrase, mode, weight, k, compare)
+            out = self.run_composed(loaded.image, phrase, mode, weight, k, compare, colour=loaded.colourfulness)
         except (ImageLoadError, QueryError) as exc:
             return (*empty[:3], f"**Cannot search:** {exc}", *empty[4:])
         except Exception:
             return (*empty[:3], report_unexpected("composed search"), *empty[4:])
+        familiarity = out["familiarity"]
+        if familiarity is not None and familiarity.verdict == NOT_RADIOGRAPH:  # as the image tab: no search at all
+            records = {"hits": [], "familiarity": familiarity.to_dict()}
+            return (preview(loaded.image), [], "", f"{REFUSED} {familiarity.message} No search was run.", records,
+                    *empty[5:])
         hits = out["hits"]
+        trusted = familiarity is None or familiarity.trusted
         what = (f"image {mode} “{phrase}” (weight {weight:g})" if phrase else "the image alone")
-        status = "\n".join([f"**{len(hits)} studies** for {what}.", *(f"- {n}" for n in notes + list(loaded.notes))])
+        status = "\n".join([f"{OK if trusted else WARNING} **{len(hits)} studies** for {what}.",
+                            *(f"- {WARNING} {w}" for w in warning_lines(familiarity)),
+                            *(f"- {n}" for n in notes + list(loaded.notes))])
         gallery = [(h.image_path, gallery_caption(h)) for h in hits]
         records = {"hits": hits_as_records(hits), "why": why_rows(out["query_findings"], hits),
                    "query_findings": out["query_findings"].describe(), "mode": mode, "weight": weight,
-                   "modifier": phrase}
+                   "modifier": phrase, "familiarity": familiarity.to_dict() if familiarity is not None else None}
         frozen_gallery, compare_md = [], ""
         if compare:
             records["frozen"] = out["frozen"]
             frozen_gallery = [(h.image_path, gallery_caption(h)) for h in out.get("frozen_hits", [])]
             compare_md = _compare_markdown(out["frozen"])
         state = {"upload": _key(upload), "rows": [h.row_id for h in hits], "ids": [h.study_id for h in hits]}
-        return (preview(loaded.image), gallery, why_html(out["query_findings"], hits), status, records,
+        return (preview(loaded.image), gallery, why_html(out["query_findings"], hits, trusted), status, records,
                 frozen_gallery, compare_md, state)
 
-    def run_composed(self, image, phrase: str, mode: str, weight: float, k: int, compare: bool = False) -> dict[str, Any]:
+    def run_composed(self, image, phrase: str, mode: str, weight: float, k: int, compare: bool = False,
+                     colour: float | None = None) -> dict[str, Any]:
         """The search itself (also what the benchmark calls): hits of the composed query, the
-        query's findings for "why", and the frozen comparison when asked."""
+        query's findings for "why", the image's familiarity verdict (the image tab's check; no search
+        for a ``not_radiograph``) and the frozen comparison when asked."""
         model = self.model
+        familiarity = None
         with query_threads():
             feats = model.backbone.encode_images([image])
+            if self.engine.familiarity is not None:
+                familiarity = self.engine.familiarity.assess_image(image, np.asarray(feats, np.float32), colour)
+                if familiarity.verdict == NOT_RADIOGRAPH:
+                    return {"hits": [], "alone": [], "query_findings": consensus([]), "familiarity": familiarity}
             z_img = model.project_image_features(feats)[0]
             z_txt = model.embed_texts([phrase])[0] if phrase else None
             z_neutral = model.embed_texts([NEUTRAL_PHRASE])[0] if phrase else None  # cached after the first
@@ -88,7 +105,8 @@ class ExtrasService:
             query_findings = compose_findings(image_findings, from_phrase(parse_phrase(phrase)), mode)
         else:
             hits, query_findings = alone.hits, image_findings
-        out: dict[str, Any] = {"hits": hits, "alone": alone.hits, "query_findings": query_findings}
+        out: dict[str, Any] = {"hits": hits, "alone": alone.hits, "query_findings": query_findings,
+                               "familiarity": familiarity}
         if compare:
             out.update(self._frozen_side(feats.numpy()[0], alone.hits, k))
         return out

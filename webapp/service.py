@@ -97,11 +97,12 @@ class SearchService:
             warnings.append(f"This looks like a {_plain(loaded.view)} (non-frontal) view, but only frontal views "
                             "are indexed: results may be poor.")
         prob = result.abnormal_probability
+        trusted = result.familiarity is None or result.familiarity.trusted
         status = _status(f"{len(result.hits)} similar studies from {result.n_candidates:,} candidates.", notes, warnings,
-                         trusted=result.familiarity is None or result.familiarity.trusted)
+                         trusted=trusted)
         gallery = [(h.image_path, gallery_caption(h)) for h in result.hits]
         reports = report_cards(result.reports, lambda h: hit_terms(h.finding_names, h.tags))
-        reports = why_html(consensus([h.tags for h in result.hits]), result.hits) + reports  # why: issue 15
+        reports = why_html(consensus([h.tags for h in result.hits]), result.hits, trusted) + reports  # why: issue 15
         records = {"hits": hits_as_records(result.hits), "reports": hits_as_records(result.reports),
                    "abnormal_probability": prob, "familiarity": familiarity}
         state = self._query_state("uploaded image", result.hits, familiarity)

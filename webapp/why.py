@@ -97,14 +97,21 @@ def why_rows(query: QueryFindings, hits: Sequence) -> list[dict[str, object]]:
              "conflicts": conflicts_with(query, h.tags)} for h in hits]
 
 
-def why_html(query: QueryFindings, hits: Sequence) -> str:
-    """A compact "why this match" table: what each hit shares with the query, and what it contradicts."""
+def why_html(query: QueryFindings, hits: Sequence, trusted: bool = True) -> str:
+    """A compact "why this match" table: what each hit shares with the query, and what it contradicts.
+    ``trusted=False`` (an image unlike the indexed studies): the neighbours' consensus is shown as what they share,
+    never as a reading of the image - poor matches would otherwise put findings on a film that has none."""
     import html
 
     if not hits:
         return ""
-    head = (f"<div class='cxr-why'><b>Why these matches</b> — query read as: "
-            f"<i>{html.escape(query.describe())}</i> ({html.escape(_SOURCES.get(query.source, query.source))})"
+    if trusted:
+        read = (f"query read as: <i>{html.escape(query.describe())}</i> "
+                f"({html.escape(_SOURCES.get(query.source, query.source))})")
+    else:
+        read = (f"the nearest studies share: <i>{html.escape(query.describe())}</i>. This is <b>not a reading of the "
+                "query image</b>: it is unlike the indexed studies, so these may be poor matches")
+    head = (f"<div class='cxr-why'><b>Why these matches</b> — {read}"
             "<table><tr><th>#</th><th>study</th><th>shares with the query</th><th>against it</th></tr>")
     rows = []
     for row in why_rows(query, hits):
