@@ -20,7 +20,7 @@ from model.attribution import OcclusionMaps, occlusion_maps, overlay
 from runtime.threads import query_threads
 from webapp.composed import DEFAULT_WEIGHT, MAX_WEIGHT, MODES, NEUTRAL_PHRASE, compose, compose_findings
 from trust.familiarity import NOT_RADIOGRAPH
-from webapp.presenters import OK, REFUSED, WARNING, gallery_caption, hits_as_records, preview
+from webapp.presenters import gallery_caption, hits_as_records, preview, refused_status, status_markdown
 from webapp.queries import QueryError, clean_query, parse_k
 from webapp.service import report_unexpected
 from webapp.trust import warning_lines
@@ -61,14 +61,12 @@ class ExtrasService:
         familiarity = out["familiarity"]
         if familiarity is not None and familiarity.verdict == NOT_RADIOGRAPH:  # as the image tab: no search at all
             records = {"hits": [], "familiarity": familiarity.to_dict()}
-            return (preview(loaded.image), [], "", f"{REFUSED} {familiarity.message} No search was run.", records,
-                    *empty[5:])
+            return preview(loaded.image), [], "", refused_status(familiarity.message), records, *empty[5:]
         hits = out["hits"]
         trusted = familiarity is None or familiarity.trusted
         what = (f"image {mode} “{phrase}” (weight {weight:g})" if phrase else "the image alone")
-        status = "\n".join([f"{OK if trusted else WARNING} **{len(hits)} studies** for {what}.",
-                            *(f"- {WARNING} {w}" for w in warning_lines(familiarity)),
-                            *(f"- {n}" for n in notes + list(loaded.notes))])
+        status = status_markdown(f"**{len(hits)} studies** for {what}.", notes + list(loaded.notes),
+                                 warning_lines(familiarity), trusted)
         gallery = [(h.image_path, gallery_caption(h)) for h in hits]
         records = {"hits": hits_as_records(hits), "why": why_rows(out["query_findings"], hits),
                    "query_findings": out["query_findings"].describe(), "mode": mode, "weight": weight,

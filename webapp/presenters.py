@@ -23,6 +23,18 @@ OK, WARNING, ERROR, NOTE = "**OK:**", "**Warning:**", "**Error:**", "**Note:**"
 REFUSED = "**Not searched:**"  # a query refused by the familiarity check (not a radiograph)
 
 
+def status_markdown(headline: str, notes: Sequence[str], warnings: Sequence[str] = (), trusted: bool = True) -> str:
+    """A search's status line and its bullets; ``trusted=False`` (a query unlike the index) heads the results with a
+    warning, not an OK."""
+    return "\n".join([f"{OK if trusted else WARNING} {headline}", *(f"- {WARNING} {w}" for w in warnings),
+                      *(f"- {NOTE} {n}" for n in notes)])
+
+
+def refused_status(message: str) -> str:
+    """The status of an image the familiarity check refused (every tab that takes an image says it alike)."""
+    return f"{REFUSED} {message} No search was run."
+
+
 def badge(label_name: str) -> str:
     """The study's label as a word; report cards colour it with CSS (``.cxr-badge``)."""
     return "abnormal" if label_name == "abnormal" else "normal"

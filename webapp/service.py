@@ -18,8 +18,8 @@ from data.images import ImageLoadError, LoadedImage, load_radiograph
 from index.engine import SearchEngine
 from webapp.plots import EmbeddingMaps
 from webapp.negation import warm_in_background
-from webapp.presenters import (ERROR, NOTE, OK, REFUSED, WARNING, gallery_caption, hit_terms, hits_as_records, preview,
-                                query_terms, report_cards)
+from webapp.presenters import (ERROR, WARNING, gallery_caption, hit_terms, hits_as_records, preview, query_terms,
+                                refused_status, report_cards, status_markdown)
 from data.findings_text import parse_phrase
 from webapp.why import consensus, from_phrase, why_html
 from webapp.queries import LABEL_CHOICES, QueryError, clean_query, parse_choice, parse_k
@@ -91,14 +91,14 @@ class SearchService:
         familiarity = result.familiarity.to_dict() if result.familiarity is not None else None
         if not result.hits and familiarity and familiarity["verdict"] == "not_radiograph":
             records = {"hits": [], "reports": [], "abnormal_probability": None, "familiarity": familiarity}
-            return preview(loaded.image), [], "", None, f"{REFUSED} {familiarity['message']} No search was run.", records, None
+            return preview(loaded.image), [], "", None, refused_status(familiarity["message"]), records, None
         warnings = warning_lines(result.familiarity) + _floor_warnings(result)
         if loaded.view and loaded.view not in FRONTAL and all(v in FRONTAL for v in self.views):
             warnings.append(f"This looks like a {_plain(loaded.view)} (non-frontal) view, but only frontal views "
                             "are indexed: results may be poor.")
         prob = result.abnormal_probability
         trusted = result.familiarity is None or result.familiarity.trusted
-        status = _status(f"{len(result.hits)} similar studies from {result.n_candidates:,} candidates.", notes, warnings,
+        status = status_markdown(f"{len(result.hits)} similar studies from {result.n_candidates:,} candidates.", notes, warnings,
                          trusted=trusted)
         gallery = [(h.image_path, gallery_caption(h)) for h in result.hits]
         reports = report_cards(result.reports, lambda h: hit_terms(h.finding_names, h.tags))
@@ -131,7 +131,7 @@ class SearchService:
                    + report_cards(result.hits, lambda h: terms))
         familiarity = result.familiarity.to_dict() if result.familiarity is not None else None
         notes += [result.note] if result.note else []
-        status = _status(f"{len(result.hits)} radiographs from {result.n_candidates:,} candidates ({result.mode} search).", notes,
+        status = status_markdown(f"{len(result.hits)} radiographs from {result.n_candidates:,} candidates ({result.mode} search).", notes,
                          warning_lines(result.familiarity) + _floor_warnings(result),
                          trusted=result.familiarity is None or result.familiarity.trusted)
         records = {"hits": hits_as_records(result.hits), "familiarity": familiarity, "mode": result.mode}
@@ -221,13 +221,6 @@ def _floor_warnings(result) -> list[str]:
         return []
     return [f"{result.n_below_floor} filtered result(s) were cut: they are far less similar than the query's best "
             "match without filters, so they would only be filler."]
-
-
-def _status(headline: str, notes: list[str], warnings: list[str] | None = None, trusted: bool = True) -> str:
-    """``trusted=False`` (a query unlike the index) heads the results with a warning, not an OK."""
-    lines = [f"{OK if trusted else WARNING} {headline}", *(f"- {WARNING} {w}" for w in warnings or []),
-             *(f"- {NOTE} {n}" for n in notes)]
-    return "\n".join(lines)
 
 
 def _plain(text: str) -> str:
