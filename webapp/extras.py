@@ -23,7 +23,7 @@ from trust.familiarity import NOT_RADIOGRAPH
 from webapp.presenters import gallery_caption, hits_as_records, preview, refused_status, status_markdown
 from webapp.queries import QueryError, clean_query, parse_k
 from webapp.service import report_unexpected
-from webapp.trust import warning_lines
+from webapp.trust import trusted, warning_lines
 from webapp.why import consensus, from_phrase, why_html, why_rows
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,10 @@ class ExtrasService:
             records = {"hits": [], "familiarity": familiarity.to_dict()}
             return preview(loaded.image), [], "", refused_status(familiarity.message), records, *empty[5:]
         hits = out["hits"]
-        trusted = familiarity is None or familiarity.trusted
+        shown_as_trusted = trusted(familiarity)
         what = (f"image {mode} “{phrase}” (weight {weight:g})" if phrase else "the image alone")
         status = status_markdown(f"**{len(hits)} studies** for {what}.", notes + list(loaded.notes),
-                                 warning_lines(familiarity), trusted)
+                                 warning_lines(familiarity), shown_as_trusted)
         gallery = [(h.image_path, gallery_caption(h)) for h in hits]
         records = {"hits": hits_as_records(hits), "why": why_rows(out["query_findings"], hits),
                    "query_findings": out["query_findings"].describe(), "mode": mode, "weight": weight,
@@ -77,8 +77,8 @@ class ExtrasService:
             frozen_gallery = [(h.image_path, gallery_caption(h)) for h in out.get("frozen_hits", [])]
             compare_md = _compare_markdown(out["frozen"])
         state = {"upload": _key(upload), "rows": [h.row_id for h in hits], "ids": [h.study_id for h in hits]}
-        return (preview(loaded.image), gallery, why_html(out["query_findings"], hits, trusted), status, records,
-                frozen_gallery, compare_md, state)
+        why = why_html(out["query_findings"], hits, shown_as_trusted)
+        return preview(loaded.image), gallery, why, status, records, frozen_gallery, compare_md, state
 
     def run_composed(self, image, phrase: str, mode: str, weight: float, k: int, compare: bool = False,
                      colour: float | None = None) -> dict[str, Any]:

@@ -23,7 +23,8 @@ OK, WARNING, ERROR, NOTE = "**OK:**", "**Warning:**", "**Error:**", "**Note:**"
 REFUSED = "**Not searched:**"  # a query refused by the familiarity check (not a radiograph)
 
 
-def status_markdown(headline: str, notes: Sequence[str], warnings: Sequence[str] = (), trusted: bool = True) -> str:
+def status_markdown(headline: str, notes: Sequence[str], warnings: Sequence[str] = (),
+                    trusted: bool = True) -> str:
     """A search's status line and its bullets; ``trusted=False`` (a query unlike the index) heads the results with a
     warning, not an OK."""
     return "\n".join([f"{OK if trusted else WARNING} {headline}", *(f"- {WARNING} {w}" for w in warnings),

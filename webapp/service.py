@@ -23,7 +23,7 @@ from webapp.presenters import (ERROR, WARNING, gallery_caption, hit_terms, hits_
 from data.findings_text import parse_phrase
 from webapp.why import consensus, from_phrase, why_html
 from webapp.queries import LABEL_CHOICES, QueryError, clean_query, parse_choice, parse_k
-from webapp.trust import warning_lines
+from webapp.trust import trusted, warning_lines
 from webapp import text_query
 
 log = logging.getLogger(__name__)
@@ -97,12 +97,13 @@ class SearchService:
             warnings.append(f"This looks like a {_plain(loaded.view)} (non-frontal) view, but only frontal views "
                             "are indexed: results may be poor.")
         prob = result.abnormal_probability
-        trusted = result.familiarity is None or result.familiarity.trusted
-        status = status_markdown(f"{len(result.hits)} similar studies from {result.n_candidates:,} candidates.", notes, warnings,
-                         trusted=trusted)
+        shown_as_trusted = trusted(result.familiarity)
+        status = status_markdown(f"{len(result.hits)} similar studies from {result.n_candidates:,} candidates.", notes,
+                                 warnings, shown_as_trusted)
         gallery = [(h.image_path, gallery_caption(h)) for h in result.hits]
         reports = report_cards(result.reports, lambda h: hit_terms(h.finding_names, h.tags))
-        reports = why_html(consensus([h.tags for h in result.hits]), result.hits, trusted) + reports  # why: issue 15
+        why = why_html(consensus([h.tags for h in result.hits]), result.hits, shown_as_trusted)  # issue 15
+        reports = why + reports
         records = {"hits": hits_as_records(result.hits), "reports": hits_as_records(result.reports),
                    "abnormal_probability": prob, "familiarity": familiarity}
         state = self._query_state("uploaded image", result.hits, familiarity)
@@ -131,9 +132,9 @@ class SearchService:
                    + report_cards(result.hits, lambda h: terms))
         familiarity = result.familiarity.to_dict() if result.familiarity is not None else None
         notes += [result.note] if result.note else []
-        status = status_markdown(f"{len(result.hits)} radiographs from {result.n_candidates:,} candidates ({result.mode} search).", notes,
-                         warning_lines(result.familiarity) + _floor_warnings(result),
-                         trusted=result.familiarity is None or result.familiarity.trusted)
+        status = status_markdown(
+            f"{len(result.hits)} radiographs from {result.n_candidates:,} candidates ({result.mode} search).", notes,
+            warning_lines(result.familiarity) + _floor_warnings(result), trusted(result.familiarity))
         records = {"hits": hits_as_records(result.hits), "familiarity": familiarity, "mode": result.mode}
         return gallery, reports, status, records, self._query_state(query[:80], result.hits, familiarity)
 

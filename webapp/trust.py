@@ -41,6 +41,11 @@ def verdict_of(records: dict[str, Any] | None) -> str:
     return verdict_html((records or {}).get("familiarity"))
 
 
+def trusted(familiarity: Any) -> bool:
+    """Whether a result is shown as trusted: no familiarity model, or a verdict that allows it."""
+    return familiarity is None or familiarity.trusted
+
+
 def warning_lines(familiarity: Any) -> list[str]:
     """Status warnings for a result that is shown but not trusted."""
     if familiarity is None or familiarity.verdict == FAMILIAR:
